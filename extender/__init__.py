@@ -1,0 +1,1 @@
+"""kube-scheduler extender: filter, prioritize, bind and preempt over HTTP (issue 3)."""

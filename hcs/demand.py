@@ -1,0 +1,459 @@
+"""From a Pod to what it asks of HCS (DESIGN §4).
+
+Per container a resource's value is its request, else its limit; `ai.compute/devices` defaults to
+1 and the other amounts are split evenly over the devices. Legacy vendor resources
+(`nvidia.com/gpu: 2`) mean that many whole devices of that vendor. Every `hcs.io/` annotation is
+checked: an unknown key or value is an error that names the key and lists what is allowed, because
+an ignored typo is how a pod silently lands on the wrong hardware.
+
+The parse is done once per pod and yields a frozen PodDemand the engine consumes as small arrays.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from hcs import quantity
+from hcs.errors import AnnotationError, QuantityError, RequestError
+from hcs.vendors import VENDOR_NAMES, VendorName, VendorTable
+
+PREFIX: Final = "ai.compute/"
+VRAM: Final = "ai.compute/vram"
+FP16: Final = "ai.compute/tflops-fp16"
+FP32: Final = "ai.compute/tflops-fp32"
+DEVICES: Final = "ai.compute/devices"
+ABSTRACT_RESOURCES: Final = (VRAM, FP16, FP32, DEVICES)
+
+ANNOTATION_DOMAIN: Final = "hcs.io"
+A_VENDOR_PREFERENCE: Final = "hcs.io/vendor-preference"
+A_ALLOW_DOWNGRADE: Final = "hcs.io/allow-downgrade"
+A_TOPOLOGY: Final = "hcs.io/topology-preference"
+A_INJECT_DRIVER: Final = "hcs.io/inject-driver"
+A_INJECT_RUNTIME: Final = "hcs.io/inject-runtime"
+A_IMAGE_REBINDING: Final = "hcs.io/image-rebinding"
+A_ASSIGNED_VENDOR: Final = "hcs.io/assigned-vendor"
+A_ASSIGNED_DEVICES: Final = "hcs.io/assigned-devices"
+A_ASSIGNED_NODE: Final = "hcs.io/assigned-node"
+A_SCHEDULING_SCORE: Final = "hcs.io/scheduling-score"
+A_REQUEST: Final = "hcs.io/request"
+INPUT_ANNOTATIONS: Final = (
+    A_VENDOR_PREFERENCE,
+    A_ALLOW_DOWNGRADE,
+    A_TOPOLOGY,
+    A_INJECT_DRIVER,
+    A_INJECT_RUNTIME,
+    A_IMAGE_REBINDING,
+)
+OUTPUT_ANNOTATIONS: Final = (
+    A_ASSIGNED_VENDOR,
+    A_ASSIGNED_DEVICES,
+    A_ASSIGNED_NODE,
+    A_SCHEDULING_SCORE,
+    A_REQUEST,
+)
+KNOWN_ANNOTATIONS: Final = INPUT_ANNOTATIONS + OUTPUT_ANNOTATIONS
+BOOLEAN_ANNOTATIONS: Final = (
+    A_ALLOW_DOWNGRADE,
+    A_INJECT_DRIVER,
+    A_INJECT_RUNTIME,
+    A_IMAGE_REBINDING,
+)
+TOPOLOGY_PREFERENCES: Final = ("high-bandwidth", "low-latency")
+
+Topology = Literal["high-bandwidth", "low-latency"]
+
+
+@dataclass(frozen=True)
+class ContainerDemand:
+    """What one container needs, per device, in engine units."""
+
+    name: str
+    index: int
+    devices: int
+    vram_mib: int
+    fp16_milli_tflops: int
+    fp32_milli_tflops: int
+    whole: bool = False
+    """Whole devices (a legacy `nvidia.com/gpu` request): the device must be entirely free."""
+    limits: Mapping[str, str] = field(default_factory=dict)
+    """The container's original `ai.compute/*` limits, kept for `hcs.io/request`."""
+
+    @property
+    def total_vram_mib(self) -> int:
+        return self.devices * self.vram_mib
+
+    @property
+    def total_fp16_milli_tflops(self) -> int:
+        return self.devices * self.fp16_milli_tflops
+
+    @property
+    def total_fp32_milli_tflops(self) -> int:
+        return self.devices * self.fp32_milli_tflops
+
+
+@dataclass(frozen=True)
+class PodDemand:
+    namespace: str
+    name: str
+    uid: str
+    containers: tuple[ContainerDemand, ...]
+    preference: tuple[VendorName, ...] = ()
+    """The ordered vendor preference; empty means any vendor."""
+    fixed_vendor: VendorName | None = None
+    """Set by `hcs.io/assigned-vendor` or a legacy vendor resource: no other vendor will do."""
+    allow_downgrade: bool = False
+    topology: Topology | None = None
+    inject_driver: bool = True
+    inject_runtime: bool = True
+    image_rebinding: bool = False
+    priority_class: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    terminating: bool = False
+
+    @property
+    def asks_for_compute(self) -> bool:
+        return bool(self.containers)
+
+    @property
+    def allowed_vendors(self) -> tuple[VendorName, ...]:
+        """Vendors whose nodes may host the pod, preferred first."""
+        if self.fixed_vendor is not None:
+            return (self.fixed_vendor,)
+        if not self.preference:
+            return VENDOR_NAMES
+        if self.allow_downgrade:
+            rest = tuple(v for v in VENDOR_NAMES if v not in self.preference)
+            return self.preference + rest
+        return self.preference
+
+    @property
+    def preferred_vendor(self) -> VendorName | None:
+        if self.fixed_vendor is not None:
+            return self.fixed_vendor
+        return self.preference[0] if self.preference else None
+
+    @property
+    def total_devices(self) -> int:
+        return sum(c.devices for c in self.containers)
+
+    @property
+    def total_vram_mib(self) -> int:
+        return sum(c.total_vram_mib for c in self.containers)
+
+    @property
+    def total_fp16_milli_tflops(self) -> int:
+        return sum(c.total_fp16_milli_tflops for c in self.containers)
+
+    @property
+    def total_fp32_milli_tflops(self) -> int:
+        return sum(c.total_fp32_milli_tflops for c in self.containers)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def request_annotation(self) -> str:
+        """The normalized request written to `hcs.io/request` (compact, sorted JSON)."""
+        body = {
+            "containers": [
+                {
+                    "name": c.name,
+                    "devices": c.devices,
+                    "vramPerDevice": quantity.format_mib(c.vram_mib),
+                    "tflopsFp16PerDevice": quantity.format_milli(c.fp16_milli_tflops),
+                    "tflopsFp32PerDevice": quantity.format_milli(c.fp32_milli_tflops),
+                    **({"wholeDevice": True} if c.whole else {}),
+                    **({"limits": dict(c.limits)} if c.limits else {}),
+                }
+                for c in self.containers
+            ],
+            "vendors": list(self.allowed_vendors),
+        }
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def parse_pod(
+    pod: Mapping[str, Any], vendors: VendorTable | None = None, *, namespace: str | None = None
+) -> PodDemand:
+    """Parse a Pod dict (Kubernetes JSON) into a PodDemand.
+
+    `namespace` overrides `metadata.namespace` (an AdmissionReview carries it outside the object).
+    Raises QuantityError, AnnotationError or RequestError naming the field at fault.
+    """
+    vendors = vendors or VendorTable()
+    if not isinstance(pod, Mapping):
+        raise RequestError("Pod: expected an object")
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
+        raise RequestError("Pod: metadata and spec must be objects")
+    annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    if not isinstance(annotations, Mapping):
+        raise AnnotationError("metadata.annotations: expected an object of strings")
+    name = str(meta.get("name") or meta.get("generateName") or "")
+    ns = namespace or str(meta.get("namespace") or "default")
+
+    _reject_init_requests(spec)
+    opts = _parse_annotations(annotations)
+    containers: list[ContainerDemand] = []
+    legacy_vendors: dict[VendorName, str] = {}
+    raw_containers = spec.get("containers") or []
+    if not isinstance(raw_containers, list):
+        raise RequestError("spec.containers: expected a list")
+    for i, c in enumerate(raw_containers):
+        parsed = _parse_container(c, i, vendors, legacy_vendors)
+        if parsed is not None:
+            containers.append(parsed)
+
+    fixed: VendorName | None = opts.assigned_vendor
+    if len(legacy_vendors) > 1:
+        shown = ", ".join(f"{res} ({v})" for v, res in legacy_vendors.items())
+        raise RequestError(
+            f"spec.containers: the pod asks for devices of several vendors "
+            f"({shown}); a pod runs on one vendor's node"
+        )
+    if legacy_vendors:
+        legacy = next(iter(legacy_vendors))
+        if fixed is not None and fixed != legacy:
+            raise RequestError(
+                f'{A_ASSIGNED_VENDOR}: "{fixed}" contradicts the resource '
+                f"{legacy_vendors[legacy]} ({legacy})"
+            )
+        if opts.preference and legacy not in opts.preference and not opts.allow_downgrade:
+            raise RequestError(
+                f'{A_VENDOR_PREFERENCE}: "{",".join(opts.preference)}" excludes {legacy}, '
+                f"but the pod asks for {legacy_vendors[legacy]}"
+            )
+        fixed = legacy
+    return PodDemand(
+        namespace=ns,
+        name=name,
+        uid=str(meta.get("uid") or ""),
+        containers=tuple(containers),
+        preference=opts.preference,
+        fixed_vendor=fixed,
+        allow_downgrade=opts.allow_downgrade,
+        topology=opts.topology,
+        inject_driver=opts.inject_driver,
+        inject_runtime=opts.inject_runtime,
+        image_rebinding=opts.image_rebinding,
+        priority_class=spec.get("priorityClassName") or None,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {},
+        # The quota scope's meaning, as for ResourceQuota: activeDeadlineSeconds is set.
+        terminating=spec.get("activeDeadlineSeconds") is not None,
+    )
+
+
+def _reject_init_requests(spec: Mapping[str, Any]) -> None:
+    for i, c in enumerate(spec.get("initContainers") or []):
+        res = (c or {}).get("resources") or {}
+        for section in ("requests", "limits"):
+            for key in res.get(section) or {}:
+                if str(key).startswith(PREFIX):
+                    raise RequestError(
+                        f"spec.initContainers[{i}].resources.{section}[{key}]: init containers "
+                        "cannot ask for ai.compute/* resources (not supported yet); ask in the "
+                        "main containers"
+                    )
+
+
+def _parse_container(
+    c: Any, i: int, vendors: VendorTable, legacy_vendors: dict[VendorName, str]
+) -> ContainerDemand | None:
+    path = f"spec.containers[{i}]"
+    if not isinstance(c, Mapping):
+        raise RequestError(f"{path}: expected an object")
+    resources = c.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    if not isinstance(requests, Mapping) or not isinstance(limits, Mapping):
+        raise RequestError(f"{path}.resources: requests and limits must be objects")
+    for section, values in (("requests", requests), ("limits", limits)):
+        for key in values:
+            if str(key).startswith(PREFIX) and key not in ABSTRACT_RESOURCES:
+                raise RequestError(
+                    f"{path}.resources.{section}[{key}]: unknown resource"
+                    f"{_did_you_mean(str(key), ABSTRACT_RESOURCES)} (expected one of "
+                    f"{', '.join(ABSTRACT_RESOURCES)})"
+                )
+    amounts: dict[str, Any] = {}
+    for key in ABSTRACT_RESOURCES:
+        req, lim = requests.get(key), limits.get(key)
+        rp, lp = f"{path}.resources.requests[{key}]", f"{path}.resources.limits[{key}]"
+        parsed_req = quantity.parse_quantity(req, rp) if req is not None else None
+        parsed_lim = quantity.parse_quantity(lim, lp) if lim is not None else None
+        if parsed_req is not None and parsed_lim is not None and parsed_lim < parsed_req:
+            raise QuantityError(lp, lim, f"is less than the request {req}")
+        if req is not None:
+            amounts[key] = (req, rp)
+        elif lim is not None:
+            amounts[key] = (lim, lp)
+
+    legacy_count = 0
+    legacy_resource: str | None = None
+    for section, values in (("limits", limits), ("requests", requests)):
+        for key, value in values.items():
+            profile = vendors.vendor_of_resource(str(key))
+            if profile is None:
+                continue
+            count = quantity.whole_count(value, f"{path}.resources.{section}[{key}]")
+            if legacy_resource is not None and legacy_resource != key:
+                mine = vendors.vendor_of_resource(legacy_resource)
+                if mine is not None and mine.name == profile.name:
+                    raise RequestError(
+                        f"{path}.resources: both {legacy_resource} and {key} ask "
+                        f"for {profile.name} devices; use one"
+                    )
+            legacy_vendors.setdefault(profile.name, str(key))
+            legacy_count = max(legacy_count, count)
+            legacy_resource = str(key)
+    if not amounts and legacy_count == 0:
+        return None
+
+    if DEVICES in amounts:
+        value, at = amounts[DEVICES]
+        devices = quantity.whole_count(value, at)
+        if devices < 1:
+            raise QuantityError(at, value, "must be at least 1")
+        if legacy_count and legacy_count != devices:
+            raise RequestError(
+                f"{at}: {devices} devices contradicts {legacy_resource}: {legacy_count}"
+            )
+    else:
+        devices = legacy_count or 1
+    whole = not (set(amounts) - {DEVICES})  # only counts: whole devices
+
+    def per_device(key: str, convert: Any) -> int:
+        if key not in amounts:
+            return 0
+        value, at = amounts[key]
+        total: int = convert(value, at)
+        return -(-total // devices)  # ceil: every device must carry its share
+
+    return ContainerDemand(
+        name=str(c.get("name") or f"container-{i}"),
+        index=i,
+        devices=devices,
+        vram_mib=per_device(VRAM, quantity.vram_mib),
+        fp16_milli_tflops=per_device(FP16, quantity.milli_tflops),
+        fp32_milli_tflops=per_device(FP32, quantity.milli_tflops),
+        whole=whole,
+        limits={str(k): str(v) for k, v in limits.items() if str(k).startswith(PREFIX)},
+    )
+
+
+@dataclass(frozen=True)
+class _Options:
+    preference: tuple[VendorName, ...] = ()
+    allow_downgrade: bool = False
+    topology: Topology | None = None
+    inject_driver: bool = True
+    inject_runtime: bool = True
+    image_rebinding: bool = False
+    assigned_vendor: VendorName | None = None
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _parse_annotations(annotations: Mapping[str, Any]) -> _Options:
+    for raw_key in annotations:
+        key = str(raw_key)
+        domain, slash, _ = key.partition("/")
+        if (
+            slash
+            and domain != ANNOTATION_DOMAIN
+            and difflib.SequenceMatcher(None, domain, ANNOTATION_DOMAIN).ratio() >= 0.8
+            and len(domain) <= 8
+        ):
+            raise AnnotationError(
+                f'metadata.annotations[{key}]: unknown domain "{domain}/" (did you mean '
+                f"{ANNOTATION_DOMAIN}/?); HCS reads only {ANNOTATION_DOMAIN}/ annotations"
+            )
+        if domain == ANNOTATION_DOMAIN and slash and key not in KNOWN_ANNOTATIONS:
+            raise AnnotationError(
+                f"metadata.annotations[{key}]: unknown HCS annotation"
+                f"{_did_you_mean(key, KNOWN_ANNOTATIONS)} (known: {', '.join(INPUT_ANNOTATIONS)};"
+                f" set by HCS: {', '.join(OUTPUT_ANNOTATIONS)})"
+            )
+        if domain == ANNOTATION_DOMAIN and not isinstance(annotations[key], str):
+            raise AnnotationError(
+                f"metadata.annotations[{key}]: expected a string value, got "
+                f"{annotations[key]!r} (quote it in YAML)"
+            )
+
+    def boolean(key: str, default: bool) -> bool:
+        raw = annotations.get(key)
+        if raw is None:
+            return default
+        low = str(raw).strip().lower()
+        if low not in ("true", "false"):
+            raise AnnotationError(f'metadata.annotations[{key}]: "{raw}" is not one of true, false')
+        return low == "true"
+
+    preference: tuple[VendorName, ...] = ()
+    raw_pref = annotations.get(A_VENDOR_PREFERENCE)
+    if raw_pref is not None:
+        preference = _parse_vendor_list(str(raw_pref))
+    topology = annotations.get(A_TOPOLOGY)
+    if topology is not None and topology not in TOPOLOGY_PREFERENCES:
+        raise AnnotationError(
+            f'metadata.annotations[{A_TOPOLOGY}]: "{topology}" is not one of '
+            f"{', '.join(TOPOLOGY_PREFERENCES)}"
+        )
+    assigned = annotations.get(A_ASSIGNED_VENDOR)
+    if assigned is not None and assigned not in VENDOR_NAMES:
+        raise AnnotationError(
+            f'metadata.annotations[{A_ASSIGNED_VENDOR}]: "{assigned}" is not '
+            f"one of {', '.join(VENDOR_NAMES)}"
+        )
+    score = annotations.get(A_SCHEDULING_SCORE)
+    if score is not None and not str(score).isdigit():
+        raise AnnotationError(
+            f'metadata.annotations[{A_SCHEDULING_SCORE}]: "{score}" is not a non-negative integer'
+        )
+    return _Options(
+        preference=preference,
+        allow_downgrade=boolean(A_ALLOW_DOWNGRADE, False),
+        topology=topology,
+        inject_driver=boolean(A_INJECT_DRIVER, True),
+        inject_runtime=boolean(A_INJECT_RUNTIME, True),
+        image_rebinding=boolean(A_IMAGE_REBINDING, False),
+        assigned_vendor=assigned,
+    )
+
+
+def _parse_vendor_list(raw: str) -> tuple[VendorName, ...]:
+    allowed = f"{', '.join(VENDOR_NAMES)}, any, or an ordered comma list such as nvidia,huawei"
+    items = [part.strip() for part in raw.split(",")]
+    if not raw.strip() or any(not p for p in items):
+        raise AnnotationError(
+            f'metadata.annotations[{A_VENDOR_PREFERENCE}]: "{raw}" is not one of {allowed}'
+        )
+    if "any" in items:
+        if items != ["any"]:
+            raise AnnotationError(
+                f'metadata.annotations[{A_VENDOR_PREFERENCE}]: "any" cannot be '
+                "combined with named vendors"
+            )
+        return ()
+    out: list[VendorName] = []
+    for item in items:
+        if item not in VENDOR_NAMES:
+            raise AnnotationError(
+                f'metadata.annotations[{A_VENDOR_PREFERENCE}]: "{item}" is not a vendor'
+                f"{_did_you_mean(item, VENDOR_NAMES)} (expected {allowed})"
+            )
+        if item in out:
+            raise AnnotationError(
+                f'metadata.annotations[{A_VENDOR_PREFERENCE}]: "{item}" is listed twice'
+            )
+        out.append(item)
+    return tuple(out)

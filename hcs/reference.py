@@ -1,0 +1,229 @@
+"""Plain-Python reference of the engine's filter and prioritize rules.
+
+Used only by tests (differential tests on random clusters) and benchmarks (the speed-up ratio);
+never on a request path. It is written to be obviously right rather than fast, and independently
+of the engine: it reads the ComputeNode models and allocation records (not the numpy arrays),
+finds cliques by graph search rather than union-find, and decides fit by bipartite matching
+(Kuhn's augmenting paths) rather than Hall's subset condition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hcs.demand import PodDemand
+from hcs.engine import MAX_SCORE, EngineConfig, Reason
+from hcs.models import ComputeNode, Device
+from hcs.state import ClusterState
+
+
+@dataclass
+class _Dev:
+    slot: int
+    device: Device
+    free_vram: int
+    free_fp16: int
+    free_fp32: int
+    holders: int
+    clique: int
+    numa: int
+
+
+def _devices(state: ClusterState, node: ComputeNode) -> list[_Dev]:
+    charges: dict[str, list[int]] = {}
+    for uid in state.node_allocations.get(node.name, ()):
+        for ch in state.allocations[uid].charges:
+            acc = charges.setdefault(ch.device_id, [0, 0, 0, 0])
+            acc[0] += ch.vram_mib
+            acc[1] += ch.fp16_milli_tflops
+            acc[2] += ch.fp32_milli_tflops
+            acc[3] += 1
+    cliques = _cliques(state, node)
+    out = []
+    for slot, d in enumerate(node.devices):
+        v, f16, f32, holders = charges.get(d.id, [0, 0, 0, 0])
+        out.append(
+            _Dev(
+                slot,
+                d,
+                d.vram_allocatable_mib - d.vram_allocated_mib - v,
+                d.fp16_milli_tflops - f16,
+                d.fp32_milli_tflops - f32,
+                holders,
+                cliques[slot],
+                d.numa_node if d.numa_node is not None else 1000 + slot,
+            )
+        )
+    return out
+
+
+def _cliques(state: ClusterState, node: ComputeNode) -> list[int]:
+    """Connected components of high-bandwidth links, named by their lowest slot."""
+    fast = state.vendors.all_link_types()
+    slot_of = {d.id: i for i, d in enumerate(node.devices)}
+    neighbours: dict[int, set[int]] = {i: set() for i in range(len(node.devices))}
+    for i, d in enumerate(node.devices):
+        for link in d.links:
+            if link.type in fast:
+                for peer in link.peers:
+                    if peer in slot_of:
+                        neighbours[i].add(slot_of[peer])
+                        neighbours[slot_of[peer]].add(i)
+    label = [-1] * len(node.devices)
+    for start in range(len(node.devices)):
+        if label[start] >= 0:
+            continue
+        stack, comp = [start], []
+        label[start] = start
+        while stack:
+            cur = stack.pop()
+            comp.append(cur)
+            for nxt in neighbours[cur]:
+                if label[nxt] < 0:
+                    label[nxt] = start
+                    stack.append(nxt)
+    return label
+
+
+def _matchable(units: list[list[int]], n_devices: int) -> bool:
+    """Can every unit (a list of acceptable device slots) get a distinct device?"""
+    owner = [-1] * n_devices
+
+    def augment(u: int, seen: list[bool]) -> bool:
+        for d in units[u]:
+            if not seen[d]:
+                seen[d] = True
+                if owner[d] < 0 or augment(owner[d], seen):
+                    owner[d] = u
+                    return True
+        return False
+
+    return all(augment(u, [False] * n_devices) for u in range(len(units)))
+
+
+def _container_units(demand: PodDemand) -> list[tuple[int, int, int, bool]]:
+    """One entry per device needed: (vram, fp16, fp32, whole)."""
+    return [
+        (c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops, c.whole)
+        for c in demand.containers
+        for _ in range(c.devices)
+    ]
+
+
+def _levels(
+    devs: list[_Dev], unit: tuple[int, int, int, bool], shared: bool, config: EngineConfig
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    vram, fp16, fp32, whole = unit
+    base = [d.slot for d in devs if d.holders == 0 or (shared and not whole)]
+    health = [s for s in base if devs[s].device.health_score >= config.min_health]
+    vram_ok = [s for s in health if devs[s].free_vram >= vram]
+    all_ok = [
+        s
+        for s in vram_ok
+        if (fp16 == 0 or devs[s].free_fp16 >= fp16) and (fp32 == 0 or devs[s].free_fp32 >= fp32)
+    ]
+    return base, health, vram_ok, all_ok
+
+
+def filter_reference(
+    state: ClusterState,
+    demand: PodDemand,
+    names: Sequence[str],
+    config: EngineConfig,
+    now: float | None = None,
+) -> list[Reason]:
+    return [_node_reason(state, demand, name, config, now)[0] for name in names]
+
+
+def _node_reason(
+    state: ClusterState, demand: PodDemand, name: str, config: EngineConfig, now: float | None
+) -> tuple[Reason, list[_Dev], set[int]]:
+    if not demand.containers:
+        return Reason.Fits, [], set()
+    node = state.nodes.get(name)
+    if node is None:
+        return Reason.NodeNotFound, [], set()
+    if not node.ready:
+        return Reason.NotReady, [], set()
+    connected = node.condition_true("AgentConnected", default=True)
+    if config.heartbeat_max_age_s is not None:
+        now = time.time() if now is None else now
+        hb = node.last_heartbeat
+        connected = (
+            connected and hb is not None and (hb.timestamp() >= now - config.heartbeat_max_age_s)
+        )
+    if not connected:
+        return Reason.AgentNotConnected, [], set()
+    if node.vendor not in demand.allowed_vendors:
+        return Reason.VendorNotSupported, [], set()
+    devs = _devices(state, node)
+    units = _container_units(demand)
+    levels = [_levels(devs, u, node.shared, config) for u in units]
+    ok = [_matchable([lv[i] for lv in levels], len(devs)) for i in range(4)]
+    base_ok, health_ok, vram_ok, all_ok = ok
+    if not health_ok and base_ok:
+        return Reason.DeviceUnhealthy, devs, set()
+    if not base_ok:
+        return Reason.InsufficientDevices, devs, set()
+    if not vram_ok:
+        return Reason.InsufficientVRAM, devs, set()
+    if not all_ok:
+        return Reason.InsufficientTFLOPS, devs, set()
+    fitting = {s for lv in levels for s in lv[3]}
+    return Reason.Fits, devs, fitting
+
+
+def prioritize_reference(
+    state: ClusterState,
+    demand: PodDemand,
+    names: Sequence[str],
+    config: EngineConfig,
+    now: float | None = None,
+) -> list[int]:
+    scores = []
+    for name in names:
+        reason, devs, fitting = _node_reason(state, demand, name, config, now)
+        if reason is not Reason.Fits or not demand.containers:
+            scores.append(0)
+            continue
+        node = state.nodes[name]
+        scores.append(_score(node, devs, fitting, demand, config))
+    return scores
+
+
+def _score(
+    node: ComputeNode, devs: list[_Dev], fitting: set[int], demand: PodDemand, config: EngineConfig
+) -> int:
+    w = config.weights
+    total = sum(d.device.vram_allocatable_mib for d in devs)
+    used = 0
+    for d in devs:
+        cap = d.device.vram_allocatable_mib
+        if d.holders == 0 or node.shared:
+            used += cap - min(max(d.free_vram, 0), cap)
+        else:
+            used += cap
+    avg = total // max(len(devs), 1)
+    placed = 0
+    for c in demand.containers:
+        per = c.vram_mib if (node.shared and not c.whole) else avg
+        placed += c.devices * per
+    frac = min((used + placed) * 1000 // max(total, 1), 1000)
+    pack = frac if config.strategy == "binpack" else 1000 - frac
+    health = sum(devs[s].device.health_score for s in fitting) * 10 // max(len(fitting), 1)
+    acc = w.pack * pack + w.health * health
+    wsum = w.pack + w.health
+    if demand.topology is not None and w.topology:
+        by_clique = demand.topology == "high-bandwidth"
+        groups = Counter(devs[s].clique if by_clique else devs[s].numa for s in fitting)
+        best = max(groups.values(), default=0)
+        total_devices = sum(c.devices for c in demand.containers)
+        acc += w.topology * min(best * 1000 // max(total_devices, 1), 1000)
+        wsum += w.topology
+    if demand.preferred_vendor is not None and w.vendor:
+        acc += w.vendor * (1000 if node.vendor == demand.preferred_vendor else 0)
+        wsum += w.vendor
+    return acc * MAX_SCORE // (1000 * wsum)

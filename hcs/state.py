@@ -1,0 +1,400 @@
+"""The inventory as numpy arrays, updated incrementally (DESIGN §6).
+
+Layout: one *row* per node, and per-device arrays of shape `(n_rows, width)`, where `width` is the
+largest device count of any node (8 on most fleets). A node's devices are one contiguous row, so
+per-node reductions are `sum(axis=1)`; slots past a node's device count have `dev_present_mask`
+False. Removing a node frees its row for the next node added; adding past the allocated rows
+doubles them, and a node with more devices than `width` widens every row, both amortised O(1).
+Every other update (a ComputeNode changed, an allocation made or released) rewrites only that
+node's row: O(devices of that node), never a rebuild.
+
+Amounts are integers: MiB and milli-TFLOPS. The free amount of a device is
+`allocatable - allocated (as the agent reports it) - HCS allocations`, kept up to date so the
+engine reads it without arithmetic.
+
+The state also holds the allocations themselves (pod UID -> node, devices, amounts). It is not
+thread-safe on its own; the Ledger serialises writers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from itertools import repeat
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from hcs.errors import PlacementError
+from hcs.models import ComputeNode
+from hcs.vendors import VENDOR_CODES, VendorName, VendorTable
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+IndexArray = npt.NDArray[np.intp]
+
+NO_HEARTBEAT: Final = -np.inf
+_LOOKUP_CACHE_SIZE: Final = 64
+
+
+@dataclass(frozen=True)
+class DeviceCharge:
+    """What one allocation takes from one device."""
+
+    device_id: str
+    container: str
+    vram_mib: int
+    fp16_milli_tflops: int
+    fp32_milli_tflops: int
+
+
+@dataclass(frozen=True)
+class Allocation:
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    vendor: VendorName
+    charges: tuple[DeviceCharge, ...]
+    state: Literal["assumed", "confirmed"] = "assumed"
+    created_at: float = 0.0
+    score: int | None = None
+
+    @property
+    def device_ids(self) -> tuple[str, ...]:
+        """Distinct device IDs in the order they were assigned."""
+        return tuple(dict.fromkeys(c.device_id for c in self.charges))
+
+    def devices_annotation(self) -> str:
+        """The value of `hcs.io/assigned-devices` (`0,1`)."""
+        return ",".join(self.device_ids)
+
+    def confirmed(self) -> Allocation:
+        return replace(self, state="confirmed")
+
+
+@dataclass
+class ClusterState:
+    """Arrays of nodes and devices plus the allocations charged against them.
+
+    Node arrays have shape (n_rows,), device arrays (n_rows, width); rows whose
+    `node_valid_mask` is False are free.
+    """
+
+    vendors: VendorTable = field(default_factory=VendorTable)
+    width: int = 8
+    rows: int = 16
+
+    def __post_init__(self) -> None:
+        n, w = self.rows, self.width
+        self.node_valid_mask: BoolArray = np.zeros(n, np.bool_)
+        self.node_vendor: npt.NDArray[np.int8] = np.full(n, -1, np.int8)
+        self.node_ready_mask: BoolArray = np.zeros(n, np.bool_)
+        self.node_agent_mask: BoolArray = np.zeros(n, np.bool_)
+        self.node_heartbeat_s: npt.NDArray[np.float64] = np.full(n, NO_HEARTBEAT, np.float64)
+        self.node_shared_mask: BoolArray = np.zeros(n, np.bool_)
+        # Per-node VRAM figures for scoring, kept with the free amounts: total allocatable, used
+        # (a held device on an exclusive node counts as fully used) and the mean device size.
+        self.node_vram_total_mib: IntArray = np.zeros(n, np.int64)
+        self.node_vram_used_mib: IntArray = np.zeros(n, np.int64)
+        self.node_vram_avg_mib: IntArray = np.zeros(n, np.int64)
+        self.dev_present_mask: BoolArray = np.zeros((n, w), np.bool_)
+        self.dev_vram_cap_mib: IntArray = np.zeros((n, w), np.int64)
+        self.dev_vram_reported_mib: IntArray = np.zeros((n, w), np.int64)
+        self.dev_vram_hcs_mib: IntArray = np.zeros((n, w), np.int64)
+        self.dev_vram_free_mib: IntArray = np.zeros((n, w), np.int64)
+        self.dev_fp16_cap_mtf: IntArray = np.zeros((n, w), np.int64)
+        self.dev_fp16_hcs_mtf: IntArray = np.zeros((n, w), np.int64)
+        self.dev_fp16_free_mtf: IntArray = np.zeros((n, w), np.int64)
+        self.dev_fp32_cap_mtf: IntArray = np.zeros((n, w), np.int64)
+        self.dev_fp32_hcs_mtf: IntArray = np.zeros((n, w), np.int64)
+        self.dev_fp32_free_mtf: IntArray = np.zeros((n, w), np.int64)
+        self.dev_health: npt.NDArray[np.int16] = np.zeros((n, w), np.int16)
+        self.dev_holders: npt.NDArray[np.int32] = np.zeros((n, w), np.int32)
+        # Clique: devices joined by high-bandwidth links (NVLink, HCCS, ...); the id is the slot
+        # of the clique's first device, so a device without links is a clique of its own.
+        self.dev_clique: npt.NDArray[np.int16] = np.zeros((n, w), np.int16)
+        # NUMA node, or a value > width unique to the slot when unknown (never "same NUMA").
+        self.dev_numa: npt.NDArray[np.int32] = np.zeros((n, w), np.int32)
+        self.node_names: list[str | None] = [None] * n
+        self.device_ids: list[tuple[str, ...]] = [()] * n
+        self.nodes: dict[str, ComputeNode] = {}
+        self.index: dict[str, int] = {}
+        self.allocations: dict[str, Allocation] = {}
+        self.node_allocations: dict[str, set[str]] = {}
+        self._free_rows: list[int] = list(range(n - 1, -1, -1))
+        self.generation = 0
+        """Bumped whenever the set of node names changes (invalidates name look-ups)."""
+        self._lookup_cache: OrderedDict[tuple[str, ...], IndexArray] = OrderedDict()
+        self._lookup_generation = 0
+
+    # ------------------------------------------------------------------ names
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.index)
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.dev_present_mask.sum())
+
+    def lookup(self, names: Sequence[str]) -> IndexArray:
+        """Row of each name, -1 for names not in the inventory: shape (len(names),).
+
+        kube-scheduler sends the same candidate list for pod after pod, so results are cached by
+        the tuple of names (hashing and comparing a tuple is C work, ~10x cheaper than a dict
+        look-up per name). The cache is dropped when the set of node names changes.
+        """
+        if self._lookup_generation != self.generation:
+            self._lookup_cache.clear()
+            self._lookup_generation = self.generation
+        key = tuple(names)
+        hit = self._lookup_cache.get(key)
+        if hit is not None:
+            self._lookup_cache.move_to_end(key)
+            return hit
+        get = self.index.get
+        rows = np.fromiter(map(get, key, repeat(-1)), dtype=np.intp, count=len(key))
+        rows.flags.writeable = False
+        self._lookup_cache[key] = rows
+        if len(self._lookup_cache) > _LOOKUP_CACHE_SIZE:
+            self._lookup_cache.popitem(last=False)
+        return rows
+
+    def all_rows(self) -> IndexArray:
+        """Rows of every node, in row order."""
+        return np.flatnonzero(self.node_valid_mask)
+
+    # ------------------------------------------------------------------ nodes
+
+    def upsert_node(self, node: ComputeNode) -> None:
+        """Add a ComputeNode or replace its previous version: O(its devices)."""
+        name = node.name
+        row = self.index.get(name)
+        if row is None:
+            row = self._take_row()
+            self.index[name] = row
+            self.node_names[row] = name
+            self.generation += 1
+        if len(node.devices) > self.width:
+            self._widen(len(node.devices))
+        self.nodes[name] = node
+        self._write_row(row, node)
+        self._recharge_row(row)
+
+    def remove_node(self, name: str) -> bool:
+        """Forget a ComputeNode; its allocations stay (their pods still exist) and are charged
+        again if the node comes back. Returns whether it was known."""
+        row = self.index.pop(name, None)
+        if row is None:
+            return False
+        del self.nodes[name]
+        self.node_names[row] = None
+        self.device_ids[row] = ()
+        self.node_valid_mask[row] = False
+        self.node_vendor[row] = -1
+        self.dev_present_mask[row] = False
+        self._free_rows.append(row)
+        self.generation += 1
+        return True
+
+    def set_heartbeat(self, name: str, when: datetime | None, connected: bool = True) -> None:
+        """Record a heartbeat without rewriting the node's devices."""
+        row = self.index[name]
+        self.node_heartbeat_s[row] = when.timestamp() if when else NO_HEARTBEAT
+        self.node_agent_mask[row] = connected
+
+    def _take_row(self) -> int:
+        if not self._free_rows:
+            self._grow_rows(self.rows * 2)
+        return self._free_rows.pop()
+
+    def _node_arrays(self) -> list[str]:
+        return [
+            a
+            for a in vars(self)
+            if a.startswith("node_") and a not in {"node_names", "node_allocations"}
+        ]
+
+    def _device_arrays(self) -> list[str]:
+        return [a for a in vars(self) if a.startswith("dev_")]
+
+    def _grow_rows(self, rows: int) -> None:
+        old = self.rows
+        for attr in self._node_arrays() + self._device_arrays():
+            arr = getattr(self, attr)
+            fill = (
+                NO_HEARTBEAT if attr == "node_heartbeat_s" else (-1 if attr == "node_vendor" else 0)
+            )
+            grown = np.full((rows, *arr.shape[1:]), fill, arr.dtype)
+            grown[:old] = arr
+            setattr(self, attr, grown)
+        self.node_names.extend([None] * (rows - old))
+        self.device_ids.extend([()] * (rows - old))
+        self._free_rows = list(range(rows - 1, old - 1, -1)) + self._free_rows
+        self.rows = rows
+
+    def _widen(self, needed: int) -> None:
+        width = max(needed, self.width * 2)
+        for attr in self._device_arrays():
+            arr = getattr(self, attr)
+            grown = np.zeros((self.rows, width), arr.dtype)
+            grown[:, : self.width] = arr
+            setattr(self, attr, grown)
+        self.width = width
+        for row, name in enumerate(self.node_names):
+            if name is not None:
+                self._write_row(row, self.nodes[name])
+                self._recharge_row(row)
+
+    def _write_row(self, row: int, node: ComputeNode) -> None:
+        n = len(node.devices)
+        w = self.width
+        self.node_valid_mask[row] = True
+        self.node_vendor[row] = VENDOR_CODES[node.vendor]
+        self.node_ready_mask[row] = node.ready
+        self.node_agent_mask[row] = node.condition_true("AgentConnected", default=True)
+        hb = node.last_heartbeat
+        self.node_heartbeat_s[row] = hb.timestamp() if hb is not None else NO_HEARTBEAT
+        self.node_shared_mask[row] = node.shared
+        self.device_ids[row] = tuple(d.id for d in node.devices)
+        present = np.zeros(w, np.bool_)
+        present[:n] = True
+        self.dev_present_mask[row] = present
+        self.dev_vram_cap_mib[row] = _pad([d.vram_allocatable_mib for d in node.devices], w)
+        self.dev_vram_reported_mib[row] = _pad([d.vram_allocated_mib for d in node.devices], w)
+        self.dev_fp16_cap_mtf[row] = _pad([d.fp16_milli_tflops for d in node.devices], w)
+        self.dev_fp32_cap_mtf[row] = _pad([d.fp32_milli_tflops for d in node.devices], w)
+        self.dev_health[row] = _pad([d.health_score for d in node.devices], w)
+        self.dev_clique[row] = _pad(_cliques(node, self.vendors), w)
+        self.dev_numa[row] = [
+            d.numa_node if i < n and (d := node.devices[i]).numa_node is not None else 1000 + i
+            for i in range(w)
+        ]
+
+    # ------------------------------------------------------------------ allocations
+
+    def add_allocation(self, alloc: Allocation) -> None:
+        """Charge an allocation to its node's devices (the caller checked that it fits)."""
+        if alloc.uid in self.allocations:
+            raise PlacementError(
+                f"pod {alloc.namespace}/{alloc.name} ({alloc.uid}) already has "
+                f"an allocation on {self.allocations[alloc.uid].node}"
+            )
+        self.allocations[alloc.uid] = alloc
+        self.node_allocations.setdefault(alloc.node, set()).add(alloc.uid)
+        row = self.index.get(alloc.node)
+        if row is not None:
+            self._charge(row, alloc, +1)
+            self._refresh_free(row)
+
+    def remove_allocation(self, uid: str) -> Allocation | None:
+        alloc = self.allocations.pop(uid, None)
+        if alloc is None:
+            return None
+        on_node = self.node_allocations.get(alloc.node)
+        if on_node is not None:
+            on_node.discard(uid)
+            if not on_node:
+                del self.node_allocations[alloc.node]
+        row = self.index.get(alloc.node)
+        if row is not None:
+            self._charge(row, alloc, -1)
+            self._refresh_free(row)
+        return alloc
+
+    def replace_allocation(self, alloc: Allocation) -> None:
+        """Swap an allocation's record for one with the same charges (e.g. confirmed)."""
+        self.allocations[alloc.uid] = alloc
+
+    def _slot(self, row: int, device_id: str) -> int | None:
+        try:
+            return self.device_ids[row].index(device_id)
+        except ValueError:
+            return None
+
+    def _charge(self, row: int, alloc: Allocation, sign: int) -> None:
+        for charge in alloc.charges:
+            slot = self._slot(row, charge.device_id)
+            if slot is None:  # the device left the node; nothing to charge against
+                continue
+            self.dev_vram_hcs_mib[row, slot] += sign * charge.vram_mib
+            self.dev_fp16_hcs_mtf[row, slot] += sign * charge.fp16_milli_tflops
+            self.dev_fp32_hcs_mtf[row, slot] += sign * charge.fp32_milli_tflops
+            self.dev_holders[row, slot] += sign
+
+    def _recharge_row(self, row: int) -> None:
+        self.dev_vram_hcs_mib[row] = 0
+        self.dev_fp16_hcs_mtf[row] = 0
+        self.dev_fp32_hcs_mtf[row] = 0
+        self.dev_holders[row] = 0
+        name = self.node_names[row]
+        for uid in self.node_allocations.get(name or "", ()):
+            self._charge(row, self.allocations[uid], +1)
+        self._refresh_free(row)
+
+    def _refresh_free(self, row: int) -> None:
+        np.subtract(
+            self.dev_vram_cap_mib[row],
+            self.dev_vram_reported_mib[row],
+            out=self.dev_vram_free_mib[row],
+        )
+        self.dev_vram_free_mib[row] -= self.dev_vram_hcs_mib[row]
+        np.subtract(
+            self.dev_fp16_cap_mtf[row], self.dev_fp16_hcs_mtf[row], out=self.dev_fp16_free_mtf[row]
+        )
+        np.subtract(
+            self.dev_fp32_cap_mtf[row], self.dev_fp32_hcs_mtf[row], out=self.dev_fp32_free_mtf[row]
+        )
+        present = self.dev_present_mask[row]
+        cap = np.where(present, self.dev_vram_cap_mib[row], 0)
+        partly = (self.dev_holders[row] == 0) | self.node_shared_mask[row]
+        used = np.where(partly, cap - np.clip(self.dev_vram_free_mib[row], 0, cap), cap)
+        total = int(cap.sum())
+        self.node_vram_total_mib[row] = total
+        self.node_vram_used_mib[row] = int(np.where(present, used, 0).sum())
+        self.node_vram_avg_mib[row] = total // max(int(present.sum()), 1)
+
+    # ------------------------------------------------------------------ bulk
+
+    @classmethod
+    def from_nodes(
+        cls, nodes: Iterable[ComputeNode], vendors: VendorTable | None = None
+    ) -> ClusterState:
+        nodes = list(nodes)
+        width = max([8, *(len(n.devices) for n in nodes)])
+        state = cls(vendors=vendors or VendorTable(), width=width, rows=max(16, len(nodes)))
+        for node in nodes:
+            state.upsert_node(node)
+        return state
+
+
+def _pad(values: list[int], width: int) -> list[int]:
+    return values + [0] * (width - len(values))
+
+
+def _cliques(node: ComputeNode, vendors: VendorTable) -> list[int]:
+    """Union-find over the node's high-bandwidth links; peers not in the list are ignored."""
+    fast = vendors.all_link_types()
+    slot_of = {d.id: i for i, d in enumerate(node.devices)}
+    parent = list(range(len(node.devices)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, dev in enumerate(node.devices):
+        for link in dev.links:
+            if link.type not in fast:
+                continue
+            for peer in link.peers:
+                j = slot_of.get(peer)
+                if j is not None:
+                    a, b = find(i), find(j)
+                    parent[max(a, b)] = min(a, b)
+    return [find(i) for i in range(len(node.devices))]

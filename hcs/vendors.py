@@ -1,0 +1,259 @@
+"""Vendor profiles: one table of everything that differs between accelerator vendors.
+
+Device-plugin resource names depend on which plugin a site runs (the official one, HAMi, a
+renamed time-slicing config), so the table is data with defaults from DESIGN §5 and can be
+overridden from a YAML file:
+
+    vendors:
+      nvidia:
+        resource: nvidia.com/gpu.shared
+        aliases: [nvidia.com/gpu]
+
+Only the fields given are replaced; unknown vendors or fields are a ConfigError, never ignored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from hcs.errors import ConfigError
+
+VendorName = Literal["nvidia", "huawei", "hygon", "cambricon"]
+VENDOR_NAMES: Final[tuple[VendorName, ...]] = ("nvidia", "huawei", "hygon", "cambricon")
+# The engine stores vendors as small integers; the code is the index in VENDOR_NAMES.
+VENDOR_CODES: Final[dict[str, int]] = {name: i for i, name in enumerate(VENDOR_NAMES)}
+ALL_VENDORS_MASK: Final = (1 << len(VENDOR_NAMES)) - 1
+
+
+@dataclass(frozen=True)
+class HostMount:
+    """A driver hostPath the webhook mounts into requesting containers."""
+
+    name: str
+    host_path: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class VendorProfile:
+    name: VendorName
+    resource: str
+    """Device-plugin resource the webhook sets as a limit (`nvidia.com/gpu: 2`)."""
+    aliases: tuple[str, ...] = ()
+    """Other resource names meaning whole devices of this vendor (fnmatch patterns allowed)."""
+    device_env: str = ""
+    """Env var naming the physical devices, filled from `hcs.io/assigned-devices`."""
+    logical_env: str | None = None
+    """Env var with logical indices 0..k-1, known at admission."""
+    guard_env: tuple[str, str] | None = None
+    """Env var set on containers that asked for nothing, so they cannot see every device."""
+    mounts: tuple[HostMount, ...] = ()
+    ld_library_path: tuple[str, ...] = ()
+    high_bandwidth_links: tuple[str, ...] = ()
+    """Link types that form a high-bandwidth clique (NVLink, HCCS, ...)."""
+
+    def owns_resource(self, resource: str) -> bool:
+        """Whether `resource` is this vendor's whole-device resource (the default or an alias)."""
+        if resource == self.resource:
+            return True
+        return any(fnmatch.fnmatchcase(resource, pattern) for pattern in self.aliases)
+
+
+DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
+    "nvidia": VendorProfile(
+        name="nvidia",
+        resource="nvidia.com/gpu",
+        device_env="NVIDIA_VISIBLE_DEVICES",
+        logical_env="CUDA_VISIBLE_DEVICES",
+        guard_env=("NVIDIA_VISIBLE_DEVICES", "none"),
+        mounts=(
+            HostMount("nvidia-driver", "/usr/local/nvidia", "/usr/local/nvidia"),
+            HostMount("nvidia-libraries", "/run/nvidia/driver", "/run/nvidia/driver"),
+        ),
+        ld_library_path=("/usr/local/nvidia/lib64",),
+        high_bandwidth_links=("nvlink",),
+    ),
+    "huawei": VendorProfile(
+        name="huawei",
+        resource="huawei.com/Ascend910",
+        # `huawei.com/ascend` is the spelling of the API reference's compatibility example.
+        aliases=("huawei.com/Ascend910B*", "huawei.com/Ascend310P", "huawei.com/ascend"),
+        device_env="ASCEND_VISIBLE_DEVICES",
+        logical_env="ASCEND_RT_VISIBLE_DEVICES",
+        guard_env=("ASCEND_VISIBLE_DEVICES", ""),
+        mounts=(
+            HostMount(
+                "ascend-driver", "/usr/local/Ascend/driver", "/usr/local/Ascend/driver", True
+            ),
+            HostMount("ascend-dcmi", "/usr/local/dcmi", "/usr/local/dcmi", True),
+            HostMount("ascend-npu-smi", "/usr/local/bin/npu-smi", "/usr/local/bin/npu-smi", True),
+        ),
+        ld_library_path=(
+            "/usr/local/Ascend/driver/lib64/common",
+            "/usr/local/Ascend/driver/lib64/driver",
+        ),
+        high_bandwidth_links=("hccs",),
+    ),
+    "hygon": VendorProfile(
+        name="hygon",
+        resource="hygon.com/dcu",
+        aliases=("hygon.com/dcunum", "hygon.com/hcu"),
+        device_env="HIP_VISIBLE_DEVICES",
+        mounts=(
+            HostMount("hygon-hyhal", "/opt/hyhal", "/opt/hyhal", True),
+            HostMount("hygon-dtk", "/opt/dtk", "/opt/dtk"),
+        ),
+        ld_library_path=("/opt/hyhal/lib", "/opt/hyhal/lib64"),
+        high_bandwidth_links=("xgmi",),
+    ),
+    "cambricon": VendorProfile(
+        name="cambricon",
+        resource="cambricon.com/mlu",
+        aliases=("cambricon.com/mlu370", "cambricon.com/vmlu"),
+        device_env="CAMBRICON_VISIBLE_DEVICES",
+        logical_env="MLU_VISIBLE_DEVICES",
+        mounts=(HostMount("cambricon-neuware", "/usr/local/neuware", "/usr/local/neuware", True),),
+        ld_library_path=("/usr/local/neuware/lib64",),
+        high_bandwidth_links=("mlulink",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class VendorTable:
+    """The profiles in force; look-ups by vendor name or by device-plugin resource name."""
+
+    profiles: Mapping[VendorName, VendorProfile] = field(
+        default_factory=lambda: dict(DEFAULT_PROFILES)
+    )
+
+    def __getitem__(self, vendor: str) -> VendorProfile:
+        return self.profiles[vendor]  # type: ignore[index]
+
+    def vendor_of_resource(self, resource: str) -> VendorProfile | None:
+        """The vendor whose whole-device resource this is, or None."""
+        for profile in self.profiles.values():
+            if profile.owns_resource(resource):
+                return profile
+        return None
+
+    def all_link_types(self) -> frozenset[str]:
+        return frozenset(t for p in self.profiles.values() for t in p.high_bandwidth_links)
+
+
+_OVERRIDABLE: Final = {
+    "resource",
+    "aliases",
+    "deviceEnv",
+    "logicalEnv",
+    "guardEnv",
+    "mounts",
+    "ldLibraryPath",
+    "highBandwidthLinks",
+}
+
+
+def load_vendor_table(path: str | Path | None) -> VendorTable:
+    """The default table, with the overrides of the YAML file at `path` applied."""
+    if path is None:
+        return VendorTable()
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"vendor config {path}: {exc}") from exc
+    return vendor_table_from_dict(data, source=str(path))
+
+
+def vendor_table_from_dict(data: Any, source: str = "vendor config") -> VendorTable:
+    if data is None:
+        return VendorTable()
+    if not isinstance(data, dict) or set(data) - {"vendors"}:
+        raise ConfigError(f"{source}: expected a mapping with the single key `vendors`")
+    vendors = data.get("vendors") or {}
+    if not isinstance(vendors, dict):
+        raise ConfigError(f"{source}: vendors: expected a mapping of vendor name to overrides")
+    profiles: dict[VendorName, VendorProfile] = dict(DEFAULT_PROFILES)
+    for name, overrides in vendors.items():
+        if name not in DEFAULT_PROFILES:
+            raise ConfigError(
+                f"{source}: vendors.{name}: unknown vendor (expected one of "
+                f"{', '.join(VENDOR_NAMES)})"
+            )
+        profiles[name] = _apply_overrides(profiles[name], overrides, f"{source}: vendors.{name}")
+    return VendorTable(profiles)
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of strings")
+    return tuple(value)
+
+
+def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> VendorProfile:
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields")
+    unknown = set(overrides) - _OVERRIDABLE
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
+            f"(expected {', '.join(sorted(_OVERRIDABLE))})"
+        )
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        at = f"{where}.{key}"
+        if key in ("resource", "deviceEnv"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{at}: expected a non-empty string")
+            changes["resource" if key == "resource" else "device_env"] = value
+        elif key == "logicalEnv":
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{at}: expected a string or null")
+            changes["logical_env"] = value
+        elif key == "guardEnv":
+            if value is None:
+                changes["guard_env"] = None
+            elif (
+                isinstance(value, dict)
+                and set(value) == {"name", "value"}
+                and all(isinstance(v, str) for v in value.values())
+            ):
+                changes["guard_env"] = (value["name"], value["value"])
+            else:
+                raise ConfigError(f"{at}: expected null or {{name: ..., value: ...}}")
+        elif key == "mounts":
+            changes["mounts"] = _mounts(value, at)
+        else:
+            attr = {"aliases": "aliases", "ldLibraryPath": "ld_library_path"}.get(
+                key, "high_bandwidth_links"
+            )
+            changes[attr] = _str_list(value, at)
+    return replace(profile, **changes)
+
+
+def _mounts(value: Any, where: str) -> tuple[HostMount, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of {{name, hostPath, mountPath, readOnly}}")
+    mounts = []
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict) or not {"name", "hostPath"} <= set(item):
+            raise ConfigError(f"{at}: expected {{name, hostPath, mountPath, readOnly}}")
+        read_only = item.get("readOnly", False)
+        if not isinstance(read_only, bool):
+            raise ConfigError(f"{at}.readOnly: expected true or false")
+        mounts.append(
+            HostMount(
+                str(item["name"]),
+                str(item["hostPath"]),
+                str(item.get("mountPath", item["hostPath"])),
+                read_only,
+            )
+        )
+    return tuple(mounts)

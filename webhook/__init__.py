@@ -1,0 +1,1 @@
+"""Mutating admission webhook over TLS (issue 4)."""
