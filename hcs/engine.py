@@ -378,9 +378,12 @@ def filter_nodes(
     return FilterResult(names, ev.codes, req, config, ev.figures)
 
 
-def score(state: ClusterState, req: Request, ev: Evaluation, config: EngineConfig) -> IntArray:
-    """Integer scores 0..MAX_SCORE for the evaluated rows; failing rows score 0.
+def score_percent(
+    state: ClusterState, req: Request, ev: Evaluation, config: EngineConfig
+) -> IntArray:
+    """Integer scores 0..100 for the evaluated rows; failing rows score 0.
 
+    This finer figure is what `hcs.io/scheduling-score` records; kube-scheduler gets it // 10.
     Inputs already checked.
     """
     n = len(ev.rows)
@@ -418,7 +421,7 @@ def score(state: ClusterState, req: Request, ev: Evaluation, config: EngineConfi
     if req.preferred_code >= 0 and wts.vendor:
         acc += wts.vendor * np.where(state.node_vendor[safe] == req.preferred_code, 1000, 0)
         wsum += wts.vendor
-    scores: IntArray = acc * MAX_SCORE // (1000 * wsum)
+    scores: IntArray = acc * 100 // (1000 * wsum)
     scores[ev.codes != 0] = 0
     return scores
 
@@ -430,9 +433,10 @@ def prioritize(
     config: EngineConfig,
     now: float | None = None,
 ) -> IntArray:
-    """Scores 0..10 per candidate name (0 for nodes that do not fit)."""
+    """Scores 0..MAX_SCORE per candidate name (0 for nodes that do not fit)."""
     ev = evaluate(state, req, state.lookup(names), config, now)
-    return score(state, req, ev, config)
+    scores: IntArray = score_percent(state, req, ev, config) // (100 // MAX_SCORE)
+    return scores
 
 
 def select_devices(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from hcs.demand import PodDemand
-from hcs.engine import EngineConfig, compile_request, make_allocation, score, select_devices
+from hcs.engine import EngineConfig, compile_request, make_allocation, score_percent, select_devices
 from hcs.engine import evaluate as _evaluate
 from hcs.errors import PlacementError
 from hcs.state import Allocation, ClusterState
@@ -65,7 +65,7 @@ class Ledger:
             picks = select_devices(self.state, req, node, self.config, now)
             row = self.state.index[node]
             ev = _evaluate(self.state, req, np.array([row], np.intp), self.config, now)
-            node_score = int(score(self.state, req, ev, self.config)[0])
+            node_score = int(score_percent(self.state, req, ev, self.config)[0])
             alloc = make_allocation(self.state, req, node, picks, now=now, score_value=node_score)
             self.state.add_allocation(alloc)
             return alloc

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hcs.demand import PodDemand
-from hcs.engine import MAX_SCORE, EngineConfig, Reason
+from hcs.engine import EngineConfig, Reason
 from hcs.models import ComputeNode, Device
 from hcs.state import ClusterState
 
@@ -226,4 +226,4 @@ def _score(
     if demand.preferred_vendor is not None and w.vendor:
         acc += w.vendor * (1000 if node.vendor == demand.preferred_vendor else 0)
         wsum += w.vendor
-    return acc * MAX_SCORE // (1000 * wsum)
+    return acc * 100 // (1000 * wsum)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hcs.demand import parse_pod
-from hcs.engine import EngineConfig, Reason, compile_request, evaluate, route_vendor, score
+from hcs.engine import EngineConfig, Reason, compile_request, evaluate, route_vendor, score_percent
 from hcs.errors import HcsError, InventoryError
 from hcs.inventory import load_documents
 from hcs.ledger import Ledger
@@ -116,7 +116,7 @@ def simulate(
         demand = replace(demand, fixed_vendor=route.vendor)
         req = compile_request(demand)
         ev = evaluate(state, req, rows, config)
-        scores = score(state, req, ev, config)
+        scores = score_percent(state, req, ev, config)
         fits = np.flatnonzero(ev.codes[order] == 0)
         if len(fits) == 0:
             counts = Counter(Reason(int(c)).name for c in ev.codes)
@@ -157,7 +157,7 @@ def explain(
     rows = state.all_rows()
     names = [state.node_names[r] or "" for r in rows.tolist()]
     ev = evaluate(state, req, rows, config, figures=True)
-    scores = score(state, req, ev, config)
+    scores = score_percent(state, req, ev, config)
     figs = ev.figures or {}
     table = []
     for i, name in enumerate(names):
