@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -132,6 +132,16 @@ class Request:
     def empty(self) -> bool:
         return not self.groups
 
+    @property
+    def key(self) -> tuple[object, ...]:
+        """Everything the kernels read, hashable: equal keys give equal evaluations."""
+        return (
+            self.groups,
+            self.vendor_ok_table.tobytes(),
+            self.preferred_code,
+            self.demand.topology,
+        )
+
     def message(self, reason: Reason, config: EngineConfig) -> str:
         """`<Code>: <detail>` — identical for every node failing for this reason."""
         return f"{reason.name}: {self.detail(reason, config)}"
@@ -212,20 +222,47 @@ def compile_request(demand: PodDemand) -> Request:
     )
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Per-candidate results of one pod against a set of rows.
+def _row_counts(mask: BoolArray) -> IntArray:
+    """True entries per row of a C-contiguous (n_nodes, width) bool mask, width a multiple of 8.
 
-    codes : ndarray of shape (n_nodes,), Reason values
-    fit_mask : ndarray of shape (n_nodes, width), devices that fit some container
+    Each byte of a bool array is 0 or 1, so the population count of a row viewed as 64-bit
+    words is its number of True entries: one elementwise pass instead of a slow short-axis
+    reduction. Inputs already checked.
     """
+    words = np.bitwise_count(np.ascontiguousarray(mask).view(np.uint64))
+    counts = words[:, 0].astype(np.int64)
+    for j in range(1, words.shape[1]):
+        counts += words[:, j]
+    return counts
 
-    rows: IndexArray
-    safe_rows: IndexArray
-    codes: npt.NDArray[np.int8]
-    fit_mask: BoolArray
-    group_fit_masks: tuple[BoolArray, ...]
-    figures: dict[str, IntArray] | None = None
+
+_GATHER_BYTES: Final = np.uint64(0x0102040810204080)
+
+
+def _row_bits(mask: BoolArray) -> npt.NDArray[np.unsignedinteger[Any]]:
+    """Each row of a (n_nodes, width) bool mask as one unsigned integer, bit j = column j.
+
+    Eight 0/1 bytes read as a little-endian uint64 are packed into one byte by a multiply:
+    byte i times 2**(56 - 7i) lands on bit 56 + i, and every other product is a distinct power
+    of two below bit 56 or past bit 63, so nothing carries into the top byte. ~10x packbits.
+    """
+    words = np.ascontiguousarray(mask).view(np.uint64)
+    packed = ((words * _GATHER_BYTES) >> np.uint64(56)).astype(np.uint64)
+    bits = packed[:, 0]
+    for j in range(1, packed.shape[1]):
+        bits |= packed[:, j] << np.uint64(8 * j)
+    width = mask.shape[1]
+    dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}[width]
+    out: npt.NDArray[np.unsignedinteger[Any]] = bits.astype(dtype)
+    return out
+
+
+def _row_max(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Maximum of each row of a small-width array, as `width` elementwise passes."""
+    best = values[:, 0].copy()
+    for j in range(1, values.shape[1]):
+        np.maximum(best, values[:, j], out=best)
+    return best
 
 
 def _hall_fails(masks: Sequence[BoolArray], req: Request) -> BoolArray:
@@ -234,17 +271,190 @@ def _hall_fails(masks: Sequence[BoolArray], req: Request) -> BoolArray:
     masks : one (n_nodes, width) bool array per group; inputs already checked.
     """
     if len(masks) == 1:
-        single: BoolArray = np.count_nonzero(masks[0], axis=1) < req.groups[0].devices
+        single: BoolArray = _row_counts(masks[0]) < req.groups[0].devices
         return single
     fails: BoolArray | None = None
     for members, need in req.subsets:
         union = masks[members[0]]
         for i in members[1:]:
             union = union | masks[i]
-        f = np.count_nonzero(union, axis=1) < need
+        f = _row_counts(union) < need
         fails = f if fails is None else (fails | f)
     assert fails is not None
     return fails
+
+
+class _Kernel:
+    """The fit rules of one request computed over a selection of state rows: every row
+    (`sel` is a slice, shared by filter and prioritize of the same pod) or the gathered
+    candidate rows (`sel` is an index array). Arrays have shape (n_sel,) or (n_sel, width).
+    """
+
+    def __init__(
+        self,
+        state: ClusterState,
+        req: Request,
+        config: EngineConfig,
+        now: float | None,
+        sel: slice | IndexArray,
+        empty_cluster: bool,
+    ) -> None:
+        self.state, self.req, self.config, self.sel = state, req, config, sel
+        self._scores: IntArray | None = None
+        vendor_ok = req.vendor_ok_table[state.node_vendor[sel]]
+        present = state.dev_present_mask[sel]
+        if req.empty:  # asks nothing of HCS: every node passes
+            self.codes = np.zeros(len(vendor_ok), np.int8)
+            self.fit = np.zeros_like(present)
+            self.group_fit = ()
+            self._present = self._open = self._healthy = present
+            self._vram_free = state.dev_vram_free_mib[sel]
+            return
+        need_fp16 = any(g.fp16_milli_tflops for g in req.groups)
+        need_fp32 = any(g.fp32_milli_tflops for g in req.groups)
+        if empty_cluster:
+            valid = state.node_valid_mask[sel]
+            ready = agent = valid
+            idle = open_ = healthy = present
+            vram_free = state.dev_vram_cap_mib[sel]
+            fp16_free = state.dev_fp16_cap_mtf[sel] if need_fp16 else None
+            fp32_free = state.dev_fp32_cap_mtf[sel] if need_fp32 else None
+        else:
+            ready = state.node_ready_mask[sel]
+            agent = state.node_agent_mask[sel]
+            if config.heartbeat_max_age_s is not None:
+                now = time.time() if now is None else now
+                fresh = state.node_heartbeat_s[sel] >= now - config.heartbeat_max_age_s
+                agent = agent & fresh
+            idle = state.dev_idle_mask[sel]
+            open_ = state.dev_open_mask[sel]
+            healthy = state.dev_health[sel] >= config.min_health
+            vram_free = state.dev_vram_free_mib[sel]
+            fp16_free = state.dev_fp16_free_mtf[sel] if need_fp16 else None
+            fp32_free = state.dev_fp32_free_mtf[sel] if need_fp32 else None
+        base, health_ok, vram_ok, all_ok = [], [], [], []
+        for g in req.groups:
+            b = idle if g.whole else open_
+            h = b & healthy
+            v = h & (vram_free >= g.vram_mib)
+            a = v
+            if g.fp16_milli_tflops:
+                assert fp16_free is not None
+                a = a & (fp16_free >= g.fp16_milli_tflops)
+            if g.fp32_milli_tflops:
+                assert fp32_free is not None
+                a = a & (fp32_free >= g.fp32_milli_tflops)
+            base.append(b)
+            health_ok.append(h)
+            vram_ok.append(v)
+            all_ok.append(a)
+        fail_base = _hall_fails(base, req)
+        fail_health = _hall_fails(health_ok, req)
+        fail_vram = _hall_fails(vram_ok, req)
+        fail_all = _hall_fails(all_ok, req)
+        # Lowest precedence first, so a higher one overwrites (np.select is ~20x slower here).
+        codes = np.zeros(len(vendor_ok), np.int8)
+        np.putmask(codes, fail_base, Reason.InsufficientDevices)
+        np.putmask(codes, ~fail_vram & fail_all, Reason.InsufficientTFLOPS)
+        np.putmask(codes, ~fail_health & fail_vram, Reason.InsufficientVRAM)
+        np.putmask(codes, fail_health & ~fail_base, Reason.DeviceUnhealthy)
+        np.putmask(codes, ~vendor_ok, Reason.VendorNotSupported)
+        np.putmask(codes, ~agent, Reason.AgentNotConnected)
+        np.putmask(codes, ~ready, Reason.NotReady)
+        np.putmask(codes, ~state.node_valid_mask[sel], Reason.NodeNotFound)
+        self.codes = codes
+        fit = all_ok[0]
+        for a in all_ok[1:]:
+            fit = fit | a
+        self.fit: BoolArray = fit
+        self.group_fit: tuple[BoolArray, ...] = tuple(all_ok)
+        self._present, self._open, self._healthy, self._vram_free = (
+            present,
+            open_,
+            healthy,
+            vram_free,
+        )
+
+    def figures(self) -> dict[str, IntArray]:
+        return {
+            "devices": _row_counts(self._present),
+            "free_devices": _row_counts(self._open),
+            "healthy_free_devices": _row_counts(self._open & self._healthy),
+            "max_free_vram_mib": _row_max(np.where(self._present, self._vram_free, 0)),
+            "fitting_devices": _row_counts(self.fit),
+        }
+
+    def scores(self) -> IntArray:
+        """Score percent 0..100 per selected row (rows that fail included; masked later)."""
+        if self._scores is None:
+            self._scores = _score_rows(self.state, self.req, self.config, self.sel, self.fit)
+        return self._scores
+
+
+def _score_rows(
+    state: ClusterState, req: Request, config: EngineConfig, sel: slice | IndexArray, fit: BoolArray
+) -> IntArray:
+    """Per-mille components combined into 0..100; inputs already checked."""
+    wts = config.weights
+    n = len(fit)
+    shared = state.node_shared_mask[sel]
+    total = state.node_vram_total_mib[sel]
+    used = state.node_vram_used_mib[sel]
+    avg = state.node_vram_avg_mib[sel]
+    placed = np.zeros(n, np.int64)
+    for g in req.groups:
+        if g.whole:
+            placed += g.devices * avg
+        else:
+            placed += g.devices * np.where(shared, g.vram_mib, avg)
+    frac = np.minimum((used + placed) * 1000 // np.maximum(total, 1), 1000)
+    pack = frac if config.strategy == "binpack" else 1000 - frac
+
+    fit_count = _row_counts(fit)
+    # Health sums are small integers: a float mat-vec (BLAS) is exact and ~5x a short-axis sum.
+    health_sum = np.rint((fit * state.dev_health_f64[sel]) @ state.ones_f64).astype(np.int64)
+    health = health_sum * 10 // np.maximum(fit_count, 1)
+
+    acc = wts.pack * pack + wts.health * health
+    wsum = wts.pack + wts.health
+    topology = req.demand.topology
+    if topology is not None and wts.topology:
+        groups = state.dev_clique_bits if topology == "high-bandwidth" else state.dev_numa_bits
+        fit_bits = _row_bits(fit)
+        best = _row_max(np.bitwise_count(groups[sel] & fit_bits[:, None])).astype(np.int64)
+        acc += wts.topology * np.minimum(best * 1000 // max(req.total_devices, 1), 1000)
+        wsum += wts.topology
+    if req.preferred_code >= 0 and wts.vendor:
+        acc += wts.vendor * np.where(state.node_vendor[sel] == req.preferred_code, 1000, 0)
+        wsum += wts.vendor
+    scores: IntArray = acc * 100 // (1000 * wsum)
+    return scores
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One pod against candidate rows: `codes`, shape (n_nodes,), Reason values; the kernel
+    arrays are read through `pos`, the candidates' positions in the kernel's selection."""
+
+    rows: IndexArray
+    codes: npt.NDArray[np.int8]
+    kernel: _Kernel
+    pos: IndexArray
+
+    @property
+    def fit_mask(self) -> BoolArray:
+        """Devices that fit some container, shape (n_nodes, width)."""
+        fit: BoolArray = self.kernel.fit[self.pos]
+        return fit
+
+    def group_fit(self, group: int, i: int) -> BoolArray:
+        """Devices of candidate `i` fitting container group `group`, shape (width,)."""
+        mask: BoolArray = self.kernel.group_fit[group][self.pos[i]]
+        return mask
+
+    @property
+    def figures(self) -> dict[str, IntArray]:
+        return {k: v[self.pos] for k, v in self.kernel.figures().items()}
 
 
 def evaluate(
@@ -254,96 +464,63 @@ def evaluate(
     config: EngineConfig,
     now: float | None = None,
     *,
-    figures: bool = False,
     empty_cluster: bool = False,
 ) -> Evaluation:
     """Run the fit rules for one pod over `rows` (-1 = unknown node); the shared kernel of
-    filter, prioritize, select_devices and explanations.
+    filter, prioritize, select_devices, routing and explanations.
+
+    When the candidates are a good share of the cluster (kube-scheduler with
+    `percentageOfNodesToScore: 100` sends all that passed its own filters), every row is
+    evaluated on the contiguous arrays, without gathering, and the result is kept for this pod
+    until the state changes, so prioritize after filter costs only the scores. A few
+    candidates out of a large cluster are gathered and evaluated alone.
 
     `empty_cluster`: judge against the devices' full capacity, as if every node were Ready and
     every device healthy and free: "could this node *ever* hold the pod".
     """
     valid = rows >= 0
-    safe = np.where(valid, rows, 0) if not valid.all() else rows
-    n, w = len(rows), state.width
+    all_valid = bool(valid.all())
+    safe = rows if all_valid else np.where(valid, rows, 0)
     if req.empty:
-        empty = np.zeros((n, w), np.bool_)
-        return Evaluation(rows, safe, np.zeros(n, np.int8), empty, ())
-    vendor_ok = req.vendor_ok_table[state.node_vendor[safe]]
-    present = state.dev_present_mask[safe]
-    need_tflops = any(g.fp16_milli_tflops or g.fp32_milli_tflops for g in req.groups)
-    if empty_cluster:
-        ready = agent = valid
-        idle = healthy = present
-        vram_free = state.dev_vram_cap_mib[safe]
-        fp16_free = state.dev_fp16_cap_mtf[safe] if need_tflops else None
-        fp32_free = state.dev_fp32_cap_mtf[safe] if need_tflops else None
+        kernel = _Kernel(state, req, config, now, safe, empty_cluster=False)
+        return Evaluation(rows, np.zeros(len(rows), np.int8), kernel, np.arange(len(rows)))
+    if 2 * len(rows) >= state.n_nodes:
+        kernel = _kernel_cached(state, req, config, now, empty_cluster=empty_cluster)
+        pos = safe
     else:
-        ready = state.node_ready_mask[safe]
-        agent = state.node_agent_mask[safe]
-        if config.heartbeat_max_age_s is not None:
-            now = time.time() if now is None else now
-            agent = agent & (state.node_heartbeat_s[safe] >= now - config.heartbeat_max_age_s)
-        idle = state.dev_holders[safe] == 0
-        healthy = state.dev_health[safe] >= config.min_health
-        vram_free = state.dev_vram_free_mib[safe]
-        fp16_free = state.dev_fp16_free_mtf[safe] if need_tflops else None
-        fp32_free = state.dev_fp32_free_mtf[safe] if need_tflops else None
+        kernel = _Kernel(state, req, config, now, safe, empty_cluster)
+        pos = np.arange(len(rows))
+    codes = kernel.codes[pos]
+    if not all_valid:
+        codes[~valid] = Reason.NodeNotFound
+    return Evaluation(rows, codes, kernel, pos)
 
-    usable_whole = present & idle
-    usable_split = present & (idle | state.node_shared_mask[safe][:, None])
-    base, health_ok, vram_ok, all_ok = [], [], [], []
-    for g in req.groups:
-        b = usable_whole if g.whole else usable_split
-        h = b & healthy
-        v = h & (vram_free >= g.vram_mib)
-        a = v
-        if g.fp16_milli_tflops:
-            assert fp16_free is not None
-            a = a & (fp16_free >= g.fp16_milli_tflops)
-        if g.fp32_milli_tflops:
-            assert fp32_free is not None
-            a = a & (fp32_free >= g.fp32_milli_tflops)
-        base.append(b)
-        health_ok.append(h)
-        vram_ok.append(v)
-        all_ok.append(a)
-    fail_base = _hall_fails(base, req)
-    fail_health = _hall_fails(health_ok, req)
-    fail_vram = _hall_fails(vram_ok, req)
-    fail_all = _hall_fails(all_ok, req)
-    codes = np.select(
-        [
-            ~valid,
-            ~ready,
-            ~agent,
-            ~vendor_ok,
-            fail_health & ~fail_base,
-            ~fail_health & fail_vram,
-            ~fail_vram & fail_all,
-            fail_base,
-        ],
-        [np.int8(r) for r in range(1, 9)],
-        np.int8(0),
-    ).astype(np.int8, copy=False)
-    fit = all_ok[0]
-    for a in all_ok[1:]:
-        fit = fit | a
-    figs = None
-    if figures:
-        figs = {
-            "devices": np.count_nonzero(present, axis=1),
-            "free_devices": np.count_nonzero(usable_split, axis=1),
-            "healthy_free_devices": np.count_nonzero(usable_split & healthy, axis=1),
-            "max_free_vram_mib": np.where(present, vram_free, 0).max(axis=1),
-            "fitting_devices": np.count_nonzero(fit, axis=1),
-        }
-    return Evaluation(rows, safe, codes, fit, tuple(all_ok), figs)
+
+def _kernel_cached(
+    state: ClusterState,
+    req: Request,
+    config: EngineConfig,
+    now: float | None,
+    *,
+    empty_cluster: bool,
+) -> _Kernel:
+    tick = None
+    if config.heartbeat_max_age_s is not None and not empty_cluster:
+        now = time.time() if now is None else now
+        tick = now
+    key = (req.key, config, tick, empty_cluster)
+    cache = state.kernel_cache()
+    kernel = cache.get(key)
+    if not isinstance(kernel, _Kernel):
+        kernel = _Kernel(state, req, config, now, slice(None), empty_cluster)
+        cache[key] = kernel
+    return kernel
 
 
 @dataclass(frozen=True)
 class FilterResult:
-    names: Sequence[str]
+    names: npt.NDArray[np.object_]
+    """The candidate names as an object array, shape (n_nodes,)."""
     codes: npt.NDArray[np.int8]
     request: Request
     config: EngineConfig
@@ -352,6 +529,11 @@ class FilterResult:
     @property
     def passed_mask(self) -> BoolArray:
         passed: BoolArray = self.codes == 0
+        return passed
+
+    def passed_names(self) -> list[str]:
+        """Names of the nodes that fit, in request order."""
+        passed: list[str] = self.names[self.codes == 0].tolist()
         return passed
 
     def message(self, code: int) -> str:
@@ -374,8 +556,9 @@ def filter_nodes(
     figures: bool = False,
 ) -> FilterResult:
     """Pass/fail and a reason code per candidate node name."""
-    ev = evaluate(state, req, state.lookup(names), config, now, figures=figures)
-    return FilterResult(names, ev.codes, req, config, ev.figures)
+    found = state.resolve(names)
+    ev = evaluate(state, req, found.rows, config, now)
+    return FilterResult(found.names, ev.codes, req, config, ev.figures if figures else None)
 
 
 def score_percent(
@@ -384,44 +567,10 @@ def score_percent(
     """Integer scores 0..100 for the evaluated rows; failing rows score 0.
 
     This finer figure is what `hcs.io/scheduling-score` records; kube-scheduler gets it // 10.
-    Inputs already checked.
     """
-    n = len(ev.rows)
     if req.empty:
-        return np.zeros(n, np.int64)
-    safe = ev.safe_rows
-    wts = config.weights
-    shared = state.node_shared_mask[safe]
-    total = state.node_vram_total_mib[safe]
-    used = state.node_vram_used_mib[safe]
-    avg = state.node_vram_avg_mib[safe]
-    placed = np.zeros(n, np.int64)
-    for g in req.groups:
-        if g.whole:
-            placed += g.devices * avg
-        else:
-            placed += g.devices * np.where(shared, g.vram_mib, avg)
-    frac = np.minimum((used + placed) * 1000 // np.maximum(total, 1), 1000)
-    pack = frac if config.strategy == "binpack" else 1000 - frac
-
-    fit = ev.fit_mask
-    fit_count = np.count_nonzero(fit, axis=1)
-    health_sum = np.where(fit, state.dev_health[safe], 0).sum(axis=1, dtype=np.int64)
-    health = health_sum * 10 // np.maximum(fit_count, 1)
-
-    acc = wts.pack * pack + wts.health * health
-    wsum = wts.pack + wts.health
-    topology = req.demand.topology
-    if topology is not None and wts.topology:
-        group = state.dev_clique[safe] if topology == "high-bandwidth" else state.dev_numa[safe]
-        same = group[:, :, None] == group[:, None, :]
-        best = np.count_nonzero(same & fit[:, None, :], axis=2).max(axis=1)
-        acc += wts.topology * np.minimum(best * 1000 // max(req.total_devices, 1), 1000)
-        wsum += wts.topology
-    if req.preferred_code >= 0 and wts.vendor:
-        acc += wts.vendor * np.where(state.node_vendor[safe] == req.preferred_code, 1000, 0)
-        wsum += wts.vendor
-    scores: IntArray = acc * 100 // (1000 * wsum)
+        return np.zeros(len(ev.rows), np.int64)
+    scores: IntArray = ev.kernel.scores()[ev.pos]
     scores[ev.codes != 0] = 0
     return scores
 
@@ -478,7 +627,7 @@ def select_devices(
     picks = []
     for c in containers:
         gi = group_of[(c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops, c.whole)]
-        cand = ev.group_fit_masks[gi][0] & ~taken
+        cand = ev.group_fit(gi, 0) & ~taken
         if np.count_nonzero(cand) < c.devices:
             raise PlacementError(
                 f"{node}: cannot give every container its own fitting devices",

@@ -14,7 +14,8 @@ equal the sum of the listed devices. Both are kept as written; the engine places
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, TypeVar, cast
@@ -30,6 +31,7 @@ LINK_TYPES: Final = ("nvlink", "hccs", "pcie", "roce", "xgmi", "mlulink")
 PHASES: Final = ("Ready", "NotReady", "Draining")
 CONDITION_TYPES: Final = ("Ready", "HardwareHealthy", "AgentConnected", "Schedulable")
 CONDITION_STATUSES: Final = ("True", "False", "Unknown")
+MAX_DEVICES: Final = 64
 QUOTA_RESOURCES: Final = ("vram", "tflops-fp16", "tflops-fp32", "devices")
 QUOTA_SCOPES: Final = ("PriorityClass", "Terminating", "NotTerminating")
 SELECTOR_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -38,6 +40,17 @@ _DNS_SUBDOMAIN: Final = re.compile(
 )
 
 T = TypeVar("T")
+H = TypeVar("H", bound=Hashable)
+
+# A fleet repeats itself: the same device IDs, models, bus IDs, link lists and capacities on
+# thousands of nodes. Sharing one object per distinct value keeps 50,000 nodes' models in
+# memory at a fraction of the cost (the cache holds distinct values only, a few thousand).
+_SHARED: dict[Hashable, Hashable] = {}
+_s = sys.intern
+
+
+def _share(value: H) -> H:
+    return cast(H, _SHARED.setdefault(value, value))
 
 
 class _Checker:
@@ -205,14 +218,14 @@ def _check_kind(ck: _Checker, obj: Mapping[str, Any], kind: str) -> None:
 # --------------------------------------------------------------------------- ComputeNode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Link:
     type: str
     peers: tuple[str, ...]
     bandwidth: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Device:
     id: str
     model: str
@@ -227,7 +240,7 @@ class Device:
     numa_node: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Condition:
     type: str
     status: str
@@ -310,6 +323,8 @@ class ComputeNode:
             for i, raw in enumerate(ck.sequence(spec.get("devices"), "spec.devices"))
             if (d := _device(ck, raw, f"spec.devices[{i}]")) is not None
         )
+        if len(devices) > MAX_DEVICES:
+            ck.problem("spec.devices", f"{len(devices)} devices: at most {MAX_DEVICES} per node")
         seen: dict[str, int] = {}
         for i, dev in enumerate(devices):
             if dev.id in seen:
@@ -382,22 +397,22 @@ def _device(ck: _Checker, raw: Any, path: str) -> Device | None:
             ck.problem(f"{lp}.peers", "expected a list of device ID strings")
         bandwidth = ck.string(lk, "bandwidth", lp)
         if ltype and bandwidth is not None:
-            links.append(Link(ltype, tuple(str(p) for p in peers), bandwidth))
+            links.append(_share(Link(_s(ltype), tuple(_s(str(p)) for p in peers), _s(bandwidth))))
     health = ck.convert(d, "healthScore", path, _health)
     if vram is not None and allocatable is not None and allocatable > vram:
         ck.problem(f"{path}.vramAllocatable", "must not exceed vram")
     if len(ck.problems) > before:
         return None
     return Device(
-        id=cast(str, dev_id),
-        model=cast(str, model),
-        vram_mib=cast(int, vram),
-        vram_allocatable_mib=cast(int, allocatable),
-        vram_allocated_mib=cast(int, allocated),
-        fp16_milli_tflops=cast(int, fp16),
-        fp32_milli_tflops=cast(int, fp32),
-        bus_id=cast(str, bus_id),
-        links=tuple(links),
+        id=_s(cast(str, dev_id)),
+        model=_s(cast(str, model)),
+        vram_mib=_share(cast(int, vram)),
+        vram_allocatable_mib=_share(cast(int, allocatable)),
+        vram_allocated_mib=_share(cast(int, allocated)),
+        fp16_milli_tflops=_share(cast(int, fp16)),
+        fp32_milli_tflops=_share(cast(int, fp32)),
+        bus_id=_s(cast(str, bus_id)),
+        links=_share(tuple(links)),
         health_score=cast(int, health),
         numa_node=numa,
     )

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hcs.demand import PodDemand
-from hcs.engine import EngineConfig, Reason
+from hcs.engine import MAX_SCORE, EngineConfig, Reason
 from hcs.models import ComputeNode, Device
 from hcs.state import ClusterState
 
@@ -183,6 +183,19 @@ def prioritize_reference(
     config: EngineConfig,
     now: float | None = None,
 ) -> list[int]:
+    """Scores 0..MAX_SCORE, as kube-scheduler receives them."""
+    percents = score_percent_reference(state, demand, names, config, now)
+    return [p // (100 // MAX_SCORE) for p in percents]
+
+
+def score_percent_reference(
+    state: ClusterState,
+    demand: PodDemand,
+    names: Sequence[str],
+    config: EngineConfig,
+    now: float | None = None,
+) -> list[int]:
+    """Scores 0..100 (what `hcs.io/scheduling-score` records)."""
     scores = []
     for name in names:
         reason, devs, fitting = _node_reason(state, demand, name, config, now)

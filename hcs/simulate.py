@@ -156,9 +156,9 @@ def explain(
     req = compile_request(demand)
     rows = state.all_rows()
     names = [state.node_names[r] or "" for r in rows.tolist()]
-    ev = evaluate(state, req, rows, config, figures=True)
+    ev = evaluate(state, req, rows, config)
     scores = score_percent(state, req, ev, config)
-    figs = ev.figures or {}
+    figs = ev.figures
     table = []
     for i, name in enumerate(names):
         code = Reason(int(ev.codes[i]))

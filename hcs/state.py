@@ -18,12 +18,11 @@ thread-safe on its own; the Ledger serialises writers.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import repeat
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +37,15 @@ IndexArray = npt.NDArray[np.intp]
 
 NO_HEARTBEAT: Final = -np.inf
 _LOOKUP_CACHE_SIZE: Final = 64
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate nodes of one request: rows (-1 = unknown name), shape (n_nodes,), and the
+    names as an object array so replies are built with a numpy take, not a loop."""
+
+    rows: IndexArray
+    names: npt.NDArray[np.object_]
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,12 @@ class ClusterState:
     rows: int = 16
 
     def __post_init__(self) -> None:
+        self.width = _width_for(self.width)
         n, w = self.rows, self.width
+        self.version = 0
+        """Bumped by every change to the arrays (invalidates cached evaluations)."""
+        self._kernel_cache: dict[object, object] = {}
+        self._kernel_cache_version = -1
         self.node_valid_mask: BoolArray = np.zeros(n, np.bool_)
         self.node_vendor: npt.NDArray[np.int8] = np.full(n, -1, np.int8)
         self.node_ready_mask: BoolArray = np.zeros(n, np.bool_)
@@ -114,6 +127,17 @@ class ClusterState:
         self.dev_fp32_free_mtf: IntArray = np.zeros((n, w), np.int64)
         self.dev_health: npt.NDArray[np.int16] = np.zeros((n, w), np.int16)
         self.dev_holders: npt.NDArray[np.int32] = np.zeros((n, w), np.int32)
+        # Derived on every row refresh, so the engine reads instead of computing: a device nobody
+        # holds, one that may take a container (idle, or on a shared node), health as float64
+        # for an exact BLAS mat-vec.
+        self.dev_idle_mask: BoolArray = np.zeros((n, w), np.bool_)
+        self.dev_open_mask: BoolArray = np.zeros((n, w), np.bool_)
+        self.dev_health_f64: npt.NDArray[np.float64] = np.zeros((n, w), np.float64)
+        # Per slot, the slots of its clique / NUMA node as a bit mask (bit j = slot j).
+        self.dev_clique_bits: npt.NDArray[np.unsignedinteger[Any]] = np.zeros(
+            (n, w), _BITS_DTYPE[w]
+        )
+        self.dev_numa_bits: npt.NDArray[np.unsignedinteger[Any]] = np.zeros((n, w), _BITS_DTYPE[w])
         # Clique: devices joined by high-bandwidth links (NVLink, HCCS, ...); the id is the slot
         # of the clique's first device, so a device without links is a clique of its own.
         self.dev_clique: npt.NDArray[np.int16] = np.zeros((n, w), np.int16)
@@ -128,8 +152,19 @@ class ClusterState:
         self._free_rows: list[int] = list(range(n - 1, -1, -1))
         self.generation = 0
         """Bumped whenever the set of node names changes (invalidates name look-ups)."""
-        self._lookup_cache: OrderedDict[tuple[str, ...], IndexArray] = OrderedDict()
+        self._lookup_cache: dict[tuple[object, ...], tuple[list[str], Candidates]] = {}
         self._lookup_generation = 0
+
+    @property
+    def ones_f64(self) -> npt.NDArray[np.float64]:
+        return np.ones(self.width, np.float64)
+
+    def kernel_cache(self) -> dict[object, object]:
+        """A scratch dict for the engine, emptied whenever the state changes."""
+        if self._kernel_cache_version != self.version or len(self._kernel_cache) > 64:
+            self._kernel_cache = {}
+            self._kernel_cache_version = self.version
+        return self._kernel_cache
 
     # ------------------------------------------------------------------ names
 
@@ -142,27 +177,37 @@ class ClusterState:
         return int(self.dev_present_mask.sum())
 
     def lookup(self, names: Sequence[str]) -> IndexArray:
-        """Row of each name, -1 for names not in the inventory: shape (len(names),).
+        """Row of each name, -1 for names not in the inventory: shape (len(names),)."""
+        return self.resolve(names).rows
 
-        kube-scheduler sends the same candidate list for pod after pod, so results are cached by
-        the tuple of names (hashing and comparing a tuple is C work, ~10x cheaper than a dict
-        look-up per name). The cache is dropped when the set of node names changes.
+    def resolve(self, names: Sequence[str]) -> Candidates:
+        """Rows of `names` (-1 if unknown) and the names as an object array, for replies.
+
+        kube-scheduler sends the same candidate list for pod after pod, so results are cached.
+        The key is a sample (length, first, middle and last name) and a hit is confirmed by
+        comparing the whole list: a list comparison is an identity check or a memcmp per name,
+        several times cheaper than hashing every name. The cache is dropped when the set of
+        node names changes.
         """
         if self._lookup_generation != self.generation:
             self._lookup_cache.clear()
             self._lookup_generation = self.generation
-        key = tuple(names)
+        seq = names if isinstance(names, list) else list(names)
+        n = len(seq)
+        key = (n, seq[0], seq[n // 2], seq[-1]) if n else (0,)
         hit = self._lookup_cache.get(key)
-        if hit is not None:
-            self._lookup_cache.move_to_end(key)
-            return hit
-        get = self.index.get
-        rows = np.fromiter(map(get, key, repeat(-1)), dtype=np.intp, count=len(key))
+        if hit is not None and hit[0] == seq:
+            return hit[1]
+        rows = np.fromiter(map(self.index.get, seq, repeat(-1)), dtype=np.intp, count=n)
         rows.flags.writeable = False
-        self._lookup_cache[key] = rows
-        if len(self._lookup_cache) > _LOOKUP_CACHE_SIZE:
-            self._lookup_cache.popitem(last=False)
-        return rows
+        name_array = np.empty(n, dtype=object)
+        name_array[:] = seq
+        name_array.flags.writeable = False
+        found = Candidates(rows, name_array)
+        if len(self._lookup_cache) >= _LOOKUP_CACHE_SIZE:
+            del self._lookup_cache[next(iter(self._lookup_cache))]  # oldest first
+        self._lookup_cache[key] = (list(seq), found)
+        return found
 
     def all_rows(self) -> IndexArray:
         """Rows of every node, in row order."""
@@ -179,11 +224,12 @@ class ClusterState:
             self.index[name] = row
             self.node_names[row] = name
             self.generation += 1
+        self.nodes[name] = node
         if len(node.devices) > self.width:
             self._widen(len(node.devices))
-        self.nodes[name] = node
         self._write_row(row, node)
         self._recharge_row(row)
+        self.version += 1
 
     def remove_node(self, name: str) -> bool:
         """Forget a ComputeNode; its allocations stay (their pods still exist) and are charged
@@ -197,8 +243,11 @@ class ClusterState:
         self.node_valid_mask[row] = False
         self.node_vendor[row] = -1
         self.dev_present_mask[row] = False
+        self.dev_idle_mask[row] = False
+        self.dev_open_mask[row] = False
         self._free_rows.append(row)
         self.generation += 1
+        self.version += 1
         return True
 
     def set_heartbeat(self, name: str, when: datetime | None, connected: bool = True) -> None:
@@ -206,6 +255,7 @@ class ClusterState:
         row = self.index[name]
         self.node_heartbeat_s[row] = when.timestamp() if when else NO_HEARTBEAT
         self.node_agent_mask[row] = connected
+        self.version += 1
 
     def _take_row(self) -> int:
         if not self._free_rows:
@@ -238,10 +288,11 @@ class ClusterState:
         self.rows = rows
 
     def _widen(self, needed: int) -> None:
-        width = max(needed, self.width * 2)
+        width = _width_for(max(needed, self.width * 2))
         for attr in self._device_arrays():
             arr = getattr(self, attr)
-            grown = np.zeros((self.rows, width), arr.dtype)
+            dtype = _BITS_DTYPE[width] if attr.endswith("_bits") else arr.dtype
+            grown = np.zeros((self.rows, width), dtype)
             grown[:, : self.width] = arr
             setattr(self, attr, grown)
         self.width = width
@@ -269,11 +320,16 @@ class ClusterState:
         self.dev_fp16_cap_mtf[row] = _pad([d.fp16_milli_tflops for d in node.devices], w)
         self.dev_fp32_cap_mtf[row] = _pad([d.fp32_milli_tflops for d in node.devices], w)
         self.dev_health[row] = _pad([d.health_score for d in node.devices], w)
-        self.dev_clique[row] = _pad(_cliques(node, self.vendors), w)
-        self.dev_numa[row] = [
+        self.dev_health_f64[row] = self.dev_health[row]
+        cliques = _pad(_cliques(node, self.vendors), w)
+        numa = [
             d.numa_node if i < n and (d := node.devices[i]).numa_node is not None else 1000 + i
             for i in range(w)
         ]
+        self.dev_clique[row] = cliques
+        self.dev_numa[row] = numa
+        self.dev_clique_bits[row] = _group_bits(cliques, n)
+        self.dev_numa_bits[row] = _group_bits(numa, n)
 
     # ------------------------------------------------------------------ allocations
 
@@ -290,6 +346,7 @@ class ClusterState:
         if row is not None:
             self._charge(row, alloc, +1)
             self._refresh_free(row)
+        self.version += 1
 
     def remove_allocation(self, uid: str) -> Allocation | None:
         alloc = self.allocations.pop(uid, None)
@@ -304,6 +361,7 @@ class ClusterState:
         if row is not None:
             self._charge(row, alloc, -1)
             self._refresh_free(row)
+        self.version += 1
         return alloc
 
     def replace_allocation(self, alloc: Allocation) -> None:
@@ -350,8 +408,11 @@ class ClusterState:
             self.dev_fp32_cap_mtf[row], self.dev_fp32_hcs_mtf[row], out=self.dev_fp32_free_mtf[row]
         )
         present = self.dev_present_mask[row]
+        idle = self.dev_holders[row] == 0
+        self.dev_idle_mask[row] = present & idle
+        self.dev_open_mask[row] = present & (idle | self.node_shared_mask[row])
         cap = np.where(present, self.dev_vram_cap_mib[row], 0)
-        partly = (self.dev_holders[row] == 0) | self.node_shared_mask[row]
+        partly = idle | self.node_shared_mask[row]
         used = np.where(partly, cap - np.clip(self.dev_vram_free_mib[row], 0, cap), cap)
         total = int(cap.sum())
         self.node_vram_total_mib[row] = total
@@ -370,6 +431,40 @@ class ClusterState:
         for node in nodes:
             state.upsert_node(node)
         return state
+
+
+MAX_DEVICES_PER_NODE: Final = 64
+_BITS_DTYPE: Final[dict[int, type[np.unsignedinteger[Any]]]] = {
+    8: np.uint8,
+    16: np.uint16,
+    32: np.uint32,
+    64: np.uint64,
+}
+
+
+def _width_for(devices: int) -> int:
+    """Row width: a power of two from 8 to 64, so a row of bools packs into one machine word."""
+    width = 8
+    while width < devices:
+        width *= 2
+    if width > MAX_DEVICES_PER_NODE:
+        raise PlacementError(
+            f"a node with {devices} devices exceeds the supported {MAX_DEVICES_PER_NODE} per node"
+        )
+    return width
+
+
+def _group_bits(groups: list[int], n: int) -> list[int]:
+    """Per slot: the bit mask of the present slots sharing its group id."""
+    out = []
+    for i in range(len(groups)):
+        mask = 0
+        if i < n:
+            for j in range(n):
+                if groups[j] == groups[i]:
+                    mask |= 1 << j
+        out.append(mask)
+    return out
 
 
 def _pad(values: list[int], width: int) -> list[int]:

@@ -242,7 +242,7 @@ def test_compute_task_and_topology_are_plain_models() -> None:
         }
     )
     assert topo.name == "fabric"
-    with pytest.raises(ValidationError, match="metadata.name: is required"):
+    with pytest.raises(ValidationError, match=r"metadata\.name: is required"):
         compute_task_from_dict(
             {"apiVersion": "hcs.io/v1alpha1", "kind": "ComputeTask", "metadata": {}}
         )

@@ -1,0 +1,87 @@
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hcs.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = str(ROOT / "examples" / "inventory")
+PODS = str(ROOT / "examples" / "pods")
+
+
+def test_simulate_places_the_example_pods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--inventory", INVENTORY, "--pods", PODS, "--json"]) == 0
+    rows = {r["pod"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["team-a/ascend-inference"]["vendor"] == "huawei"
+    assert rows["team-a/llm-finetune"]["node"].startswith("gpu-")
+    assert len(rows["team-a/llm-finetune"]["devices"].split(",")) == 4
+    assert rows["research/mlu-serving"]["vendor"] == "cambricon"
+    assert rows["team-a/too-big"]["outcome"].startswith("denied at admission: InsufficientVRAM")
+    assert "did you mean hcs.io/vendor-preference?" in rows["team-a/typo"]["outcome"]
+    placed = [r for r in rows.values() if not r["outcome"]]
+    taken = [(r["node"], d) for r in placed for d in r["devices"].split(",")]
+    exclusive = [t for t in taken if not t[0].startswith("gpu-l40s")]
+    assert len(exclusive) == len(set(exclusive))  # no exclusive device given twice
+
+
+def test_simulate_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--inventory", INVENTORY, "--pods", PODS]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["POD", "VENDOR", "NODE", "DEVICES", "SCORE", "OUTCOME"]
+    assert "pods placed" in out
+
+
+def test_explain_lists_every_node_with_its_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    pod = str(ROOT / "examples" / "pods" / "01-training.yaml")
+    assert main(["explain", "--inventory", INVENTORY, "--pod", pod, "--json"]) == 0
+    out = capsys.readouterr().out
+    tables = json.loads("[" + out.replace("]\n[", "],[") + "]")
+    first = {r["node"]: r for r in tables[0]}
+    assert first["gpu-t4-01"]["reason"].startswith("NotReady:")
+    assert first["dcu-k100-01"]["reason"].startswith("InsufficientTFLOPS:")
+    assert first["gpu-a100-01"]["fits"] and first["gpu-a100-01"]["score"] > 0
+
+
+def test_validate_reports_bad_fields_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = ROOT / "examples" / "reference" / "computenode.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("vram: 80Gi", "vram: 80 GB"))
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert 'spec.devices[0].vram: "80 GB" is not a quantity' in out
+
+
+def test_bad_inventory_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--inventory", str(tmp_path), "--pods", PODS]) == 2
+    assert "error: InvalidInventory:" in capsys.readouterr().err
+
+
+def test_the_console_script_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hcs.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("simulate", "explain", "validate"):
+        assert command in out
+
+
+def test_core_never_imports_the_http_layers() -> None:
+    forbidden = {"aiohttp", "extender", "webhook"}
+    for path in (ROOT / "hcs").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path} imports {name}"
