@@ -62,6 +62,23 @@ class Reason(IntEnum):
     InsufficientDevices = 8
 
 
+# Plain ints for the kernels (an Enum attribute look-up costs more than the array op it feeds).
+_NODE_NOT_FOUND: Final = int(Reason.NodeNotFound)
+_NOT_READY: Final = int(Reason.NotReady)
+_AGENT_NOT_CONNECTED: Final = int(Reason.AgentNotConnected)
+_VENDOR_NOT_SUPPORTED: Final = int(Reason.VendorNotSupported)
+# Capacity code by the number of nested levels (free, healthy, VRAM, TFLOPS) a node passes.
+_CAPACITY_BY_LEVELS: Final = np.array(
+    [
+        Reason.InsufficientDevices,
+        Reason.DeviceUnhealthy,
+        Reason.InsufficientVRAM,
+        Reason.InsufficientTFLOPS,
+        Reason.Fits,
+    ],
+    np.int8,
+)
+
 UNRESOLVABLE: Final = frozenset(
     {Reason.NodeNotFound, Reason.NotReady, Reason.AgentNotConnected, Reason.VendorNotSupported}
 )
@@ -123,8 +140,8 @@ class Request:
     groups: tuple[Group, ...]
     subsets: tuple[tuple[tuple[int, ...], int], ...]
     """Hall subsets as (group indices, devices they need together)."""
-    vendor_ok_table: BoolArray
-    """Indexed by node vendor code; the last entry (code -1, no node) is False."""
+    vendor_codes: tuple[int, ...]
+    """Codes of the allowed vendors, sorted."""
     preferred_code: int
     total_devices: int
 
@@ -135,12 +152,7 @@ class Request:
     @property
     def key(self) -> tuple[object, ...]:
         """Everything the kernels read, hashable: equal keys give equal evaluations."""
-        return (
-            self.groups,
-            self.vendor_ok_table.tobytes(),
-            self.preferred_code,
-            self.demand.topology,
-        )
+        return (self.groups, self.vendor_codes, self.preferred_code, self.demand.topology)
 
     def message(self, reason: Reason, config: EngineConfig) -> str:
         """`<Code>: <detail>` — identical for every node failing for this reason."""
@@ -208,15 +220,12 @@ def compile_request(demand: PodDemand) -> Request:
     else:
         combos = [(i,) for i in range(n)] + [tuple(range(n))]
     subsets = tuple((s, sum(groups[i].devices for i in s)) for s in combos)
-    table = np.zeros(len(VENDOR_NAMES) + 1, np.bool_)
-    for vendor in demand.allowed_vendors:
-        table[VENDOR_CODES[vendor]] = True
     preferred = demand.preferred_vendor
     return Request(
         demand=demand,
         groups=groups,
         subsets=subsets,
-        vendor_ok_table=table,
+        vendor_codes=tuple(sorted(VENDOR_CODES[v] for v in demand.allowed_vendors)),
         preferred_code=VENDOR_CODES[preferred] if preferred else -2,
         total_devices=sum(g.devices for g in groups),
     )
@@ -297,12 +306,15 @@ class _Kernel:
         config: EngineConfig,
         now: float | None,
         sel: slice | IndexArray,
+        *,
         empty_cluster: bool,
     ) -> None:
         self.state, self.req, self.config, self.sel = state, req, config, sel
         self._scores: IntArray | None = None
-        vendor_ok = req.vendor_ok_table[state.node_vendor[sel]]
+        vendor_ok = state.vendor_mask(req.vendor_codes)[sel]
         present = state.dev_present_mask[sel]
+        self.fit: BoolArray
+        self.group_fit: tuple[BoolArray, ...]
         if req.empty:  # asks nothing of HCS: every node passes
             self.codes = np.zeros(len(vendor_ok), np.int8)
             self.fit = np.zeros_like(present)
@@ -348,26 +360,24 @@ class _Kernel:
             health_ok.append(h)
             vram_ok.append(v)
             all_ok.append(a)
-        fail_base = _hall_fails(base, req)
-        fail_health = _hall_fails(health_ok, req)
-        fail_vram = _hall_fails(vram_ok, req)
-        fail_all = _hall_fails(all_ok, req)
-        # Lowest precedence first, so a higher one overwrites (np.select is ~20x slower here).
-        codes = np.zeros(len(vendor_ok), np.int8)
-        np.putmask(codes, fail_base, Reason.InsufficientDevices)
-        np.putmask(codes, ~fail_vram & fail_all, Reason.InsufficientTFLOPS)
-        np.putmask(codes, ~fail_health & fail_vram, Reason.InsufficientVRAM)
-        np.putmask(codes, fail_health & ~fail_base, Reason.DeviceUnhealthy)
-        np.putmask(codes, ~vendor_ok, Reason.VendorNotSupported)
-        np.putmask(codes, ~agent, Reason.AgentNotConnected)
-        np.putmask(codes, ~ready, Reason.NotReady)
-        np.putmask(codes, ~state.node_valid_mask[sel], Reason.NodeNotFound)
+        # The levels are nested (all ⊆ vram ⊆ health ⊆ base per group), so their Hall failures
+        # are too, and the number of levels passed picks the capacity code.
+        passed = (~_hall_fails(base, req)).astype(np.int8)
+        passed += ~_hall_fails(health_ok, req)
+        passed += ~_hall_fails(vram_ok, req)
+        passed += ~_hall_fails(all_ok, req)
+        codes = _CAPACITY_BY_LEVELS[passed]
+        # Node-level reasons, lowest precedence first so a higher one overwrites.
+        np.putmask(codes, ~vendor_ok, _VENDOR_NOT_SUPPORTED)
+        np.putmask(codes, ~agent, _AGENT_NOT_CONNECTED)
+        np.putmask(codes, ~ready, _NOT_READY)
+        np.putmask(codes, ~state.node_valid_mask[sel], _NODE_NOT_FOUND)
         self.codes = codes
         fit = all_ok[0]
         for a in all_ok[1:]:
             fit = fit | a
-        self.fit: BoolArray = fit
-        self.group_fit: tuple[BoolArray, ...] = tuple(all_ok)
+        self.fit = fit
+        self.group_fit = tuple(all_ok)
         self._present, self._open, self._healthy, self._vram_free = (
             present,
             open_,
@@ -488,7 +498,7 @@ def evaluate(
         kernel = _kernel_cached(state, req, config, now, empty_cluster=empty_cluster)
         pos = safe
     else:
-        kernel = _Kernel(state, req, config, now, safe, empty_cluster)
+        kernel = _Kernel(state, req, config, now, safe, empty_cluster=empty_cluster)
         pos = np.arange(len(rows))
     codes = kernel.codes[pos]
     if not all_valid:
@@ -512,7 +522,7 @@ def _kernel_cached(
     cache = state.kernel_cache()
     kernel = cache.get(key)
     if not isinstance(kernel, _Kernel):
-        kernel = _Kernel(state, req, config, now, slice(None), empty_cluster)
+        kernel = _Kernel(state, req, config, now, slice(None), empty_cluster=empty_cluster)
         cache[key] = kernel
     return kernel
 

@@ -103,6 +103,10 @@ class ClusterState:
         """Bumped by every change to the arrays (invalidates cached evaluations)."""
         self._kernel_cache: dict[object, object] = {}
         self._kernel_cache_version = -1
+        self.layout_version = 0
+        """Bumped when nodes are added, changed or removed (not by allocations)."""
+        self._vendor_masks: dict[tuple[int, ...], BoolArray] = {}
+        self._vendor_masks_version = -1
         self.node_valid_mask: BoolArray = np.zeros(n, np.bool_)
         self.node_vendor: npt.NDArray[np.int8] = np.full(n, -1, np.int8)
         self.node_ready_mask: BoolArray = np.zeros(n, np.bool_)
@@ -158,6 +162,17 @@ class ClusterState:
     @property
     def ones_f64(self) -> npt.NDArray[np.float64]:
         return np.ones(self.width, np.float64)
+
+    def vendor_mask(self, codes: tuple[int, ...]) -> BoolArray:
+        """Rows whose node is of one of the vendor `codes`, shape (n_rows,)."""
+        if self._vendor_masks_version != self.layout_version:
+            self._vendor_masks = {}
+            self._vendor_masks_version = self.layout_version
+        mask = self._vendor_masks.get(codes)
+        if mask is None:
+            mask = np.isin(self.node_vendor, codes)
+            self._vendor_masks[codes] = mask
+        return mask
 
     def kernel_cache(self) -> dict[object, object]:
         """A scratch dict for the engine, emptied whenever the state changes."""
@@ -230,6 +245,7 @@ class ClusterState:
         self._write_row(row, node)
         self._recharge_row(row)
         self.version += 1
+        self.layout_version += 1
 
     def remove_node(self, name: str) -> bool:
         """Forget a ComputeNode; its allocations stay (their pods still exist) and are charged
@@ -248,6 +264,7 @@ class ClusterState:
         self._free_rows.append(row)
         self.generation += 1
         self.version += 1
+        self.layout_version += 1
         return True
 
     def set_heartbeat(self, name: str, when: datetime | None, connected: bool = True) -> None:

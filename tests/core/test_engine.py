@@ -219,7 +219,7 @@ def test_mixed_containers_use_halls_condition() -> None:
     # One big device and one small: a big and a small container fit (big->big, small->small);
     # two big containers do not, though each alone would.
     st = state_of(make_node("a", n_devices=2, vram_gi=80, allocated_gi=[0, 60]))
-    spec = {
+    spec: dict[str, Any] = {
         "containers": [
             {"name": "big", "resources": {"requests": {"ai.compute/vram": "70Gi"}}},
             {"name": "small", "resources": {"requests": {"ai.compute/vram": "10Gi"}}},
