@@ -674,7 +674,8 @@ def make_allocation(
     row = state.index[node]
     ids = state.device_ids[row]
     charges = []
-    for c, chosen in picks:
+    # Containers in spec order, so `hcs.io/assigned-devices` can be split back per container.
+    for c, chosen in sorted(picks, key=lambda pick: pick[0].index):
         for slot in chosen:
             if c.whole:
                 vram = max(int(state.dev_vram_free_mib[row, slot]), 0)

@@ -1,19 +1,21 @@
 """The `hcs` command.
 
-Subcommands that exist today: `simulate`, `explain`, `validate`. The servers (`serve`,
-`extender`, `webhook`), `agent` and `certs` arrive with their issues and are not listed until they
-work, so `hcs --help` never promises what is not there.
+Subcommands that exist today: `extender`, `simulate`, `explain`, `validate`. The webhook,
+`serve`, `agent` and `certs` arrive with their issues and are not listed until they work, so
+`hcs --help` never promises what is not there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from extender.server import local_service, serve
 from hcs import __version__
 from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
@@ -25,7 +27,7 @@ from hcs.state import ClusterState
 from hcs.vendors import VendorTable, load_vendor_table
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
+def _engine_args(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     p.add_argument(
         "--inventory",
         required=True,
@@ -50,7 +52,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML overriding vendor profiles (device-plugin names, env, mounts)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hcs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "extender",
+        help="run the kube-scheduler extender (HTTP)",
+        description="Serve POST /filter, /prioritize, /bind, /preempt and GET /healthz, "
+        "/readyz, /metrics, /version for kube-scheduler, on the inventory of --inventory "
+        "(allocations kept in memory).",
+    )
+    _engine_args(p, json_flag=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
+    p.add_argument(
+        "--max-body-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="largest request body accepted (default %(default)s)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     p = sub.add_parser(
         "simulate",
@@ -110,6 +132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.files, vendors)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
+        if args.command == "extender":
+            logging.basicConfig(
+                level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+            )
+            serve(
+                local_service(args.inventory, config, vendors),
+                args.host,
+                args.port,
+                max_body=args.max_body_mb * 2**20,
+            )
+            return 0
         inv = load_inventory(args.inventory)
         for warning in inv.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -1,0 +1,200 @@
+"""HTTP face of the scheduler extender: a few lines per verb around `SchedulerService`.
+
+Filter and bind always answer 200 and carry failures in `Error`, because kube-scheduler discards
+the body of any other status; prioritize and preempt answer 400 on a malformed request (the
+scheduler logs the status and carries on). Bodies are decoded and encoded with orjson; the body
+limit is explicit because a 5,000-node call with full Node objects (`nodeCacheCapable: false`)
+is tens of MB.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hcs import __version__
+from hcs.engine import Reason
+from hcs.errors import HcsError
+from hcs.scheduling import SchedulerService
+from hcs.wire import WireError, filter_error
+
+log = logging.getLogger("hcs.extender")
+
+VERBS = ("filter", "prioritize", "bind", "preempt")
+DEFAULT_MAX_BODY = 256 * 2**20
+
+Readiness = Callable[[], tuple[bool, str]]
+SERVICE = web.AppKey("service", SchedulerService)
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+LATENCY = web.AppKey("latency", Histogram)
+BINDS = web.AppKey("binds", Counter)
+
+JSON = "application/json"
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
+
+
+async def _decode(request: web.Request) -> Any:
+    return orjson.loads(await request.read())
+
+
+async def filter_handler(request: web.Request) -> web.Response:
+    try:
+        raw = await _decode(request)
+    except orjson.JSONDecodeError as exc:
+        return _json(filter_error(f"InvalidRequest: body is not JSON: {exc}"))
+    return _json(request.app[SERVICE].filter(raw))
+
+
+async def prioritize_handler(request: web.Request) -> web.Response:
+    try:
+        return _json(request.app[SERVICE].prioritize(await _decode(request)))
+    except orjson.JSONDecodeError as exc:
+        return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"}, 400)
+    except (WireError, HcsError) as exc:
+        message = str(exc) if isinstance(exc, HcsError) else f"InvalidRequest: {exc}"
+        return _json({"Error": message}, 400)
+
+
+async def bind_handler(request: web.Request) -> web.Response:
+    try:
+        raw = await _decode(request)
+    except orjson.JSONDecodeError as exc:
+        return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"})
+    result = await request.app[SERVICE].bind(raw)
+    request.app[BINDS].labels(result="ok" if not result["Error"] else "error").inc()
+    return _json(result)
+
+
+async def preempt_handler(request: web.Request) -> web.Response:
+    try:
+        return _json(request.app[SERVICE].preempt(await _decode(request)))
+    except orjson.JSONDecodeError as exc:
+        return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"}, 400)
+    except (WireError, HcsError) as exc:
+        message = str(exc) if isinstance(exc, HcsError) else f"InvalidRequest: {exc}"
+        return _json({"Error": message}, 400)
+
+
+async def unknown_verb(request: web.Request) -> web.Response:
+    verb = request.match_info.get("verb", "")
+    return _json(
+        {
+            "Error": f"InvalidRequest: unknown verb {verb!r}; this extender serves "
+            f"{', '.join('/' + v for v in VERBS)}"
+        },
+        404,
+    )
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, why = request.app[READINESS]()
+    return web.Response(text=why, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[REGISTRY]),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def version(_: web.Request) -> web.Response:
+    return _json({"component": "hcs-extender", "version": __version__})
+
+
+@web.middleware
+async def timing(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    verb = request.path.strip("/")
+    if verb not in VERBS:
+        return await handler(request)
+    start = time.perf_counter()
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:  # a bug must not take the server down or lose the Error contract
+        log.exception("%s failed", verb)
+        body = {"Error": f"Internal: {verb} failed; see the extender log"}
+        return _json(body, 200 if verb in ("filter", "bind") else 500)
+    finally:
+        request.app[LATENCY].labels(verb=verb).observe(time.perf_counter() - start)
+
+
+class _StateCollector(Collector):
+    """Inventory size, allocations per vendor and filter outcomes, read at scrape time."""
+
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.service.state
+        nodes = GaugeMetricFamily("hcs_inventory_nodes", "ComputeNodes in the inventory")
+        nodes.add_metric([], state.n_nodes)
+        devices = GaugeMetricFamily("hcs_inventory_devices", "Devices in the inventory")
+        devices.add_metric([], state.n_devices)
+        allocs = GaugeMetricFamily(
+            "hcs_allocations", "Pods holding HCS devices, per vendor", labels=["vendor"]
+        )
+        per_vendor: dict[str, int] = {}
+        for alloc in list(state.allocations.values()):
+            per_vendor[alloc.vendor] = per_vendor.get(alloc.vendor, 0) + 1
+        for vendor, n in sorted(per_vendor.items()):
+            allocs.add_metric([vendor], n)
+        outcomes = CounterMetricFamily(
+            "hcs_extender_filter_nodes", "Nodes judged by filter, per outcome", labels=["reason"]
+        )
+        for reason in Reason:
+            outcomes.add_metric([reason.name], float(self.service.filter_reasons[reason]))
+        yield from (nodes, devices, allocs, outcomes)
+
+
+def create_app(
+    service: SchedulerService,
+    *,
+    readiness: Readiness | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> web.Application:
+    app = web.Application(client_max_size=max_body, middlewares=[timing])
+    app[SERVICE] = service
+    app[READINESS] = readiness or (lambda: (True, "ready: local inventory"))
+    registry = CollectorRegistry()
+    app[REGISTRY] = registry
+    app[LATENCY] = Histogram(
+        "hcs_extender_request_seconds",
+        "Time to answer one extender call",
+        ["verb"],
+        registry=registry,
+        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    )
+    app[BINDS] = Counter(
+        "hcs_extender_binds", "Bind calls by result", ["result"], registry=registry
+    )
+    registry.register(_StateCollector(service))
+    app.router.add_post("/filter", filter_handler)
+    app.router.add_post("/prioritize", prioritize_handler)
+    app.router.add_post("/bind", bind_handler)
+    app.router.add_post("/preempt", preempt_handler)
+    app.router.add_post("/{verb}", unknown_verb)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/version", version)
+    return app

@@ -1,0 +1,46 @@
+"""Start the extender: load the state, build the app, serve until stopped."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+from aiohttp import web
+
+from extender.app import DEFAULT_MAX_BODY, create_app
+from hcs.engine import EngineConfig
+from hcs.inventory import load_inventory
+from hcs.scheduling import SchedulerService
+from hcs.state import ClusterState
+from hcs.vendors import VendorTable
+
+log = logging.getLogger("hcs.extender")
+
+
+def local_service(inventory: str, config: EngineConfig, vendors: VendorTable) -> SchedulerService:
+    """Local mode: ComputeNodes from a folder, allocations in memory."""
+    inv = load_inventory(inventory)
+    for warning in inv.warnings:
+        log.warning("%s", warning)
+    state = ClusterState.from_nodes(inv.nodes.values(), vendors)
+    log.info("local inventory %s: %d nodes, %d devices", inventory, state.n_nodes, state.n_devices)
+    return SchedulerService(state, config, vendors)
+
+
+def serve(
+    service: SchedulerService,
+    host: str,
+    port: int,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    shutdown_timeout: float = 10.0,
+) -> None:
+    # The inventory's model objects live as long as the process: keep the cyclic GC off them,
+    # so collections triggered by per-request garbage stay short.
+    gc.collect()
+    gc.freeze()
+    app = create_app(service, max_body=max_body)
+    log.info("extender serving on http://%s:%d (filter, prioritize, bind, preempt)", host, port)
+    web.run_app(
+        app, host=host, port=port, access_log=None, print=None, shutdown_timeout=shutdown_timeout
+    )

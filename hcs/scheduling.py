@@ -1,0 +1,363 @@
+"""The scheduler-extender verbs as functions over the engine (no HTTP here).
+
+`SchedulerService` answers filter, prioritize, bind and preempt exactly as PROTOCOLS §A says:
+every name it returns comes from the request, failures of filter and bind travel in `Error`
+(kube-scheduler throws away the body of a non-200 reply), capacity reasons go to `FailedNodes`
+(preemption may help) and the others to `FailedAndUnresolvableNodes`.
+
+State is touched only from the thread that runs the event loop; the only blocking work (reading a
+Pod, creating a Binding through the API server) runs in the default executor, and the allocation
+is assumed *before* that call so concurrent binds see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from hcs.demand import (
+    A_ASSIGNED_DEVICES,
+    A_ASSIGNED_NODE,
+    A_ASSIGNED_VENDOR,
+    A_SCHEDULING_SCORE,
+    PodDemand,
+    parse_pod,
+)
+from hcs.engine import (
+    MAX_SCORE,
+    UNRESOLVABLE,
+    EngineConfig,
+    Reason,
+    Request,
+    compile_request,
+    evaluate,
+    filter_nodes,
+    score_percent,
+)
+from hcs.errors import HcsError
+from hcs.ledger import Ledger
+from hcs.state import Allocation, ClusterState
+from hcs.vendors import VendorTable
+from hcs.wire import (
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    ExtenderPreemptionResult,
+    HostPriority,
+    MetaPod,
+    MetaVictims,
+    WireError,
+    filter_error,
+    normalize_keys,
+)
+
+log = logging.getLogger("hcs.extender")
+POD_CACHE_SIZE = 10_000
+
+
+class BindError(Exception):
+    """The API server refused the Binding; `message` says why."""
+
+
+class Binder(Protocol):
+    """Where bind writes: the API server in cluster mode. Methods block (run in an executor)."""
+
+    def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]
+    ) -> None: ...
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class _Seen:
+    demand: PodDemand
+    request: Request
+    resource_version: str
+
+
+@dataclass
+class SchedulerService:
+    state: ClusterState
+    config: EngineConfig = field(default_factory=EngineConfig)
+    vendors: VendorTable = field(default_factory=VendorTable)
+    binder: Binder | None = None
+    """None: local mode, allocations are only recorded in memory."""
+    pod_cache_size: int = POD_CACHE_SIZE
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.state, self.config)
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self.filter_reasons = np.zeros(len(Reason), np.int64)
+        """Cumulative per-reason node counts, for metrics."""
+
+    # ----------------------------------------------------------------- pods
+
+    def _pod_request(self, pod: Any, where: str) -> _Seen:
+        """Parse (or reuse) the pod's demand; cached by UID and resourceVersion, bounded."""
+        if not isinstance(pod, dict):
+            raise WireError(f"{where}: expected a Pod object")
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        version = str(meta.get("resourceVersion") or "")
+        seen = self._seen.get(uid) if uid else None
+        if seen is not None and seen.resource_version == version:
+            self._seen.move_to_end(uid)
+            return seen
+        demand = parse_pod(pod, self.vendors)
+        seen = _Seen(demand, compile_request(demand), version)
+        if uid:
+            self._seen[uid] = seen
+            if len(self._seen) > self.pod_cache_size:
+                self._seen.popitem(last=False)
+        return seen
+
+    # ----------------------------------------------------------------- filter
+
+    def filter(self, raw: Any) -> ExtenderFilterResult:
+        try:
+            args = normalize_keys(raw, "ExtenderArgs")
+            names, items = _candidates(args)
+            seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
+        except (WireError, HcsError) as exc:
+            return filter_error(_message(exc))
+        if not seen.demand.asks_for_compute:
+            return _filter_reply(names, items, None, {}, {})
+        result = filter_nodes(self.state, seen.request, names, self.config)
+        codes = result.codes
+        counts = np.bincount(codes, minlength=len(Reason))
+        self.filter_reasons += counts
+        passed_mask = codes == 0
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for code in np.flatnonzero(counts[1:]) + 1:
+            reason = Reason(int(code))
+            target = unresolvable if reason in UNRESOLVABLE else failed
+            # One message per reason, shared by every node: kube-scheduler groups them.
+            target.update(
+                dict.fromkeys(result.names[codes == code].tolist(), result.message(int(code)))
+            )
+        passed = result.names[passed_mask].tolist()
+        d = seen.demand
+        log.info(
+            "filter pod=%s vendors=%s candidates=%d passed=%d failed=%s",
+            d.key,
+            ",".join(d.allowed_vendors),
+            len(names),
+            len(passed),
+            {Reason(i).name: int(n) for i, n in enumerate(counts) if i and n},
+        )
+        kept_items = None
+        if items is not None:
+            kept_items = np.asarray(items, dtype=object)[passed_mask].tolist()
+        return _filter_reply(passed, kept_items, passed_mask, failed, unresolvable)
+
+    # ----------------------------------------------------------------- prioritize
+
+    def prioritize(self, raw: Any) -> list[HostPriority]:
+        """Scores 0..10 for the candidates. Raises WireError or HcsError on bad input (the
+        server answers 400; kube-scheduler ignores prioritize errors)."""
+        args = normalize_keys(raw, "ExtenderArgs")
+        names, _ = _candidates(args)
+        seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
+        if not seen.demand.asks_for_compute:
+            return [{"Host": n, "Score": 0} for n in names]
+        found = self.state.resolve(names)
+        ev = evaluate(self.state, seen.request, found.rows, self.config)
+        scores = score_percent(self.state, seen.request, ev, self.config) // (100 // MAX_SCORE)
+        return [{"Host": h, "Score": s} for h, s in zip(names, scores.tolist(), strict=True)]
+
+    # ----------------------------------------------------------------- bind
+
+    async def bind(self, raw: Any) -> ExtenderBindingResult:
+        try:
+            args = normalize_keys(raw, "ExtenderBindingArgs")
+            name, namespace, uid, node = (
+                _string(args, key, "ExtenderBindingArgs")
+                for key in ("podname", "podnamespace", "poduid", "node")
+            )
+        except WireError as exc:
+            return {"Error": _message(exc)}
+        try:
+            demand = await self._demand_for_bind(namespace, name, uid)
+            if demand is None:
+                return {
+                    "Error": f"InvalidRequest: pod {namespace}/{name} ({uid}) was not seen "
+                    "by filter and cannot be read from the API server"
+                }
+            alloc = self.ledger.assume(demand, node) if demand.asks_for_compute else None
+        except (HcsError, WireError) as exc:
+            log.info("bind pod=%s/%s node=%s refused: %s", namespace, name, node, _message(exc))
+            return {"Error": _message(exc)}
+        if self.binder is not None:
+            annotations = _binding_annotations(alloc, node)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.binder.bind, namespace, name, uid, node, annotations
+                )
+            except BindError as exc:
+                if alloc is not None and alloc.state == "assumed":
+                    self.ledger.release(uid)
+                log.warning("bind pod=%s/%s node=%s failed: %s", namespace, name, node, exc)
+                return {"Error": f"BindFailed: {exc}"}
+        if alloc is not None:
+            alloc = self.ledger.confirm(uid)
+            log.info(
+                "bind pod=%s/%s vendor=%s node=%s devices=%s score=%s",
+                namespace,
+                name,
+                alloc.vendor,
+                node,
+                alloc.devices_annotation(),
+                alloc.score,
+            )
+        return {"Error": ""}
+
+    async def _demand_for_bind(self, namespace: str, name: str, uid: str) -> PodDemand | None:
+        seen = self._seen.get(uid)
+        if seen is not None:
+            return seen.demand
+        if self.binder is None:
+            return None
+        pod = await asyncio.get_running_loop().run_in_executor(
+            None, self.binder.get_pod, namespace, name
+        )
+        if pod is None or str((pod.get("metadata") or {}).get("uid")) != uid:
+            return None
+        return self._pod_request(pod, "Pod").demand
+
+    # ----------------------------------------------------------------- preempt
+
+    def preempt(self, raw: Any) -> ExtenderPreemptionResult:
+        """Keep the candidate nodes where evicting the listed victims frees enough devices.
+
+        Victims' allocations are taken out of the state together (a pod's allocation lives on
+        one node, so this is the same as one node at a time), every candidate is evaluated in
+        one pass, and the allocations are put back.
+        """
+        args = normalize_keys(raw, "ExtenderPreemptionArgs")
+        victims = _victims(args)
+        seen = self._pod_request(args.get("pod"), "ExtenderPreemptionArgs.Pod")
+        if not seen.demand.asks_for_compute:
+            return {"NodeNameToMetaVictims": victims}
+        names = list(victims)
+        with self.ledger.lock:
+            removed: list[Allocation] = []
+            for node, entry in victims.items():
+                for pod in entry["Pods"]:
+                    alloc = self.state.allocations.get(pod["UID"])
+                    if alloc is not None and alloc.node == node:
+                        removed.append(alloc)
+                        self.state.remove_allocation(alloc.uid)
+            try:
+                result = filter_nodes(self.state, seen.request, names, self.config)
+            finally:
+                for alloc in removed:
+                    self.state.add_allocation(alloc)
+        keep = set(result.passed_names())
+        return {"NodeNameToMetaVictims": {n: v for n, v in victims.items() if n in keep}}
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, HcsError):
+        return str(exc)
+    return f"InvalidRequest: {exc}"
+
+
+def _string(args: Mapping[str, Any], key: str, what: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise WireError(f"{what}: {key} must be a non-empty string")
+    return value
+
+
+def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """Node names from `NodeNames` (nodeCacheCapable) or `Nodes.items` (full Node objects)."""
+    names = args.get("nodenames")
+    if names is not None:
+        if not isinstance(names, list) or not set(map(type, names)) <= {str}:
+            raise WireError("ExtenderArgs.NodeNames: expected a list of node names")
+        return names, None
+    nodes = args.get("nodes")
+    if nodes is None:
+        raise WireError("ExtenderArgs: NodeNames and Nodes are both null; no candidate nodes")
+    if not isinstance(nodes, dict) or not isinstance(nodes.get("items"), list):
+        raise WireError("ExtenderArgs.Nodes: expected a NodeList with items")
+    items: list[dict[str, Any]] = nodes["items"]
+    try:
+        return [item["metadata"]["name"] for item in items], items
+    except (KeyError, TypeError):
+        raise WireError("ExtenderArgs.Nodes.items: every Node needs metadata.name") from None
+
+
+def _filter_reply(
+    passed: list[str],
+    items: list[dict[str, Any]] | None,
+    passed_mask: Any,
+    failed: dict[str, str],
+    unresolvable: dict[str, str],
+) -> ExtenderFilterResult:
+    if items is not None:
+        return {
+            "NodeNames": None,
+            "Nodes": {"metadata": {}, "items": items},
+            "FailedNodes": failed,
+            "FailedAndUnresolvableNodes": unresolvable,
+            "Error": "",
+        }
+    return {
+        "NodeNames": passed,
+        "Nodes": None,
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
+        "Error": "",
+    }
+
+
+def _victims(args: Mapping[str, Any]) -> dict[str, MetaVictims]:
+    """NodeNameToMetaVictims, or NodeNameToVictims with full Pods reduced to their UIDs."""
+    meta = args.get("nodenametometavictims")
+    full = args.get("nodenametovictims")
+    out: dict[str, MetaVictims] = {}
+    source = meta if meta is not None else full
+    if source is None:
+        return out
+    if not isinstance(source, dict):
+        raise WireError(
+            "ExtenderPreemptionArgs: NodeNameToMetaVictims must map node names to victims"
+        )
+    for node, raw in source.items():
+        entry = normalize_keys(raw, f"victims of {node}")
+        pods = entry.get("pods") or []
+        if not isinstance(pods, list):
+            raise WireError(f"victims of {node}: Pods must be a list")
+        uids: list[MetaPod] = []
+        for pod in pods:
+            if meta is not None:
+                uid = normalize_keys(pod, f"victims of {node}").get("uid")
+            else:
+                uid = ((pod or {}).get("metadata") or {}).get("uid")
+            if not isinstance(uid, str):
+                raise WireError(f"victims of {node}: every victim needs a UID")
+            uids.append({"UID": uid})
+        violations = entry.get("numpdbviolations") or 0
+        out[str(node)] = {"Pods": uids, "NumPDBViolations": int(violations)}
+    return out
+
+
+def _binding_annotations(alloc: Allocation | None, node: str) -> dict[str, str]:
+    if alloc is None:
+        return {}
+    # assigned-vendor too: a pod that skipped the webhook (legacy, or created while it was down)
+    # has none, and when it has one it is this vendor (filter allowed no other).
+    return {
+        A_ASSIGNED_VENDOR: alloc.vendor,
+        A_ASSIGNED_DEVICES: alloc.devices_annotation(),
+        A_ASSIGNED_NODE: node,
+        A_SCHEDULING_SCORE: str(alloc.score if alloc.score is not None else 0),
+    }
