@@ -24,7 +24,7 @@ from hcs import __version__
 from hcs.engine import Reason
 from hcs.errors import HcsError
 from hcs.scheduling import SchedulerService
-from hcs.wire import WireError, filter_error
+from hcs.wire import WireError
 
 log = logging.getLogger("hcs.extender")
 
@@ -50,16 +50,15 @@ async def _decode(request: web.Request) -> Any:
 
 
 async def filter_handler(request: web.Request) -> web.Response:
-    try:
-        raw = await _decode(request)
-    except orjson.JSONDecodeError as exc:
-        return _json(filter_error(f"InvalidRequest: body is not JSON: {exc}"))
-    return _json(request.app[SERVICE].filter(raw))
+    body = await request.read()
+    return web.Response(body=request.app[SERVICE].filter_body(body), content_type=JSON)
 
 
 async def prioritize_handler(request: web.Request) -> web.Response:
     try:
-        return _json(request.app[SERVICE].prioritize(await _decode(request)))
+        service = request.app[SERVICE]
+        body = service.prioritize(service.decode_args(await request.read()))
+        return web.Response(body=body, content_type=JSON)
     except orjson.JSONDecodeError as exc:
         return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"}, 400)
     except (WireError, HcsError) as exc:

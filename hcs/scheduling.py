@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
 from hcs.demand import (
     A_ASSIGNED_DEVICES,
@@ -46,14 +47,15 @@ from hcs.state import Allocation, ClusterState
 from hcs.vendors import VendorTable
 from hcs.wire import (
     ExtenderBindingResult,
-    ExtenderFilterResult,
     ExtenderPreemptionResult,
-    HostPriority,
     MetaPod,
     MetaVictims,
     WireError,
+    encode_host_scores,
+    encode_name_map,
     filter_error,
     normalize_keys,
+    split_node_names,
 )
 
 log = logging.getLogger("hcs.extender")
@@ -93,6 +95,7 @@ class SchedulerService:
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.state, self.config)
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._names_cache: dict[tuple[int, bytes, bytes], tuple[bytes, list[str]]] = {}
         self.filter_reasons = np.zeros(len(Reason), np.int64)
         """Cumulative per-reason node counts, for metrics."""
 
@@ -119,58 +122,108 @@ class SchedulerService:
 
     # ----------------------------------------------------------------- filter
 
-    def filter(self, raw: Any) -> ExtenderFilterResult:
+    def decode_args(self, body: bytes) -> Any:
+        """Decode an ExtenderArgs body, reusing the candidate list when its bytes repeat (see
+        `split_node_names`): the same list object comes back, so name look-ups hit their cache.
+        Raises orjson.JSONDecodeError for a body that is not JSON."""
+        split = split_node_names(body)
+        if split is not None:
+            head, segment = split
+            names = self._names_for(segment)
+            if names is not None:
+                try:
+                    raw = orjson.loads(head)
+                except orjson.JSONDecodeError:
+                    raw = None
+                if isinstance(raw, dict) and raw.get("NodeNames", 0) is None:
+                    raw["NodeNames"] = names
+                    return raw
+        return orjson.loads(body)
+
+    def filter_body(self, body: bytes) -> bytes:
+        """Filter from the raw request body."""
+        try:
+            raw = self.decode_args(body)
+        except orjson.JSONDecodeError as exc:
+            return orjson.dumps(filter_error(f"InvalidRequest: body is not JSON: {exc}"))
+        return self.filter(raw)
+
+    def _names_for(self, segment: bytes) -> list[str] | None:
+        """The decoded candidate list for these bytes, the same list object while they repeat."""
+        key = (len(segment), segment[:256], segment[-256:])
+        hit = self._names_cache.get(key)
+        if hit is not None and hit[0] == segment:
+            return hit[1]
+        try:
+            names = orjson.loads(segment)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(names, list):
+            return None
+        if len(self._names_cache) >= 16:
+            del self._names_cache[next(iter(self._names_cache))]
+        self._names_cache[key] = (segment, names)
+        return names
+
+    def filter(self, raw: Any) -> bytes:
+        """The filter reply as JSON bytes; failures are in `Error` (always HTTP 200)."""
         try:
             args = normalize_keys(raw, "ExtenderArgs")
             names, items = _candidates(args)
             seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
+            if not seen.demand.asks_for_compute:
+                return _encode_filter(names, items, b"{}", b"{}")
+            result = filter_nodes(self.state, seen.request, names, self.config)
+            _check_unknown_names(result.names[result.codes == Reason.NodeNotFound])
         except (WireError, HcsError) as exc:
-            return filter_error(_message(exc))
-        if not seen.demand.asks_for_compute:
-            return _filter_reply(names, items, None, {}, {})
-        result = filter_nodes(self.state, seen.request, names, self.config)
+            return orjson.dumps(filter_error(_message(exc)))
         codes = result.codes
         counts = np.bincount(codes, minlength=len(Reason))
         self.filter_reasons += counts
         passed_mask = codes == 0
-        failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
-        for code in np.flatnonzero(counts[1:]) + 1:
-            reason = Reason(int(code))
+        failed: list[tuple[list[str], str]] = []
+        unresolvable: list[tuple[list[str], str]] = []
+        for code in (np.flatnonzero(counts[1:]) + 1).tolist():
+            reason = Reason(code)
             target = unresolvable if reason in UNRESOLVABLE else failed
             # One message per reason, shared by every node: kube-scheduler groups them.
-            target.update(
-                dict.fromkeys(result.names[codes == code].tolist(), result.message(int(code)))
-            )
+            target.append((result.names[codes == code].tolist(), result.message(code)))
         passed = result.names[passed_mask].tolist()
-        d = seen.demand
-        log.info(
-            "filter pod=%s vendors=%s candidates=%d passed=%d failed=%s",
-            d.key,
-            ",".join(d.allowed_vendors),
-            len(names),
-            len(passed),
-            {Reason(i).name: int(n) for i, n in enumerate(counts) if i and n},
-        )
-        kept_items = None
+        if log.isEnabledFor(logging.INFO):
+            d = seen.demand
+            log.info(
+                "filter pod=%s vendors=%s candidates=%d passed=%d failed=%s",
+                d.key,
+                ",".join(d.allowed_vendors),
+                len(names),
+                len(passed),
+                {Reason(i).name: int(n) for i, n in enumerate(counts) if i and n},
+            )
+        kept = None
         if items is not None:
-            kept_items = np.asarray(items, dtype=object)[passed_mask].tolist()
-        return _filter_reply(passed, kept_items, passed_mask, failed, unresolvable)
+            kept = np.asarray(items, dtype=object)[passed_mask].tolist()
+        return _encode_filter(passed, kept, encode_name_map(failed), encode_name_map(unresolvable))
 
     # ----------------------------------------------------------------- prioritize
 
-    def prioritize(self, raw: Any) -> list[HostPriority]:
-        """Scores 0..10 for the candidates. Raises WireError or HcsError on bad input (the
-        server answers 400; kube-scheduler ignores prioritize errors)."""
+    def prioritize(self, raw: Any) -> bytes:
+        """Scores 0..10 for the candidates, as JSON bytes. Raises WireError or HcsError on bad
+        input (the server answers 400; kube-scheduler ignores prioritize errors)."""
         args = normalize_keys(raw, "ExtenderArgs")
         names, _ = _candidates(args)
         seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
         if not seen.demand.asks_for_compute:
-            return [{"Host": n, "Score": 0} for n in names]
-        found = self.state.resolve(names)
+            return encode_host_scores([(names, 0)])
+        try:
+            found = self.state.resolve(names)
+        except TypeError:
+            raise WireError("ExtenderArgs.NodeNames: expected a list of node names") from None
+        _check_unknown_names(found.names[found.rows < 0])
         ev = evaluate(self.state, seen.request, found.rows, self.config)
         scores = score_percent(self.state, seen.request, ev, self.config) // (100 // MAX_SCORE)
-        return [{"Host": h, "Score": s} for h, s in zip(names, scores.tolist(), strict=True)]
+        return encode_host_scores(
+            [(found.names[scores == s].tolist(), s) for s in np.unique(scores).tolist()]
+        )
 
     # ----------------------------------------------------------------- bind
 
@@ -280,7 +333,7 @@ def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]
     """Node names from `NodeNames` (nodeCacheCapable) or `Nodes.items` (full Node objects)."""
     names = args.get("nodenames")
     if names is not None:
-        if not isinstance(names, list) or not set(map(type, names)) <= {str}:
+        if not isinstance(names, list):
             raise WireError("ExtenderArgs.NodeNames: expected a list of node names")
         return names, None
     nodes = args.get("nodes")
@@ -295,28 +348,28 @@ def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]
         raise WireError("ExtenderArgs.Nodes.items: every Node needs metadata.name") from None
 
 
-def _filter_reply(
-    passed: list[str],
-    items: list[dict[str, Any]] | None,
-    passed_mask: Any,
-    failed: dict[str, str],
-    unresolvable: dict[str, str],
-) -> ExtenderFilterResult:
+def _encode_filter(
+    passed: list[str], items: list[dict[str, Any]] | None, failed: bytes, unresolvable: bytes
+) -> bytes:
+    """The ExtenderFilterResult, assembled from encoded parts (see `encode_name_map`)."""
     if items is not None:
-        return {
-            "NodeNames": None,
-            "Nodes": {"metadata": {}, "items": items},
-            "FailedNodes": failed,
-            "FailedAndUnresolvableNodes": unresolvable,
-            "Error": "",
-        }
-    return {
-        "NodeNames": passed,
-        "Nodes": None,
-        "FailedNodes": failed,
-        "FailedAndUnresolvableNodes": unresolvable,
-        "Error": "",
-    }
+        head = b'{"NodeNames":null,"Nodes":' + orjson.dumps({"metadata": {}, "items": items})
+    else:
+        head = b'{"NodeNames":' + orjson.dumps(passed) + b',"Nodes":null'
+    return (
+        head
+        + b',"FailedNodes":'
+        + failed
+        + b',"FailedAndUnresolvableNodes":'
+        + unresolvable
+        + b',"Error":""}'
+    )
+
+
+def _check_unknown_names(unknown: Any) -> None:
+    """Names the inventory does not know must still be strings (known ones are)."""
+    if any(not isinstance(n, str) for n in unknown.tolist()):
+        raise WireError("ExtenderArgs.NodeNames: expected a list of node names")
 
 
 def _victims(args: Mapping[str, Any]) -> dict[str, MetaVictims]:

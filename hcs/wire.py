@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
+import orjson
+
 
 class NodeList(TypedDict):
     metadata: dict[str, Any]
@@ -80,3 +82,70 @@ def filter_error(message: str) -> ExtenderFilterResult:
         "FailedAndUnresolvableNodes": {},
         "Error": message,
     }
+
+
+def _fragment_safe(encoded: bytes) -> bool:
+    """Whether a JSON array of names can be rewritten with byte replacement: no escapes."""
+    return b"\\" not in encoded
+
+
+def encode_name_map(groups: list[tuple[list[str], str]]) -> bytes:
+    """`{"node-a":"msg1","node-b":"msg1","node-c":"msg2"}` from (names, message) groups.
+
+    Thousands of failing nodes share a handful of messages; building a dict entry per node costs
+    more than the engine. Node names are DNS subdomains (no quotes or backslashes), so each
+    group's names are encoded once by orjson and the separators rewritten in C. A name that
+    needed escaping falls back to a plain dict.
+    """
+    parts = []
+    for names, message in groups:
+        if not names:
+            continue
+        encoded = orjson.dumps(names)
+        if not _fragment_safe(encoded):
+            return orjson.dumps({n: m for ns, m in groups for n in ns})
+        value = b'":' + orjson.dumps(message) + b',"'
+        parts.append(encoded[1:-2].replace(b'","', value) + value[:-2])
+    return b"{" + b",".join(parts) + b"}"
+
+
+def encode_host_scores(groups: list[tuple[list[str], int]]) -> bytes:
+    """`[{"Host":"a","Score":7},...]` from (hosts, score) groups (order is free: the scheduler
+    reads the reply by host)."""
+    parts = []
+    for hosts, score in groups:
+        if not hosts:
+            continue
+        encoded = orjson.dumps(hosts)
+        if not _fragment_safe(encoded):
+            return orjson.dumps([{"Host": h, "Score": s} for hs, s in groups for h in hs])
+        tail = b'","Score":' + str(int(score)).encode() + b"}"
+        parts.append(b'{"Host":' + encoded[1:-1].replace(b'","', tail + b',{"Host":"') + tail[1:])
+    return b"[" + b",".join(parts) + b"]"
+
+
+_NODE_NAMES_KEY = b'"NodeNames":'
+_WHITESPACE = b" \t\r\n"
+
+
+def split_node_names(body: bytes) -> tuple[bytes, bytes] | None:
+    """Split an ExtenderArgs body into (the body with `NodeNames` set to null, the raw bytes of
+    the NodeNames array), when NodeNames is the object's last key, as Go's encoder writes it
+    (fields in declaration order: Pod, Nodes, NodeNames). None when the body is shaped
+    otherwise; the caller then decodes it whole.
+
+    kube-scheduler sends the same candidate list pod after pod: the array's bytes can be matched
+    against the previous call's instead of decoding thousands of names again. A match cannot come
+    from inside a string value (its quotes would be escaped); a `NodeNames` key nested in the Pod
+    comes before the top-level one, and anything else fails to parse and falls back.
+    """
+    at = body.rfind(_NODE_NAMES_KEY)
+    if at < 0:
+        return None
+    end = len(body.rstrip(_WHITESPACE)) - 1
+    if end <= at or body[end] != ord("}"):
+        return None
+    segment = body[at + len(_NODE_NAMES_KEY) : end].strip(_WHITESPACE)
+    if not segment.startswith(b"[") or not segment.endswith(b"]"):
+        return None
+    return body[:at] + b'"NodeNames":null}', segment
