@@ -9,9 +9,10 @@ is tens of MB.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hcs import __version__
+from hcs.cluster import ClusterSync
 from hcs.engine import Reason
 from hcs.errors import HcsError
 from hcs.scheduling import SchedulerService
@@ -168,12 +170,23 @@ class _StateCollector(Collector):
 def create_app(
     service: SchedulerService,
     *,
-    readiness: Readiness | None = None,
+    sync: ClusterSync | None = None,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> web.Application:
+    """The extender app; with `sync` (cluster mode) the watches run for the app's lifetime and
+    /readyz follows them."""
     app = web.Application(client_max_size=max_body, middlewares=[timing])
     app[SERVICE] = service
-    app[READINESS] = readiness or (lambda: (True, "ready: local inventory"))
+    app[READINESS] = sync.readiness if sync else (lambda: (True, "ready: local inventory"))
+    if sync is not None:
+        watches = sync
+
+        async def run_watches(_: web.Application) -> AsyncIterator[None]:
+            watches.start(asyncio.get_running_loop())
+            yield
+            watches.stop()
+
+        app.cleanup_ctx.append(run_watches)
     registry = CollectorRegistry()
     app[REGISTRY] = registry
     app[LATENCY] = Histogram(

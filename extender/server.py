@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 
 from extender.app import DEFAULT_MAX_BODY, create_app
+from hcs.cluster import ClusterSync, KubeBinder, load_api
 from hcs.engine import EngineConfig
 from hcs.inventory import load_inventory
 from hcs.scheduling import SchedulerService
@@ -27,11 +28,23 @@ def local_service(inventory: str, config: EngineConfig, vendors: VendorTable) ->
     return SchedulerService(state, config, vendors)
 
 
+def cluster_service(
+    config: EngineConfig, vendors: VendorTable, kubeconfig: str | None
+) -> tuple[SchedulerService, ClusterSync]:
+    """Cluster mode: ComputeNodes and Pods watched through the API server, Bindings created."""
+    api = load_api(kubeconfig)
+    service = SchedulerService(
+        ClusterState(vendors=vendors), config, vendors, binder=KubeBinder(api)
+    )
+    return service, ClusterSync(service, api)
+
+
 def serve(
     service: SchedulerService,
     host: str,
     port: int,
     *,
+    sync: ClusterSync | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     shutdown_timeout: float = 10.0,
 ) -> None:
@@ -39,8 +52,9 @@ def serve(
     # so collections triggered by per-request garbage stay short.
     gc.collect()
     gc.freeze()
-    app = create_app(service, max_body=max_body)
-    log.info("extender serving on http://%s:%d (filter, prioritize, bind, preempt)", host, port)
+    app = create_app(service, max_body=max_body, sync=sync)
+    mode = "cluster mode" if sync else "local mode"
+    log.info("extender serving on http://%s:%d (%s)", host, port, mode)
     web.run_app(
         app, host=host, port=port, access_log=None, print=None, shutdown_timeout=shutdown_timeout
     )

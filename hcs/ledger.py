@@ -13,6 +13,7 @@ pod to the same node returns the allocation it already has.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from hcs.engine import EngineConfig, compile_request, make_allocation, score_per
 from hcs.engine import evaluate as _evaluate
 from hcs.errors import PlacementError
 from hcs.state import Allocation, ClusterState
+
+log = logging.getLogger("hcs.ledger")
 
 
 class Ledger:
@@ -85,11 +88,12 @@ class Ledger:
         with self._lock:
             return self.state.remove_allocation(uid)
 
-    def restore(self, alloc: Allocation) -> None:
+    def restore(self, alloc: Allocation, *, force: bool = False) -> None:
         """Record an allocation made earlier (read back from a Pod's annotations at start-up).
 
         The charges are checked against the devices: an allocation naming devices the node
-        does not have, or not fitting beside those already restored, is refused.
+        does not have, or not fitting beside those already restored, is refused. With `force`
+        (the API server says the pod runs there) it is recorded anyway and the conflict logged.
         """
         with self._lock:
             existing = self.state.allocations.get(alloc.uid)
@@ -99,7 +103,12 @@ class Ledger:
                 raise PlacementError(
                     f"pod {alloc.namespace}/{alloc.name} is recorded on {existing.node} already"
                 )
-            self._check_restorable(alloc)
+            try:
+                self._check_restorable(alloc)
+            except PlacementError as exc:
+                if not force:
+                    raise
+                log.warning("recording an allocation that does not fit: %s", exc.message)
             self.state.add_allocation(alloc)
 
     def _check_restorable(self, alloc: Allocation) -> None:

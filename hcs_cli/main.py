@@ -12,10 +12,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from extender.server import local_service, serve
+from extender.server import cluster_service, local_service, serve
 from hcs import __version__
 from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
@@ -27,12 +28,15 @@ from hcs.state import ClusterState
 from hcs.vendors import VendorTable, load_vendor_table
 
 
-def _engine_args(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+def _engine_args(
+    p: argparse.ArgumentParser, *, json_flag: bool = True, cluster: bool = False
+) -> None:
     p.add_argument(
         "--inventory",
-        required=True,
+        required=not cluster,
         metavar="DIR",
-        help="folder of ComputeNode / ComputeQuota YAML files",
+        help="folder of ComputeNode / ComputeQuota YAML files"
+        + (" (local mode; without it: cluster mode through the API server)" if cluster else ""),
     )
     p.add_argument(
         "--strategy",
@@ -69,10 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
         "extender",
         help="run the kube-scheduler extender (HTTP)",
         description="Serve POST /filter, /prioritize, /bind, /preempt and GET /healthz, "
-        "/readyz, /metrics, /version for kube-scheduler, on the inventory of --inventory "
-        "(allocations kept in memory).",
+        "/readyz, /metrics, /version for kube-scheduler. With --inventory: local mode "
+        "(allocations kept in memory); without: cluster mode (watches ComputeNodes and Pods, "
+        "creates Bindings).",
     )
-    _engine_args(p, json_flag=False)
+    _engine_args(p, json_flag=False, cluster=True)
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="cluster mode: kubeconfig to use (default: in-cluster, then ~/.kube/config)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="cluster mode: a ComputeNode whose agent heartbeat is older is "
+        "AgentNotConnected (default %(default)s)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
     p.add_argument(
@@ -136,12 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
             )
-            serve(
-                local_service(args.inventory, config, vendors),
-                args.host,
-                args.port,
-                max_body=args.max_body_mb * 2**20,
-            )
+            if args.inventory:
+                service, sync = local_service(args.inventory, config, vendors), None
+            else:
+                config = replace(config, heartbeat_max_age_s=args.heartbeat_timeout)
+                service, sync = cluster_service(config, vendors, args.kubeconfig)
+            serve(service, args.host, args.port, sync=sync, max_body=args.max_body_mb * 2**20)
             return 0
         inv = load_inventory(args.inventory)
         for warning in inv.warnings:

@@ -28,7 +28,7 @@ def pod(
         ),
         spec=client.V1PodSpec(containers=list(containers), init_containers=init),
     )
-    result: dict[str, Any] = API.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    result: dict[str, Any] = API.sanitize_for_serialization(obj)
     return result
 
 

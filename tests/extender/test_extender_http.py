@@ -22,7 +22,7 @@ API = client.ApiClient()
 
 def k8s(obj: Any) -> Any:
     """Serialize a kubernetes client model exactly as the API server / scheduler would."""
-    return API.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    return API.sanitize_for_serialization(obj)
 
 
 def pod(

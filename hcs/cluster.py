@@ -1,0 +1,391 @@
+"""Cluster mode: the inventory and allocations from the API server, kept current by watches.
+
+ComputeNodes and non-terminated Pods are listed, then watched from the list's resourceVersion.
+Allocations are rebuilt from Pod annotations (`hcs.io/assigned-node`, `hcs.io/assigned-devices`)
+so a restart loses nothing: the API server, not this process, is the record. A watch that
+fails (connection lost, 410 Gone, a bad response) is re-listed after a backoff, and the re-list
+replaces what the previous one knew.
+
+The official `kubernetes` client is blocking: each resource's list/watch loop runs in a thread
+of its own and hands every change to the event loop (`call_soon_threadsafe`), so the state is
+only ever touched from the loop's thread, like the extender's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kubernetes import client, watch
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
+from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR, parse_pod
+from hcs.errors import HcsError, ValidationError
+from hcs.models import API_GROUP, ComputeNode
+from hcs.scheduling import BindError, SchedulerService
+from hcs.state import Allocation, ClusterState, DeviceCharge
+from hcs.vendors import VENDOR_NAMES, VendorTable
+
+log = logging.getLogger("hcs.cluster")
+VERSION = "v1alpha1"
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+# --------------------------------------------------------------------------- binding
+
+
+class KubeBinder:
+    """Creates Bindings (with the device annotations) and reads Pods through the API server."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+
+    def bind(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]
+    ) -> None:
+        body = client.V1Binding(
+            api_version="v1",
+            kind="Binding",
+            metadata=client.V1ObjectMeta(name=name, uid=uid, annotations=dict(annotations)),
+            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
+        )
+        try:
+            # The reply is a Status, not a Binding: do not let the client deserialize it.
+            self.core.create_namespaced_binding(namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                pod = self.get_pod(namespace, name)
+                spec = (pod or {}).get("spec") or {}
+                meta = (pod or {}).get("metadata") or {}
+                if spec.get("nodeName") == node and meta.get("uid") == uid:
+                    return  # a retried bind that already landed: success
+            raise BindError(
+                f"API server answered {exc.status} {exc.reason}: {_status_message(exc)}"
+            ) from None
+        except Exception as exc:  # connection refused, timeout, ...
+            raise BindError(f"cannot reach the API server: {exc}") from None
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            # _preload_content=False hands back the raw response (the stubs say V1Pod).
+            resp: Any = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        pod: dict[str, Any] = orjson.loads(resp.data)
+        return pod
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        return str(orjson.loads(exc.body or b"{}").get("message") or exc.body)
+    except orjson.JSONDecodeError:
+        return str(exc.body)
+
+
+# --------------------------------------------------------------------------- allocations
+
+
+def allocation_from_pod(
+    pod: Mapping[str, Any], state: ClusterState, vendors: VendorTable | None = None
+) -> Allocation | None:
+    """The allocation a bound Pod records in its annotations, or None if it holds no devices.
+
+    `hcs.io/assigned-devices` lists the devices in container order (bind writes them so), each
+    container taking as many as it asked for. Raises HcsError for annotations that do not match
+    the pod's own request.
+    """
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    devices_text = annotations.get(A_ASSIGNED_DEVICES)
+    node = annotations.get(A_ASSIGNED_NODE) or (pod.get("spec") or {}).get("nodeName")
+    if not devices_text or not node:
+        return None
+    demand = parse_pod(pod, vendors)
+    if not demand.asks_for_compute:
+        return None
+    devices = [d.strip() for d in str(devices_text).split(",") if d.strip()]
+    if len(devices) != demand.total_devices:
+        raise HcsError(
+            f"pod {demand.key}: {A_ASSIGNED_DEVICES}={devices_text!r} names "
+            f"{len(devices)} devices, the pod asks for {demand.total_devices}"
+        )
+    row = state.index.get(node)
+    charges = []
+    cursor = iter(devices)
+    for c in sorted(demand.containers, key=lambda c: c.index):
+        for _ in range(c.devices):
+            device = next(cursor)
+            vram, fp16, fp32 = c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops
+            if c.whole and row is not None and device in state.device_ids[row]:
+                slot = state.device_ids[row].index(device)
+                vram = int(state.dev_vram_cap_mib[row, slot])
+                fp16 = int(state.dev_fp16_cap_mtf[row, slot])
+                fp32 = int(state.dev_fp32_cap_mtf[row, slot])
+            charges.append(DeviceCharge(device, c.name, vram, fp16, fp32))
+    vendor = annotations.get(A_ASSIGNED_VENDOR) or demand.fixed_vendor
+    if vendor not in VENDOR_NAMES:
+        vendor = VENDOR_NAMES[int(state.node_vendor[row])] if row is not None else "nvidia"
+    return Allocation(
+        demand.uid,
+        demand.namespace,
+        demand.name,
+        node,
+        vendor,
+        tuple(charges),
+        "confirmed",
+        time.time(),
+    )
+
+
+# --------------------------------------------------------------------------- sync
+
+
+@dataclass
+class _Feed:
+    name: str
+    synced: bool = False
+    last_contact: float = 0.0
+    failures: int = 0
+    known: set[str] = field(default_factory=set)
+
+
+class ClusterSync:
+    """Keeps a SchedulerService's state in step with the API server."""
+
+    def __init__(
+        self,
+        service: SchedulerService,
+        api: client.ApiClient,
+        *,
+        stale_after_s: float = 120.0,
+        watch_timeout_s: int = 60,
+        backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.service = service
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.stale_after_s = stale_after_s
+        self.watch_timeout_s = watch_timeout_s
+        self.backoff = backoff
+        self.nodes = _Feed("computenodes")
+        self.pods = _Feed("pods")
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        for feed, lister in ((self.nodes, self._list_nodes), (self.pods, self._list_pods)):
+            t = threading.Thread(
+                target=self._run_feed,
+                args=(feed, lister),
+                name=f"hcs-watch-{feed.name}",
+                daemon=True,
+            )
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def readiness(self) -> tuple[bool, str]:
+        now = time.time()
+        for feed in (self.nodes, self.pods):
+            if not feed.synced:
+                return False, f"not ready: {feed.name} not listed yet"
+            if now - feed.last_contact > self.stale_after_s:
+                return False, (
+                    f"not ready: no news of {feed.name} for {now - feed.last_contact:.0f}s"
+                )
+        return True, "ready: synced with the API server"
+
+    # ------------------------------------------------------------- list / watch threads
+
+    def _run_feed(
+        self, feed: _Feed, lister: Callable[[], tuple[list[dict[str, Any]], str]]
+    ) -> None:
+        while not self._stop.is_set():
+            try:
+                items, version = lister()
+                self._hand_over(self._replace, feed, items)
+                feed.last_contact = time.time()
+                feed.failures = 0
+                self._watch(feed, version)
+            except Exception as exc:  # every failure ends in a re-list after a backoff
+                feed.failures += 1
+                delay = min(self.backoff[1], self.backoff[0] * 2 ** (feed.failures - 1))
+                delay *= 0.5 + random.random() / 2
+                log.warning(
+                    "%s: list/watch failed (%s); re-listing in %.1fs", feed.name, exc, delay
+                )
+                self._stop.wait(delay)
+
+    def _list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        data: Any = self.custom.list_cluster_custom_object(API_GROUP, VERSION, "computenodes")
+        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
+
+    def _list_pods(self) -> tuple[list[dict[str, Any]], str]:
+        resp: Any = self.core.list_pod_for_all_namespaces(
+            field_selector=ACTIVE_PODS, _preload_content=False
+        )
+        data = orjson.loads(resp.data)
+        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
+
+    def _watch(self, feed: _Feed, version: str) -> None:
+        while not self._stop.is_set():
+            w = watch.Watch()
+            if feed is self.nodes:
+                stream = w.stream(
+                    self.custom.list_cluster_custom_object,
+                    API_GROUP,
+                    VERSION,
+                    "computenodes",
+                    resource_version=version,
+                    timeout_seconds=self.watch_timeout_s,
+                )
+            else:
+                stream = w.stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=ACTIVE_PODS,
+                    resource_version=version,
+                    timeout_seconds=self.watch_timeout_s,
+                )
+            for event in stream:
+                if self._stop.is_set():
+                    w.stop()
+                    return
+                kind, obj = event["type"], event["raw_object"]
+                if kind == "ERROR":
+                    raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                feed.last_contact = time.time()
+                if kind != "BOOKMARK":
+                    self._hand_over(self._apply, feed, kind, obj)
+            feed.last_contact = time.time()  # the server ended the watch on time: still in touch
+
+    def _hand_over(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run fn(*args) on the event loop and wait for it (keeps events in order)."""
+        assert self._loop is not None
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("applying a change failed")
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(call)
+        while not done.wait(0.5):
+            if self._stop.is_set():
+                return
+
+    # ------------------------------------------------------------- applying (loop thread)
+
+    def _replace(self, feed: _Feed, items: list[dict[str, Any]]) -> None:
+        """A fresh list: apply every object, forget what the list no longer has."""
+        listed = set()
+        for obj in items:
+            key = _key(feed, obj)
+            listed.add(key)
+            self._apply(feed, "ADDED", obj)
+        for key in feed.known - listed:
+            self._forget(feed, key)
+        feed.known = listed
+        feed.synced = True
+        log.info("%s listed: %d objects", feed.name, len(items))
+
+    def _apply(self, feed: _Feed, kind: str, obj: dict[str, Any]) -> None:
+        key = _key(feed, obj)
+        if kind == "DELETED":
+            self._forget(feed, key)
+            feed.known.discard(key)
+            return
+        feed.known.add(key)
+        if feed is self.nodes:
+            self._apply_node(obj)
+        else:
+            self._apply_pod(obj)
+
+    def _forget(self, feed: _Feed, key: str) -> None:
+        if feed is self.nodes:
+            self.service.state.remove_node(key)
+        else:
+            self.service.ledger.release(key)
+
+    def _apply_node(self, obj: dict[str, Any]) -> None:
+        try:
+            node = ComputeNode.from_dict(obj)
+        except ValidationError as exc:
+            log.warning("ignoring invalid %s", exc)
+            return
+        self.service.state.upsert_node(node)
+
+    def _apply_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            self.service.ledger.release(uid)
+            return
+        try:
+            alloc = allocation_from_pod(pod, self.service.state, self.service.vendors)
+        except HcsError as exc:
+            log.warning(
+                "pod %s/%s: cannot read its allocation: %s",
+                meta.get("namespace"),
+                meta.get("name"),
+                exc,
+            )
+            return
+        if alloc is None:
+            return
+        ledger = self.service.ledger
+        existing = self.service.state.allocations.get(uid)
+        if existing is not None:
+            if existing.node == alloc.node and existing.device_ids == alloc.device_ids:
+                if existing.state != "confirmed":
+                    ledger.confirm(uid)
+                return
+            ledger.release(uid)  # the API server's record wins over ours
+        ledger.restore(alloc, force=True)
+
+
+def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:
+    """ComputeNodes by name (the Kubernetes Node they describe), Pods by UID."""
+    meta = obj.get("metadata") or {}
+    return str(meta.get("name") if feed.name == "computenodes" else meta.get("uid"))
+
+
+def load_api(kubeconfig: str | None = None) -> client.ApiClient:
+    """An API client from `kubeconfig`, else the in-cluster service account, else the default
+    kubeconfig (~/.kube/config or $KUBECONFIG)."""
+    if kubeconfig is None:
+        try:
+            kube_config.load_incluster_config()
+            return client.ApiClient()
+        except kube_config.ConfigException:
+            pass
+    try:
+        kube_config.load_kube_config(config_file=kubeconfig)
+    except (kube_config.ConfigException, OSError) as exc:
+        raise HcsError(
+            f"no cluster to talk to: not in a pod, and no usable kubeconfig "
+            f"({exc}); pass --inventory DIR for local mode",
+            code="InvalidConfig",
+        ) from None
+    return client.ApiClient()
