@@ -59,7 +59,7 @@ class KubeBinder:
         )
         try:
             # The reply is a Status, not a Binding: do not let the client deserialize it.
-            self.core.create_namespaced_binding(namespace, body, _preload_content=False)
+            self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
         except ApiException as exc:
             if exc.status == 409:
                 pod = self.get_pod(namespace, name)

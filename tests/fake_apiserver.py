@@ -1,0 +1,202 @@
+"""A small in-test kube-apiserver: list and watch of ComputeNodes and Pods, read Pod, create
+Binding. It speaks the real wire protocol (lists with a resourceVersion, watch streams of
+newline-delimited events, 410 Gone for a compacted version), so the official client and HCS's
+watch code run unmodified against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+NODES = "computenodes"
+PODS = "pods"
+TERMINAL = ("Succeeded", "Failed")
+
+
+class FakeApiServer:
+    def __init__(self) -> None:
+        self.rv = 100
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {NODES: {}, PODS: {}}
+        self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {NODES: [], PODS: []}
+        self.compacted = 0
+        """Watches from a resourceVersion below this get 410 Gone."""
+        self.fail_lists = 0
+        """The next N list calls answer 500."""
+        self.list_calls = {NODES: 0, PODS: 0}
+        self.bindings: list[dict[str, Any]] = []
+        self._queues: dict[str, set[asyncio.Queue[tuple[int, str, dict[str, Any]] | None]]] = {
+            NODES: set(),
+            PODS: set(),
+        }
+
+    # ------------------------------------------------------------- test controls
+
+    def _key(self, kind: str, obj: dict[str, Any]) -> str:
+        meta = obj["metadata"]
+        return meta["name"] if kind == NODES else f"{meta['namespace']}/{meta['name']}"
+
+    def put(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        key = self._key(kind, obj)
+        event = "MODIFIED" if key in self.objects[kind] else "ADDED"
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        if kind == PODS:
+            obj["metadata"].setdefault("uid", f"uid-{key.replace('/', '-')}")
+        self.objects[kind][key] = obj
+        self._emit(kind, event, obj)
+        return obj
+
+    def delete(self, kind: str, key: str) -> None:
+        obj = self.objects[kind].pop(key)
+        self.rv += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self._emit(kind, "DELETED", obj)
+
+    def drop_watches(self) -> None:
+        """End every open watch stream, as an API server restart or a load balancer would."""
+        for queues in self._queues.values():
+            for q in queues:
+                q.put_nowait(None)
+
+    def compact(self) -> None:
+        """Forget history: watches from any earlier version get 410 Gone."""
+        self.compacted = self.rv + 1
+
+    def _emit(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        if kind == PODS and event != "DELETED" and obj.get("status", {}).get("phase") in TERMINAL:
+            event = "DELETED"  # it leaves the field selector's view
+        entry = (self.rv, event, obj)
+        self.events[kind].append(entry)
+        for q in self._queues[kind]:
+            q.put_nowait(entry)
+
+    # ------------------------------------------------------------- HTTP
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/apis/hcs.io/v1alpha1/computenodes", self._list_or_watch(NODES))
+        app.router.add_get("/api/v1/pods", self._list_or_watch(PODS))
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._read_pod)
+        app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
+        return app
+
+    def _visible(self, kind: str, obj: dict[str, Any]) -> bool:
+        return kind != PODS or obj.get("status", {}).get("phase") not in TERMINAL
+
+    def _list_or_watch(self, kind: str) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if request.query.get("watch") in ("true", "1", "True"):
+                return await self._watch(kind, request)
+            self.list_calls[kind] += 1
+            if self.fail_lists:
+                self.fail_lists -= 1
+                return _status(500, "InternalError", "injected failure")
+            items = [o for o in self.objects[kind].values() if self._visible(kind, o)]
+            body = {
+                "apiVersion": "v1" if kind == PODS else "hcs.io/v1alpha1",
+                "kind": "PodList" if kind == PODS else "ComputeNodeList",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": items,
+            }
+            return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
+
+        return handler
+
+    async def _watch(self, kind: str, request: web.Request) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        timeout = float(request.query.get("timeoutSeconds") or 30)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        if since < self.compacted:
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "code": 410,
+                "reason": "Expired",
+                "message": f"too old resource version: {since}",
+            }
+            await resp.write(orjson.dumps({"type": "ERROR", "object": gone}) + b"\n")
+            await resp.write_eof()
+            return resp
+        queue: asyncio.Queue[tuple[int, str, dict[str, Any]] | None] = asyncio.Queue()
+        for entry in self.events[kind]:
+            if entry[0] > since:
+                queue.put_nowait(entry)
+        self._queues[kind].add(queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    got: tuple[int, str, dict[str, Any]] | None = await asyncio.wait_for(
+                        queue.get(), remaining
+                    )
+                except TimeoutError:
+                    break
+                if got is None:
+                    break
+                _, event, obj = got
+                await resp.write(orjson.dumps({"type": event, "object": obj}) + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._queues[kind].discard(queue)
+        await resp.write_eof()
+        return resp
+
+    async def _read_pod(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        pod = self.objects[PODS].get(key)
+        if pod is None:
+            return _status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
+        return web.json_response(pod)
+
+    async def _bind(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        body = await request.json()
+        self.bindings.append(body)
+        pod = self.objects[PODS].get(key)
+        if pod is None:
+            return _status(404, "NotFound", f"pods {key} not found")
+        uid = (body.get("metadata") or {}).get("uid")
+        if uid and uid != pod["metadata"]["uid"]:
+            return _status(409, "Conflict", "Precondition failed: UID mismatch")
+        if pod["spec"].get("nodeName"):
+            return _status(
+                409,
+                "Conflict",
+                f"pod {key} is already assigned to node {pod['spec']['nodeName']!r}",
+            )
+        pod = copy.deepcopy(pod)
+        pod["spec"]["nodeName"] = body["target"]["name"]
+        annotations = pod["metadata"].setdefault("annotations", {})
+        annotations.update((body.get("metadata") or {}).get("annotations") or {})
+        self.put(PODS, pod)
+        return web.json_response(
+            {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201
+        )
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": code,
+            "reason": reason,
+            "message": message,
+        },
+        status=code,
+    )
