@@ -29,14 +29,18 @@ def local_service(inventory: str, config: EngineConfig, vendors: VendorTable) ->
 
 
 def cluster_service(
-    config: EngineConfig, vendors: VendorTable, kubeconfig: str | None
+    config: EngineConfig,
+    vendors: VendorTable,
+    kubeconfig: str | None,
+    *,
+    stale_after_s: float = 120.0,
 ) -> tuple[SchedulerService, ClusterSync]:
     """Cluster mode: ComputeNodes and Pods watched through the API server, Bindings created."""
     api = load_api(kubeconfig)
     service = SchedulerService(
         ClusterState(vendors=vendors), config, vendors, binder=KubeBinder(api)
     )
-    return service, ClusterSync(service, api)
+    return service, ClusterSync(service, api, stale_after_s=stale_after_s)
 
 
 def serve(

@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster mode: kubeconfig to use (default: in-cluster, then ~/.kube/config)",
     )
     p.add_argument(
+        "--stale-after",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="cluster mode: /readyz fails when a watch has been silent this long "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=60.0,
@@ -158,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 service, sync = local_service(args.inventory, config, vendors), None
             else:
                 config = replace(config, heartbeat_max_age_s=args.heartbeat_timeout)
-                service, sync = cluster_service(config, vendors, args.kubeconfig)
+                service, sync = cluster_service(
+                    config, vendors, args.kubeconfig, stale_after_s=args.stale_after
+                )
             serve(service, args.host, args.port, sync=sync, max_body=args.max_body_mb * 2**20)
             return 0
         inv = load_inventory(args.inventory)

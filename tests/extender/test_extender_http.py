@@ -262,6 +262,24 @@ async def test_preempt_keeps_only_nodes_where_victims_free_enough(
     assert set(service.state.allocations) == {"v1", "v2"}  # preempt changed nothing
 
 
+async def test_preempt_accepts_full_victim_pods(http: Client) -> None:
+    victim = pod("v9", {"ai.compute/vram": "1Gi"})
+    await http.post("/filter", json=args(victim, ["busy"]))
+    await http.post(
+        "/bind",
+        json={"PodName": "pod-v9", "PodNamespace": "team-a", "PodUID": "v9", "Node": "busy"},
+    )
+    request = {
+        "Pod": pod("needs-busy", {"ai.compute/vram": "1Gi"}),
+        "NodeNameToVictims": {"busy": {"Pods": [victim], "NumPDBViolations": 0}},
+        "NodeNameToMetaVictims": None,
+    }
+    body = await (await http.post("/preempt", json=request)).json()
+    assert body == {
+        "NodeNameToMetaVictims": {"busy": {"Pods": [{"UID": "v9"}], "NumPDBViolations": 0}}
+    }
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "fragment"),
     [
