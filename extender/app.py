@@ -56,16 +56,22 @@ async def filter_handler(request: web.Request) -> web.Response:
     return web.Response(body=request.app[SERVICE].filter_body(body), content_type=JSON)
 
 
-async def prioritize_handler(request: web.Request) -> web.Response:
+async def _or_400(
+    request: web.Request, answer: Callable[[SchedulerService, bytes], bytes]
+) -> web.Response:
+    """Prioritize and preempt: a malformed request is HTTP 400 with the reason."""
     try:
-        service = request.app[SERVICE]
-        body = service.prioritize(service.decode_args(await request.read()))
-        return web.Response(body=body, content_type=JSON)
+        body = answer(request.app[SERVICE], await request.read())
     except orjson.JSONDecodeError as exc:
         return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"}, 400)
     except (WireError, HcsError) as exc:
         message = str(exc) if isinstance(exc, HcsError) else f"InvalidRequest: {exc}"
         return _json({"Error": message}, 400)
+    return web.Response(body=body, content_type=JSON)
+
+
+async def prioritize_handler(request: web.Request) -> web.Response:
+    return await _or_400(request, lambda svc, body: svc.prioritize(svc.decode_args(body)))
 
 
 async def bind_handler(request: web.Request) -> web.Response:
@@ -79,13 +85,7 @@ async def bind_handler(request: web.Request) -> web.Response:
 
 
 async def preempt_handler(request: web.Request) -> web.Response:
-    try:
-        return _json(request.app[SERVICE].preempt(await _decode(request)))
-    except orjson.JSONDecodeError as exc:
-        return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"}, 400)
-    except (WireError, HcsError) as exc:
-        message = str(exc) if isinstance(exc, HcsError) else f"InvalidRequest: {exc}"
-        return _json({"Error": message}, 400)
+    return await _or_400(request, lambda svc, body: orjson.dumps(svc.preempt(orjson.loads(body))))
 
 
 async def unknown_verb(request: web.Request) -> web.Response:

@@ -516,7 +516,9 @@ def _kernel_cached(
 ) -> _Kernel:
     tick = None
     if config.heartbeat_max_age_s is not None and not empty_cluster:
-        now = time.time() if now is None else now
+        # Heartbeat ages at one-second resolution, so the filter and prioritize calls of one
+        # pod (milliseconds apart) share an evaluation.
+        now = float(int(time.time() if now is None else now))
         tick = now
     key = (req.key, config, tick, empty_cluster)
     cache = state.kernel_cache()
