@@ -63,6 +63,22 @@ def parse_quantity(value: object, field: str = "") -> Fraction:
         return parse_quantity(repr(value), field)
     if not isinstance(value, str):
         raise QuantityError(field, value, f"is not a quantity (expected {EXPECTED})")
+    cached = _PARSED.get(value)
+    if cached is not None:
+        return cached
+    parsed = _parse_text(value, field)
+    if len(_PARSED) < _PARSED_LIMIT:
+        _PARSED[value] = parsed
+    return parsed
+
+
+# Pods repeat a handful of quantity strings ("24Gi", "2", "312"); Fractions are immutable, so
+# a parse can be shared. Bounded: past the limit new strings are parsed every time.
+_PARSED: dict[str, Fraction] = {}
+_PARSED_LIMIT: Final = 4096
+
+
+def _parse_text(value: str, field: str) -> Fraction:
     text = value
     if text != text.strip():
         raise QuantityError(field, value, f"has surrounding spaces (expected {EXPECTED})")
