@@ -1,0 +1,322 @@
+"""Pod admission: validate, route to a vendor, charge quota, and mutate (DESIGN §2 step 2).
+
+`review` is a pure function from an AdmissionRequest to an AdmissionResponse; the HTTP layer
+only decodes and encodes. The mutation is one JSON Patch that applies to the object exactly as
+received (PROTOCOLS §B4): pointers escaped, a whole map or array added only when its parent is
+absent (otherwise one `add` per key, or `/-` appends), every value real JSON. A pod that already
+carries `hcs.io/assigned-vendor` gets no second patch, so `reinvocationPolicy: IfNeeded` is safe.
+
+What the patch does, per requesting container: `ai.compute/*` requests and limits written equal
+(Pod validation refuses an extended resource whose request differs from its limit, or that has a
+request and no limit: the reference's own example would be refused otherwise); the vendor's
+device-plugin resource (`nvidia.com/gpu: 2`); the device env as a downward-API reference to
+`hcs.io/assigned-devices`, which bind writes before the kubelet starts the container; the logical
+env (`CUDA_VISIBLE_DEVICES=0,1`); the driver mounts unless `hcs.io/inject-driver: "false"`.
+Containers that asked for nothing get the vendor's guard env (`NVIDIA_VISIBLE_DEVICES=none`).
+Names already present (env vars, volumes, mounts, annotations) are kept as the user wrote them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+from hcs.demand import (
+    A_ASSIGNED_DEVICES,
+    A_ASSIGNED_VENDOR,
+    A_REQUEST,
+    ABSTRACT_RESOURCES,
+    DEVICES,
+    PodDemand,
+    parse_pod,
+)
+from hcs.engine import EngineConfig, compile_request, route_vendor
+from hcs.errors import HcsError
+from hcs.quota import QuotaBook
+from hcs.state import ClusterState
+from hcs.vendors import VendorProfile, VendorTable
+
+log = logging.getLogger("hcs.webhook")
+ENVELOPE_VERSION = "admission.k8s.io/v1"
+Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+
+
+class AdmissionRequest(TypedDict, total=False):
+    uid: str
+    kind: dict[str, str]
+    resource: dict[str, str]
+    namespace: str
+    operation: Operation
+    object: dict[str, Any]
+    dryRun: bool
+
+
+class AdmissionStatus(TypedDict):
+    code: int
+    message: str
+
+
+class AdmissionResponse(TypedDict, total=False):
+    uid: str
+    allowed: bool
+    patchType: Literal["JSONPatch"]
+    patch: str
+    warnings: list[str]
+    status: AdmissionStatus
+
+
+class ReviewError(ValueError):
+    """The body is not an AdmissionReview (HTTP 400)."""
+
+
+def parse_review(body: Any) -> AdmissionRequest:
+    if not isinstance(body, dict):
+        raise ReviewError("expected an AdmissionReview object")
+    if body.get("apiVersion") != ENVELOPE_VERSION or body.get("kind") != "AdmissionReview":
+        raise ReviewError(
+            f"expected apiVersion {ENVELOPE_VERSION} and kind AdmissionReview, got "
+            f"{body.get('apiVersion')!r} / {body.get('kind')!r}"
+        )
+    request = body.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
+        raise ReviewError("AdmissionReview.request with a uid is required")
+    return request  # type: ignore[return-value]
+
+
+def envelope(response: AdmissionResponse) -> dict[str, Any]:
+    return {"apiVersion": ENVELOPE_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+# --------------------------------------------------------------------------- JSON Patch
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON Pointer; `~` and `/` in a part are escaped (`hcs.io~1assigned-vendor`)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass
+class PatchBuilder:
+    ops: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, value: Any, *parts: str | int) -> None:
+        self.ops.append({"op": "add", "path": pointer(*parts), "value": value})
+
+    def set_entries(self, current: Any, entries: Mapping[str, Any], *parts: str | int) -> None:
+        """Put `entries` into the map at `parts`: the whole map if it is absent, else one add
+        per key (`add` overwrites a key; adding the whole map would wipe the others)."""
+        if not entries:
+            return
+        if not isinstance(current, dict):
+            self.add(dict(entries), *parts)
+        else:
+            for key, value in entries.items():
+                self.add(value, *parts, key)
+
+    def append(self, current: Any, items: list[Any], *parts: str | int) -> None:
+        """Append `items` to the array at `parts`: the whole array if it is absent."""
+        if not items:
+            return
+        if not isinstance(current, list):
+            self.add(list(items), *parts)
+        else:
+            for item in items:
+                self.add(item, *parts, "-")
+
+
+# --------------------------------------------------------------------------- review
+
+
+@dataclass
+class AdmissionContext:
+    state: ClusterState
+    quotas: QuotaBook
+    vendors: VendorTable = field(default_factory=VendorTable)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    scheduler_name: str | None = None
+    """Set `spec.schedulerName` of admitted pods (the `hcs-scheduler` profile), if given."""
+
+
+def _deny(uid: str, code: int, message: str) -> AdmissionResponse:
+    return {"uid": uid, "allowed": False, "status": {"code": code, "message": message}}
+
+
+def review(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionResponse:
+    uid = request["uid"]
+    kind = (request.get("kind") or {}).get("kind")
+    if kind != "Pod" or request.get("operation") != "CREATE":
+        return {"uid": uid, "allowed": True}
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        return _deny(uid, 400, "InvalidRequest: request.object: expected the Pod")
+    meta = pod.get("metadata") or {}
+    if (meta.get("annotations") or {}).get(A_ASSIGNED_VENDOR):
+        return {"uid": uid, "allowed": True}  # admitted before (reinvocation, or by hand)
+    namespace = request.get("namespace") or meta.get("namespace") or "default"
+    try:
+        demand = parse_pod(pod, ctx.vendors, namespace=namespace)
+    except HcsError as exc:
+        return _deny(uid, 400, str(exc))
+    if not demand.asks_for_compute:
+        return {"uid": uid, "allowed": True}
+    try:
+        route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
+    except HcsError as exc:
+        return _deny(uid, 403, str(exc))
+    try:
+        charged = ctx.quotas.admit(demand, uid, dry_run=bool(request.get("dryRun")))
+    except HcsError as exc:
+        return _deny(uid, 403, str(exc))
+    profile = ctx.vendors[route.vendor]
+    patch = mutate(pod, demand, profile, ctx.scheduler_name)
+    warnings = []
+    if route.downgraded and demand.preference:
+        warnings.append(
+            f"hcs: {demand.preference[0]} cannot hold the pod now, routed to "
+            f"{route.vendor} (allow-downgrade)"
+        )
+    if not route.fits_now:
+        warnings.append(f"hcs: no {route.vendor} node can hold the pod now; it waits Pending")
+    log.info(
+        "admit pod=%s/%s vendor=%s fits_now=%s downgraded=%s quotas=%s",
+        namespace,
+        demand.name,
+        route.vendor,
+        route.fits_now,
+        route.downgraded,
+        ",".join(charged),
+    )
+    response: AdmissionResponse = {
+        "uid": uid,
+        "allowed": True,
+        "patchType": "JSONPatch",
+        "patch": base64.b64encode(json.dumps(patch.ops).encode()).decode(),
+    }
+    if warnings:
+        response["warnings"] = [w[:119] for w in warnings]
+    return response
+
+
+def mutate(
+    pod: Mapping[str, Any], demand: PodDemand, profile: VendorProfile, scheduler_name: str | None
+) -> PatchBuilder:
+    """The JSON Patch for an admitted pod routed to `profile`'s vendor."""
+    patch = PatchBuilder()
+    meta = pod.get("metadata") or {}
+    request = json.loads(demand.request_annotation())
+    request["vendor"] = profile.name
+    patch.set_entries(
+        meta.get("annotations"),
+        {
+            A_ASSIGNED_VENDOR: profile.name,
+            A_REQUEST: json.dumps(request, separators=(",", ":"), sort_keys=True),
+        },
+        "metadata",
+        "annotations",
+    )
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or []
+    asking = {c.index: c for c in demand.containers}
+    mounts = profile.mounts if demand.inject_driver else ()
+    for i, container in enumerate(containers):
+        c = asking.get(i)
+        env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
+        if c is None:
+            if profile.guard_env and profile.guard_env[0] not in env_names:
+                name, value = profile.guard_env
+                patch.append(
+                    container.get("env"),
+                    [{"name": name, "value": value}],
+                    "spec",
+                    "containers",
+                    i,
+                    "env",
+                )
+            continue
+        _resources(patch, container, c.devices, profile, i)
+        env: list[dict[str, Any]] = [
+            {
+                "name": profile.device_env,
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{A_ASSIGNED_DEVICES}']"}
+                },
+            }
+        ]
+        if profile.logical_env:
+            env.append(
+                {"name": profile.logical_env, "value": ",".join(str(k) for k in range(c.devices))}
+            )
+        if mounts and profile.ld_library_path:
+            env.append({"name": "LD_LIBRARY_PATH", "value": ":".join(profile.ld_library_path)})
+        patch.append(
+            container.get("env"),
+            [e for e in env if e["name"] not in env_names],
+            "spec",
+            "containers",
+            i,
+            "env",
+        )
+        mount_paths = {m.get("mountPath") for m in container.get("volumeMounts") or []}
+        patch.append(
+            container.get("volumeMounts"),
+            [
+                {"name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only}
+                for m in mounts
+                if m.mount_path not in mount_paths
+            ],
+            "spec",
+            "containers",
+            i,
+            "volumeMounts",
+        )
+    volume_names = {v.get("name") for v in spec.get("volumes") or []}
+    patch.append(
+        spec.get("volumes"),
+        [
+            {"name": m.name, "hostPath": {"path": m.host_path}}
+            for m in mounts
+            if m.name not in volume_names
+        ],
+        "spec",
+        "volumes",
+    )
+    if scheduler_name and spec.get("schedulerName") in (None, "", "default-scheduler"):
+        patch.add(scheduler_name, "spec", "schedulerName")
+    return patch
+
+
+def _resources(
+    patch: PatchBuilder,
+    container: Mapping[str, Any],
+    devices: int,
+    profile: VendorProfile,
+    index: int,
+) -> None:
+    """`ai.compute/*` requests and limits made equal (request else limit), plus the vendor's
+    device-plugin resource; legacy containers already carry theirs."""
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    values: dict[str, Any] = {}
+    for key in ABSTRACT_RESOURCES:
+        value = requests.get(key, limits.get(key))
+        if value is not None:
+            values[key] = str(value)
+    if values and DEVICES not in values:
+        values[DEVICES] = str(devices)
+    legacy = [k for k in (*requests, *limits) if profile.owns_resource(str(k))]
+    if values and not legacy:
+        values[profile.resource] = str(devices)
+    changed_requests = {k: v for k, v in values.items() if requests.get(k) != v}
+    changed_limits = {k: v for k, v in values.items() if limits.get(k) != v}
+    where = ("spec", "containers", index, "resources")
+    if not isinstance(container.get("resources"), dict):
+        if values:
+            patch.add({"requests": dict(values), "limits": dict(values)}, *where)
+        return
+    patch.set_entries(resources.get("requests"), changed_requests, *where, "requests")
+    patch.set_entries(resources.get("limits"), changed_limits, *where, "limits")
