@@ -21,12 +21,14 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/hcs simulate --inventory examples/inventory --pods examples/pods
 	@echo
-	@echo "Starting the scheduler extender on http://127.0.0.1:8888 (Ctrl-C stops it). Try:"
+	@echo "Starting the extender on http://127.0.0.1:8888 and the webhook on https://127.0.0.1:8443"
+	@echo "(certificates in .hcs/certs; Ctrl-C stops both). Try:"
 	@echo "  curl -s -XPOST localhost:8888/filter -d @examples/requests/filter.json"
 	@echo "  curl -s -XPOST localhost:8888/prioritize -d @examples/requests/prioritize.json"
 	@echo "  curl -s -XPOST localhost:8888/bind -d @examples/requests/bind.json"
+	@echo "  curl -s --cacert .hcs/certs/ca.crt https://localhost:8443/mutate -d @examples/requests/admission-review.json"
 	@echo "  curl -s localhost:8888/metrics | grep ^hcs_"
-	$(BIN)/hcs extender --inventory examples/inventory --host 127.0.0.1 --port 8888
+	$(BIN)/hcs serve --inventory examples/inventory --cert-dir .hcs/certs
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

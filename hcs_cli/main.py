@@ -8,6 +8,7 @@ Subcommands that exist today: `extender`, `simulate`, `explain`, `validate`. The
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -16,27 +17,59 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
 from hcs import __version__
+from hcs.admission import AdmissionContext
+from hcs.certs import CertFiles, ca_bundle, issue, service_names
 from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
 from hcs.errors import HcsError, ValidationError
 from hcs.inventory import load_documents, load_inventory
 from hcs.models import ComputeNode, ComputeQuota
+from hcs.quota import QuotaBook
+from hcs.scheduling import SchedulerService
 from hcs.simulate import Placement, explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable, load_vendor_table
+from webhook.app import cert_reloader, serve_apps, ssl_context
+from webhook.app import create_app as create_webhook_app
+
+
+def _webhook_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cert-dir",
+        default=".hcs/certs",
+        metavar="DIR",
+        help="tls.crt and tls.key (made as `hcs certs` does when absent; reloaded when they "
+        "change) (default %(default)s)",
+    )
+    p.add_argument(
+        "--scheduler-name",
+        metavar="NAME",
+        help="set spec.schedulerName of admitted pods (e.g. hcs-scheduler)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def _engine_args(
-    p: argparse.ArgumentParser, *, json_flag: bool = True, cluster: bool = False
+    p: argparse.ArgumentParser,
+    *,
+    json_flag: bool = True,
+    cluster: bool = False,
+    default_inventory: str | None = None,
 ) -> None:
+    help_text = "folder of ComputeNode / ComputeQuota YAML files"
+    if cluster:
+        help_text += " (local mode; without it: cluster mode through the API server)"
+    if default_inventory:
+        help_text += " (default %(default)s)"
     p.add_argument(
         "--inventory",
-        required=not cluster,
+        default=default_inventory,
+        required=not cluster and default_inventory is None,
         metavar="DIR",
-        help="folder of ComputeNode / ComputeQuota YAML files"
-        + (" (local mode; without it: cluster mode through the API server)" if cluster else ""),
+        help=help_text,
     )
     p.add_argument(
         "--strategy",
@@ -111,6 +144,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     p = sub.add_parser(
+        "webhook",
+        help="run the mutating admission webhook (HTTPS)",
+        description="Serve POST /mutate (AdmissionReview v1) and GET /healthz, /readyz, "
+        "/metrics, /version over TLS, on the inventory of --inventory (local mode: quota "
+        "charges kept in memory).",
+    )
+    _engine_args(p, json_flag=False)
+    _webhook_args(p)
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8443, help="port (default %(default)s)")
+
+    p = sub.add_parser(
+        "serve",
+        help="run the extender and the webhook together (local mode)",
+        description="Extender (HTTP) and webhook (HTTPS) in one process on one inventory, so "
+        "the webhook's routing sees the extender's allocations.",
+    )
+    _engine_args(p, json_flag=False, default_inventory="examples/inventory")
+    _webhook_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--extender-port", type=int, default=8888, help="(default %(default)s)")
+    p.add_argument("--webhook-port", type=int, default=8443, help="(default %(default)s)")
+
+    p = sub.add_parser(
+        "certs",
+        help="make the webhook's CA and serving certificate",
+        description="Write ca.crt/ca.key (an existing CA is reused) and tls.crt/tls.key with "
+        "the service's DNS names, localhost and 127.0.0.1 as SANs. Keys get mode 0600.",
+    )
+    p.add_argument("--service", default="hcs-webhook", help="(default %(default)s)")
+    p.add_argument("--namespace", default="hcs-system", help="(default %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
+    p.add_argument("--days", type=int, default=365, help="serving certificate validity")
+    p.add_argument(
+        "--print-ca-bundle",
+        action="store_true",
+        help="print the base64 caBundle for the MutatingWebhookConfiguration "
+        "(issuing the files first only if there is no CA yet)",
+    )
+
+    p = sub.add_parser(
         "simulate",
         help="place a stream of pods on an inventory, print a table",
         description="Place pods one after another on an inventory (filter, "
@@ -154,9 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        vendors = load_vendor_table(args.vendor_config)
+        vendors = load_vendor_table(getattr(args, "vendor_config", None))
         if args.command == "validate":
             return _validate(args.files, vendors)
+        if args.command == "certs":
+            return _certs(args)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
         if args.command == "extender":
             logging.basicConfig(
@@ -170,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     config, vendors, args.kubeconfig, stale_after_s=args.stale_after
                 )
             serve(service, args.host, args.port, sync=sync, max_body=args.max_body_mb * 2**20)
+            return 0
+        if args.command in ("webhook", "serve"):
+            logging.basicConfig(
+                level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+            )
+            _serve_local(args, config, vendors)
             return 0
         inv = load_inventory(args.inventory)
         for warning in inv.warnings:
@@ -188,6 +270,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HcsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _certs(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not args.print_ca_bundle or not (out / "ca.crt").exists():
+        files = issue(out, args.service, args.namespace, args.days)
+        if not args.print_ca_bundle:
+            print(
+                f"wrote {files.ca_cert}, {files.tls_cert}, {files.tls_key} "
+                f"(SANs: {', '.join(service_names(args.service, args.namespace))}, 127.0.0.1)"
+            )
+    if args.print_ca_bundle:
+        print(ca_bundle(out))
+    return 0
+
+
+def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: VendorTable) -> None:
+    """`hcs webhook` and `hcs serve`: one inventory, one state shared by both servers."""
+    inv = load_inventory(args.inventory)
+    for warning in inv.warnings:
+        logging.getLogger("hcs").warning("%s", warning)
+    state = ClusterState.from_nodes(inv.nodes.values(), vendors)
+    certs = CertFiles(Path(args.cert_dir))
+    if not (certs.tls_cert.exists() and certs.tls_key.exists()):
+        issue(certs.folder)
+        logging.getLogger("hcs").info("made a CA and serving certificate in %s", certs.folder)
+    tls = ssl_context(certs)
+    context = AdmissionContext(
+        state, QuotaBook(dict(inv.quotas)), vendors, config, args.scheduler_name
+    )
+    webhook = create_webhook_app(context)
+    webhook.cleanup_ctx.append(cert_reloader(tls, certs))
+    gc.collect()
+    gc.freeze()
+    if args.command == "webhook":
+        serve_apps([(webhook, args.host, args.port, tls)])
+        return
+    extender = create_extender_app(SchedulerService(state, config, vendors))
+    serve_apps(
+        [
+            (extender, args.host, args.extender_port, None),
+            (webhook, args.host, args.webhook_port, tls),
+        ]
+    )
 
 
 def _validate(files: Sequence[str], vendors: VendorTable) -> int:

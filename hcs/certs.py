@@ -1,0 +1,162 @@
+"""Certificates for the webhook, made with `cryptography`.
+
+kube-apiserver connects to `https://<service>.<namespace>.svc:<port>` with that TLS server name
+and refuses a certificate that names it only in the Common Name, so the serving certificate
+carries DNS SANs for every form of the service name (plus localhost and 127.0.0.1 for local use)
+and is signed by a CA whose PEM, base64-encoded, is the webhook configuration's `caBundle`.
+
+An existing CA is reused on renewal, so the `caBundle` already in the cluster stays valid. Files
+are written atomically (a temporary file renamed into place) so a server reloading them never
+reads half a certificate; keys get mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hcs.errors import ConfigError
+
+CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    folder: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / CA_CERT
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.folder / TLS_CERT
+
+    @property
+    def tls_key(self) -> Path:
+        return self.folder / TLS_KEY
+
+
+def service_names(service: str, namespace: str) -> list[str]:
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+        "localhost",
+    ]
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_or_make_ca(
+    folder: Path, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = folder / CA_CERT, folder / CA_KEY
+    if cert_path.exists() and key_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except ValueError as exc:
+            raise ConfigError(f"{folder}: the existing CA cannot be read: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{key_path}: expected an EC private key")
+        return cert, key
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hcs-webhook-ca")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=max(days, 3650)))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert, key
+
+
+def issue(
+    folder: str | Path, service: str = "hcs-webhook", namespace: str = "hcs-system", days: int = 365
+) -> CertFiles:
+    """Write ca.crt/ca.key (reused if present) and a fresh tls.crt/tls.key into `folder`."""
+    if days < 1:
+        raise ConfigError(f"--days: {days} must be at least 1")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _load_or_make_ca(out, days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = service_names(service, namespace)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[2])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in names]
+                + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(out / TLS_KEY, _key_pem(key), 0o600)
+    _write(out / TLS_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return CertFiles(out)
+
+
+def ca_bundle(folder: str | Path) -> str:
+    """The webhook configuration's `caBundle`: base64 of the CA certificate PEM."""
+    return base64.b64encode((Path(folder) / CA_CERT).read_bytes()).decode()
