@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 from hcs.demand import (
     A_ASSIGNED_DEVICES,
@@ -34,9 +34,8 @@ from hcs.demand import (
     PodDemand,
     parse_pod,
 )
-from hcs.engine import EngineConfig, compile_request, route_vendor
+from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
-from hcs.quota import QuotaBook
 from hcs.state import ClusterState
 from hcs.vendors import VendorProfile, VendorTable
 
@@ -134,11 +133,31 @@ class PatchBuilder:
 @dataclass
 class AdmissionContext:
     state: ClusterState
-    quotas: QuotaBook
+    quotas: Quotas
     vendors: VendorTable = field(default_factory=VendorTable)
     engine: EngineConfig = field(default_factory=EngineConfig)
     scheduler_name: str | None = None
     """Set `spec.schedulerName` of admitted pods (the `hcs-scheduler` profile), if given."""
+
+
+class Quotas(Protocol):
+    """Where admission charges ComputeQuota: in memory (local) or the API server (cluster)."""
+
+    blocking: bool
+    """True when `admit` makes network calls (run it off the event loop)."""
+
+    def admit(self, demand: PodDemand, request_uid: str, *, dry_run: bool) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An admission decided but for the quota charge."""
+
+    uid: str
+    pod: Mapping[str, Any]
+    demand: PodDemand
+    route: Route
+    dry_run: bool
 
 
 def _deny(uid: str, code: int, message: str) -> AdmissionResponse:
@@ -146,6 +165,15 @@ def _deny(uid: str, code: int, message: str) -> AdmissionResponse:
 
 
 def review(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionResponse:
+    """The whole decision in one call (the quota charge may block in cluster mode)."""
+    plan = prepare(request, ctx)
+    if not isinstance(plan, Plan):
+        return plan
+    return finish(plan, ctx, charge(plan, ctx))
+
+
+def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionResponse | Plan:
+    """Validate and route (reads the state: run it where the state is updated)."""
     uid = request["uid"]
     kind = (request.get("kind") or {}).get("kind")
     if kind != "Pod" or request.get("operation") != "CREATE":
@@ -167,12 +195,24 @@ def review(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespons
         route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
     except HcsError as exc:
         return _deny(uid, 403, str(exc))
+    return Plan(uid, pod, demand, route, bool(request.get("dryRun")))
+
+
+def charge(plan: Plan, ctx: AdmissionContext) -> list[str] | AdmissionResponse:
+    """Charge the namespace's ComputeQuotas: the quota names, or the denial."""
     try:
-        charged = ctx.quotas.admit(demand, uid, dry_run=bool(request.get("dryRun")))
+        return ctx.quotas.admit(plan.demand, plan.uid, dry_run=plan.dry_run)
     except HcsError as exc:
-        return _deny(uid, 403, str(exc))
-    profile = ctx.vendors[route.vendor]
-    patch = mutate(pod, demand, profile, ctx.scheduler_name)
+        return _deny(plan.uid, 403, str(exc))
+
+
+def finish(
+    plan: Plan, ctx: AdmissionContext, charged: list[str] | AdmissionResponse
+) -> AdmissionResponse:
+    if isinstance(charged, dict):
+        return charged
+    demand, route = plan.demand, plan.route
+    patch = mutate(plan.pod, demand, ctx.vendors[route.vendor], ctx.scheduler_name)
     warnings = []
     if route.downgraded and demand.preference:
         warnings.append(
@@ -183,7 +223,7 @@ def review(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespons
         warnings.append(f"hcs: no {route.vendor} node can hold the pod now; it waits Pending")
     log.info(
         "admit pod=%s/%s vendor=%s fits_now=%s downgraded=%s quotas=%s",
-        namespace,
+        demand.namespace,
         demand.name,
         route.vendor,
         route.fits_now,
@@ -191,7 +231,7 @@ def review(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespons
         ",".join(charged),
     )
     response: AdmissionResponse = {
-        "uid": uid,
+        "uid": plan.uid,
         "allowed": True,
         "patchType": "JSONPatch",
         "patch": base64.b64encode(json.dumps(patch.ops).encode()).decode(),

@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +28,16 @@ from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR, parse_pod
+from hcs.demand import (
+    A_ASSIGNED_DEVICES,
+    A_ASSIGNED_NODE,
+    A_ASSIGNED_VENDOR,
+    PodDemand,
+    parse_pod,
+)
 from hcs.errors import HcsError, ValidationError
-from hcs.models import API_GROUP, ComputeNode
+from hcs.models import API_GROUP, ComputeNode, ComputeQuota
+from hcs.quota import QuotaExceededError, applies, demand_amounts, render
 from hcs.scheduling import BindError, SchedulerService
 from hcs.state import Allocation, ClusterState, DeviceCharge
 from hcs.vendors import VENDOR_NAMES, VendorTable
@@ -152,11 +160,26 @@ def allocation_from_pod(
 
 @dataclass
 class _Feed:
+    """One resource kept in step: listed with `call(*args, **kwargs)`, then watched with it."""
+
     name: str
+    call: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    raw: bool = False
+    """List with `_preload_content=False` and decode with orjson (no client models)."""
     synced: bool = False
     last_contact: float = 0.0
     failures: int = 0
     known: set[str] = field(default_factory=set)
+
+    def list(self) -> tuple[list[dict[str, Any]], str]:
+        if self.raw:
+            resp: Any = self.call(*self.args, **self.kwargs, _preload_content=False)
+            data: Any = orjson.loads(resp.data)
+        else:
+            data = self.call(*self.args, **self.kwargs)
+        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
 
 
 class ClusterSync:
@@ -167,6 +190,7 @@ class ClusterSync:
         service: SchedulerService,
         api: client.ApiClient,
         *,
+        quota_book: KubeQuotaBook | None = None,
         stale_after_s: float = 120.0,
         watch_timeout_s: int = 60,
         backoff: tuple[float, float] = (0.5, 30.0),
@@ -178,8 +202,24 @@ class ClusterSync:
         self.stale_after_s = stale_after_s
         self.watch_timeout_s = watch_timeout_s
         self.backoff = backoff
-        self.nodes = _Feed("computenodes")
-        self.pods = _Feed("pods")
+        self.quota_book = quota_book
+        self.nodes = _Feed(
+            "computenodes",
+            self.custom.list_cluster_custom_object,
+            (API_GROUP, VERSION, "computenodes"),
+        )
+        self.pods = _Feed(
+            "pods",
+            self.core.list_pod_for_all_namespaces,
+            kwargs={"field_selector": ACTIVE_PODS},
+            raw=True,
+        )
+        self.quotas = _Feed(
+            "computequotas",
+            self.custom.list_cluster_custom_object,
+            (API_GROUP, VERSION, "computequotas"),
+        )
+        self.feeds = [self.nodes, self.pods] + ([self.quotas] if quota_book else [])
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -188,12 +228,9 @@ class ClusterSync:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        for feed, lister in ((self.nodes, self._list_nodes), (self.pods, self._list_pods)):
+        for feed in self.feeds:
             t = threading.Thread(
-                target=self._run_feed,
-                args=(feed, lister),
-                name=f"hcs-watch-{feed.name}",
-                daemon=True,
+                target=self._run_feed, args=(feed,), name=f"hcs-watch-{feed.name}", daemon=True
             )
             t.start()
             self._threads.append(t)
@@ -203,7 +240,7 @@ class ClusterSync:
 
     def readiness(self) -> tuple[bool, str]:
         now = time.time()
-        for feed in (self.nodes, self.pods):
+        for feed in self.feeds:
             if not feed.synced:
                 return False, f"not ready: {feed.name} not listed yet"
             if now - feed.last_contact > self.stale_after_s:
@@ -214,12 +251,10 @@ class ClusterSync:
 
     # ------------------------------------------------------------- list / watch threads
 
-    def _run_feed(
-        self, feed: _Feed, lister: Callable[[], tuple[list[dict[str, Any]], str]]
-    ) -> None:
+    def _run_feed(self, feed: _Feed) -> None:
         while not self._stop.is_set():
             try:
-                items, version = lister()
+                items, version = feed.list()
                 self._hand_over(self._replace, feed, items)
                 feed.last_contact = time.time()
                 feed.failures = 0
@@ -233,36 +268,16 @@ class ClusterSync:
                 )
                 self._stop.wait(delay)
 
-    def _list_nodes(self) -> tuple[list[dict[str, Any]], str]:
-        data: Any = self.custom.list_cluster_custom_object(API_GROUP, VERSION, "computenodes")
-        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
-
-    def _list_pods(self) -> tuple[list[dict[str, Any]], str]:
-        resp: Any = self.core.list_pod_for_all_namespaces(
-            field_selector=ACTIVE_PODS, _preload_content=False
-        )
-        data = orjson.loads(resp.data)
-        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
-
     def _watch(self, feed: _Feed, version: str) -> None:
         while not self._stop.is_set():
             w = watch.Watch()
-            if feed is self.nodes:
-                stream = w.stream(
-                    self.custom.list_cluster_custom_object,
-                    API_GROUP,
-                    VERSION,
-                    "computenodes",
-                    resource_version=version,
-                    timeout_seconds=self.watch_timeout_s,
-                )
-            else:
-                stream = w.stream(
-                    self.core.list_pod_for_all_namespaces,
-                    field_selector=ACTIVE_PODS,
-                    resource_version=version,
-                    timeout_seconds=self.watch_timeout_s,
-                )
+            stream = w.stream(
+                feed.call,
+                *feed.args,
+                **feed.kwargs,
+                resource_version=version,
+                timeout_seconds=self.watch_timeout_s,
+            )
             for event in stream:
                 if self._stop.is_set():
                     w.stop()
@@ -318,14 +333,28 @@ class ClusterSync:
         feed.known.add(key)
         if feed is self.nodes:
             self._apply_node(obj)
-        else:
+        elif feed is self.pods:
             self._apply_pod(obj)
+        else:
+            self._apply_quota(obj)
 
     def _forget(self, feed: _Feed, key: str) -> None:
         if feed is self.nodes:
             self.service.state.remove_node(key)
-        else:
+        elif feed is self.pods:
             self.service.ledger.release(key)
+        elif self.quota_book is not None:
+            ns, _, name = key.partition("/")
+            self.quota_book.remove((ns, name))
+
+    def _apply_quota(self, obj: dict[str, Any]) -> None:
+        try:
+            quota = ComputeQuota.from_dict(obj)
+        except ValidationError as exc:
+            log.warning("ignoring invalid %s", exc)
+            return
+        if self.quota_book is not None:
+            self.quota_book.upsert(quota)
 
     def _apply_node(self, obj: dict[str, Any]) -> None:
         try:
@@ -366,9 +395,14 @@ class ClusterSync:
 
 
 def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:
-    """ComputeNodes by name (the Kubernetes Node they describe), Pods by UID."""
+    """ComputeNodes by name (the Kubernetes Node they describe), Pods by UID, ComputeQuotas by
+    namespace/name."""
     meta = obj.get("metadata") or {}
-    return str(meta.get("name") if feed.name == "computenodes" else meta.get("uid"))
+    if feed.name == "computenodes":
+        return str(meta.get("name"))
+    if feed.name == "pods":
+        return str(meta.get("uid"))
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 def load_api(kubeconfig: str | None = None) -> client.ApiClient:
@@ -389,3 +423,120 @@ def load_api(kubeconfig: str | None = None) -> client.ApiClient:
             code="InvalidConfig",
         ) from None
     return client.ApiClient()
+
+
+# --------------------------------------------------------------------------- quota (cluster)
+
+
+class KubeQuotaBook:
+    """ComputeQuota charges on the API server, as ResourceQuota admission does them: read the
+    quota, check it, and write `status.used` with the `resourceVersion` that was read (a
+    compare-and-swap); a 409 Conflict means another replica charged first: read again, retry.
+    Several quotas are charged one after another; if a later one is exceeded the earlier charges
+    are returned. Quotas are known from the watch; the figures checked are the ones read."""
+
+    blocking = True
+
+    def __init__(self, api: client.ApiClient, *, retries: int = 8) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.retries = retries
+        self.quotas: dict[tuple[str, str], ComputeQuota] = {}
+        self._charged: OrderedDict[str, list[str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def upsert(self, quota: ComputeQuota) -> None:
+        self.quotas[(quota.namespace, quota.name)] = quota
+
+    def remove(self, key: tuple[str, str]) -> None:
+        self.quotas.pop(key, None)
+
+    def admit(self, demand: PodDemand, request_uid: str, *, dry_run: bool) -> list[str]:
+        with self._lock:
+            if request_uid in self._charged:  # the API server sent the same review again
+                return self._charged[request_uid]
+        amounts = demand_amounts(demand)
+        matched = [
+            key
+            for key, q in sorted(self.quotas.items())
+            if key[0] == demand.namespace and applies(q, demand)
+        ]
+        done: list[tuple[str, str]] = []
+        try:
+            for key in matched:
+                self._update(key, amounts, check=True, write=not dry_run)
+                done.append(key)
+        except HcsError:
+            if not dry_run:
+                negative = {r: -v for r, v in amounts.items()}
+                for key in done:
+                    self._update(key, negative, check=False, write=True)
+            raise
+        names = [f"{ns}/{name}" for ns, name in matched]
+        if not dry_run:
+            with self._lock:
+                self._charged[request_uid] = names
+                if len(self._charged) > 10_000:
+                    self._charged.popitem(last=False)
+        return names
+
+    def _update(
+        self, key: tuple[str, str], amounts: Mapping[str, int], *, check: bool, write: bool
+    ) -> None:
+        ns, name = key
+        for _ in range(self.retries):
+            try:
+                obj: Any = self.custom.get_namespaced_custom_object(
+                    API_GROUP, VERSION, ns, "computequotas", name
+                )
+                quota = ComputeQuota.from_dict(obj)
+            except (ApiException, ValidationError) as exc:
+                raise HcsError(
+                    f"ComputeQuota {ns}/{name} cannot be read: {exc}", code="QuotaExceeded"
+                ) from None
+            used = {r: v or 0 for r, v in quota.used.as_dict().items()}
+            hard = quota.hard.as_dict()
+            if check:
+                for resource, limit in hard.items():
+                    if (
+                        limit is not None
+                        and amounts[resource] > 0
+                        and (used[resource] + amounts[resource] > limit)
+                    ):
+                        raise QuotaExceededError(
+                            f"{ns}/{name}: {resource} requested "
+                            f"{render(resource, amounts[resource])}, used "
+                            f"{render(resource, used[resource])}, hard {render(resource, limit)}"
+                        )
+            if not write:
+                return
+            status = dict(obj.get("status") or {})
+            status["used"] = {r: render(r, max(used[r] + amounts[r], 0)) for r in used}
+            status["hard"] = {r: render(r, v) for r, v in hard.items() if v is not None}
+            body = {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "resourceVersion": obj["metadata"]["resourceVersion"],
+                },
+                "spec": obj.get("spec") or {},
+                "status": status,
+            }
+            try:
+                self.custom.replace_namespaced_custom_object_status(
+                    API_GROUP, VERSION, ns, "computequotas", name, body
+                )
+                return
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # charged by someone else meanwhile: read again
+                raise HcsError(
+                    f"ComputeQuota {ns}/{name}: status update refused: "
+                    f"{exc.status} {_status_message(exc)}",
+                    code="QuotaExceeded",
+                ) from None
+        raise HcsError(
+            f"ComputeQuota {ns}/{name}: still conflicting after {self.retries} attempts; try again",
+            code="QuotaExceeded",
+        )

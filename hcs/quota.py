@@ -67,7 +67,10 @@ def _hard(amounts: ResourceAmounts) -> dict[str, int | None]:
 
 @dataclass
 class QuotaBook:
+    """Local mode: quotas and their use in memory."""
+
     quotas: dict[tuple[str, str], ComputeQuota] = field(default_factory=dict)
+    blocking = False
 
     def __post_init__(self) -> None:
         self.used: dict[tuple[str, str], dict[str, int]] = {

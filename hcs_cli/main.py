@@ -20,8 +20,9 @@ from typing import Any
 from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
 from hcs import __version__
-from hcs.admission import AdmissionContext
+from hcs.admission import AdmissionContext, Quotas
 from hcs.certs import CertFiles, ca_bundle, issue, service_names
+from hcs.cluster import ClusterSync, KubeQuotaBook, load_api
 from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
 from hcs.errors import HcsError, ValidationError
@@ -34,6 +35,30 @@ from hcs.state import ClusterState
 from hcs.vendors import VendorTable, load_vendor_table
 from webhook.app import cert_reloader, serve_apps, ssl_context
 from webhook.app import create_app as create_webhook_app
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="cluster mode: kubeconfig to use (default: in-cluster, then ~/.kube/config)",
+    )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="cluster mode: /readyz fails when a watch has been silent this long "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="cluster mode: a ComputeNode whose agent heartbeat is older is "
+        "AgentNotConnected (default %(default)s)",
+    )
 
 
 def _webhook_args(p: argparse.ArgumentParser) -> None:
@@ -111,27 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "creates Bindings).",
     )
     _engine_args(p, json_flag=False, cluster=True)
-    p.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="cluster mode: kubeconfig to use (default: in-cluster, then ~/.kube/config)",
-    )
-    p.add_argument(
-        "--stale-after",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="cluster mode: /readyz fails when a watch has been silent this long "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="cluster mode: a ComputeNode whose agent heartbeat is older is "
-        "AgentNotConnected (default %(default)s)",
-    )
+    _cluster_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
     p.add_argument(
@@ -147,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         "webhook",
         help="run the mutating admission webhook (HTTPS)",
         description="Serve POST /mutate (AdmissionReview v1) and GET /healthz, /readyz, "
-        "/metrics, /version over TLS, on the inventory of --inventory (local mode: quota "
-        "charges kept in memory).",
+        "/metrics, /version over TLS. With --inventory: local mode (quota charges in memory); "
+        "without: cluster mode (watches ComputeNodes, ComputeQuotas and Pods; charges "
+        "ComputeQuota status with compare-and-swap).",
     )
-    _engine_args(p, json_flag=False)
+    _engine_args(p, json_flag=False, cluster=True)
+    _cluster_args(p)
     _webhook_args(p)
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8443, help="port (default %(default)s)")
@@ -287,20 +294,30 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: VendorTable) -> None:
-    """`hcs webhook` and `hcs serve`: one inventory, one state shared by both servers."""
-    inv = load_inventory(args.inventory)
-    for warning in inv.warnings:
-        logging.getLogger("hcs").warning("%s", warning)
-    state = ClusterState.from_nodes(inv.nodes.values(), vendors)
+    """`hcs webhook` (local or cluster mode) and `hcs serve` (local: both servers share one
+    state, so the webhook's routing sees the extender's allocations)."""
     certs = CertFiles(Path(args.cert_dir))
     if not (certs.tls_cert.exists() and certs.tls_key.exists()):
         issue(certs.folder)
         logging.getLogger("hcs").info("made a CA and serving certificate in %s", certs.folder)
     tls = ssl_context(certs)
-    context = AdmissionContext(
-        state, QuotaBook(dict(inv.quotas)), vendors, config, args.scheduler_name
-    )
-    webhook = create_webhook_app(context)
+    sync = None
+    quotas: Quotas
+    if args.inventory:
+        inv = load_inventory(args.inventory)
+        for warning in inv.warnings:
+            logging.getLogger("hcs").warning("%s", warning)
+        state = ClusterState.from_nodes(inv.nodes.values(), vendors)
+        quotas = QuotaBook(dict(inv.quotas))
+    else:  # cluster mode (the webhook alone: `serve` always has an inventory)
+        config = replace(config, heartbeat_max_age_s=args.heartbeat_timeout)
+        api = load_api(args.kubeconfig)
+        service = SchedulerService(ClusterState(vendors=vendors), config, vendors)
+        book = KubeQuotaBook(api)
+        sync = ClusterSync(service, api, quota_book=book, stale_after_s=args.stale_after)
+        state, quotas = service.state, book
+    context = AdmissionContext(state, quotas, vendors, config, args.scheduler_name)
+    webhook = create_webhook_app(context, sync=sync)
     webhook.cleanup_ctx.append(cert_reloader(tls, certs))
     gc.collect()
     gc.freeze()

@@ -15,23 +15,32 @@ from aiohttp import web
 
 NODES = "computenodes"
 PODS = "pods"
+QUOTAS = "computequotas"
 TERMINAL = ("Succeeded", "Failed")
 
 
 class FakeApiServer:
     def __init__(self) -> None:
         self.rv = 100
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {NODES: {}, PODS: {}}
-        self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {NODES: [], PODS: []}
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {NODES: {}, PODS: {}, QUOTAS: {}}
+        self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {
+            NODES: [],
+            PODS: [],
+            QUOTAS: [],
+        }
+        self.status_conflicts = 0
+        """The next N status updates answer 409 Conflict (another writer got there first)."""
+        self.status_updates = 0
         self.compacted = 0
         """Watches from a resourceVersion below this get 410 Gone."""
         self.fail_lists = 0
         """The next N list calls answer 500."""
-        self.list_calls = {NODES: 0, PODS: 0}
+        self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0}
         self.bindings: list[dict[str, Any]] = []
         self._queues: dict[str, set[asyncio.Queue[tuple[int, str, dict[str, Any]] | None]]] = {
             NODES: set(),
             PODS: set(),
+            QUOTAS: set(),
         }
 
     # ------------------------------------------------------------- test controls
@@ -85,7 +94,41 @@ class FakeApiServer:
         app.router.add_get("/api/v1/pods", self._list_or_watch(PODS))
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._read_pod)
         app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
+        app.router.add_get("/apis/hcs.io/v1alpha1/computequotas", self._list_or_watch(QUOTAS))
+        base = "/apis/hcs.io/v1alpha1/namespaces/{ns}/computequotas/{name}"
+        app.router.add_get(base, self._read_quota)
+        app.router.add_put(base + "/status", self._put_quota_status)
         return app
+
+    async def _read_quota(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        quota = self.objects[QUOTAS].get(key)
+        if quota is None:
+            return _status(404, "NotFound", f"computequotas {key} not found")
+        return web.json_response(quota)
+
+    async def _put_quota_status(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        body = await request.json()
+        current = self.objects[QUOTAS].get(key)
+        if current is None:
+            return _status(404, "NotFound", f"computequotas {key} not found")
+        if self.status_conflicts:
+            self.status_conflicts -= 1
+            # Someone else wrote first: the stored version moves on.
+            self.put(QUOTAS, current)
+            return _status(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your "
+                "changes to the latest version and try again",
+            )
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified")
+        updated = copy.deepcopy(current)
+        updated["status"] = body.get("status") or {}
+        self.status_updates += 1
+        return web.json_response(self.put(QUOTAS, updated))
 
     def _visible(self, kind: str, obj: dict[str, Any]) -> bool:
         return kind != PODS or obj.get("status", {}).get("phase") not in TERMINAL

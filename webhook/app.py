@@ -20,12 +20,23 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from hcs import __version__
-from hcs.admission import AdmissionContext, ReviewError, envelope, parse_review, review
+from hcs.admission import (
+    AdmissionContext,
+    Plan,
+    ReviewError,
+    charge,
+    envelope,
+    finish,
+    parse_review,
+    prepare,
+)
 from hcs.certs import CertFiles
+from hcs.cluster import ClusterSync
 
 log = logging.getLogger("hcs.webhook")
 
 CONTEXT = web.AppKey("context", AdmissionContext)
+READINESS: web.AppKey[Callable[[], tuple[bool, str]]] = web.AppKey("readiness")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 LATENCY = web.AppKey("latency", Histogram)
 DECISIONS = web.AppKey("decisions", Counter)
@@ -38,8 +49,19 @@ async def mutate(request: web.Request) -> web.Response:
         admission = parse_review(orjson.loads(await request.read()))
     except (orjson.JSONDecodeError, ReviewError) as exc:
         return web.Response(status=400, text=f"not an AdmissionReview: {exc}")
+    context = request.app[CONTEXT]
     try:
-        response = review(admission, request.app[CONTEXT])
+        plan = prepare(admission, context)
+        if isinstance(plan, Plan):
+            if context.quotas.blocking:  # cluster mode: the charge is API calls
+                charged = await asyncio.get_running_loop().run_in_executor(
+                    None, charge, plan, context
+                )
+            else:
+                charged = charge(plan, context)
+            response = finish(plan, context, charged)
+        else:
+            response = plan
     except Exception:  # a bug must not leave the API server without an answer
         log.exception("review %s failed", admission["uid"])
         response = {
@@ -57,8 +79,9 @@ async def healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def readyz(_: web.Request) -> web.Response:
-    return web.Response(text="ready: local inventory")
+async def readyz(request: web.Request) -> web.Response:
+    ready, why = request.app[READINESS]()
+    return web.Response(text=why, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -74,9 +97,21 @@ async def version(_: web.Request) -> web.Response:
     )
 
 
-def create_app(context: AdmissionContext) -> web.Application:
+def create_app(context: AdmissionContext, *, sync: ClusterSync | None = None) -> web.Application:
+    """The webhook app; with `sync` (cluster mode) the watches run for the app's lifetime and
+    /readyz follows them."""
     app = web.Application(client_max_size=16 * 2**20)
     app[CONTEXT] = context
+    app[READINESS] = sync.readiness if sync else (lambda: (True, "ready: local inventory"))
+    if sync is not None:
+        watches = sync
+
+        async def run_watches(_: web.Application) -> AsyncIterator[None]:
+            watches.start(asyncio.get_running_loop())
+            yield
+            watches.stop()
+
+        app.cleanup_ctx.append(run_watches)
     registry = CollectorRegistry()
     app[REGISTRY] = registry
     app[LATENCY] = Histogram(

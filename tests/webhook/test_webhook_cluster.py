@@ -1,0 +1,205 @@
+"""The webhook in cluster mode against the in-test API server: ComputeQuota charged with a
+compare-and-swap on status.used (retried on conflict), dry runs, and routing that counts the
+devices Pods already hold."""
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from kubernetes import client
+
+from hcs.admission import AdmissionContext
+from hcs.cluster import ClusterSync, KubeQuotaBook
+from hcs.engine import EngineConfig
+from hcs.scheduling import SchedulerService
+from hcs.state import ClusterState
+from hcs.synthetic import node_dict
+from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+from webhook.app import create_app
+
+Client = TestClient[web.Request, web.Application]
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def quota(hard: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "hcs.io/v1alpha1",
+        "kind": "ComputeQuota",
+        "metadata": {"name": "q", "namespace": "team-a"},
+        "spec": {"hard": hard},
+    }
+
+
+def review(
+    uid: str,
+    requests: dict[str, str],
+    *,
+    dry_run: bool = False,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "dryRun": dry_run,
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "generateName": "p-",
+                    "namespace": "team-a",
+                    "annotations": annotations or {},
+                },
+                "spec": {
+                    "containers": [
+                        {"name": "main", "image": "img", "resources": {"requests": requests}}
+                    ]
+                },
+            },
+        },
+    }
+
+
+class Webhook:
+    def __init__(self, fake: FakeApiServer, http: Client) -> None:
+        self.fake, self.http = fake, http
+
+    async def ready(self) -> None:
+        deadline = time.monotonic() + 10
+        while (await self.http.get("/readyz")).status != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+
+    async def admit(self, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await self.http.post("/mutate", json=body)
+        assert resp.status == 200
+        response: dict[str, Any] = (await resp.json())["response"]
+        return response
+
+    def used(self) -> dict[str, str]:
+        used: dict[str, str] = (
+            self.fake.objects[QUOTAS]["team-a/q"].get("status", {}).get("used", {})
+        )
+        return used
+
+
+Start = Callable[[FakeApiServer], Awaitable[Webhook]]
+
+
+def _start(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+) -> Start:
+    async def go(fake: FakeApiServer) -> Webhook:
+        server = await aiohttp_server(fake.app())
+        cfg = client.Configuration()
+        cfg.host = str(server.make_url("")).rstrip("/")
+        api = client.ApiClient(cfg)
+        config = EngineConfig(heartbeat_max_age_s=60)
+        service = SchedulerService(ClusterState(), config)
+        book = KubeQuotaBook(api)
+        sync = ClusterSync(service, api, quota_book=book, watch_timeout_s=2, backoff=(0.05, 0.2))
+        context = AdmissionContext(service.state, book, engine=config)
+        webhook = Webhook(fake, await aiohttp_client(create_app(context, sync=sync)))
+        await webhook.ready()
+        return webhook
+
+    return go
+
+
+async def test_quota_is_charged_on_the_api_server_and_retried_on_conflict(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", heartbeat=now()))
+    fake.put(QUOTAS, quota({"vram": "20Gi"}))
+    webhook = await _start(aiohttp_server, aiohttp_client)(fake)
+    assert (await webhook.admit(review("a", {"ai.compute/vram": "8Gi"})))["allowed"]
+    assert webhook.used()["vram"] == "8Gi"
+    fake.status_conflicts = 2  # two other replicas write first: read again, retry
+    assert (await webhook.admit(review("b", {"ai.compute/vram": "8Gi"})))["allowed"]
+    assert webhook.used()["vram"] == "16Gi"
+    assert fake.status_updates == 2
+    denied = await webhook.admit(review("c", {"ai.compute/vram": "8Gi"}))
+    assert denied["allowed"] is False and denied["status"]["code"] == 403
+    assert denied["status"]["message"] == (
+        "QuotaExceeded: team-a/q: vram requested 8Gi, used 16Gi, hard 20Gi"
+    )
+    assert webhook.used()["vram"] == "16Gi"
+    # The same review again (the API server retries after a timeout): not charged twice.
+    assert (await webhook.admit(review("b", {"ai.compute/vram": "8Gi"})))["allowed"]
+    assert webhook.used()["vram"] == "16Gi"
+
+
+async def test_dry_run_is_decided_but_not_written(aiohttp_server: Any, aiohttp_client: Any) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", heartbeat=now()))
+    fake.put(QUOTAS, quota({"vram": "8Gi"}))
+    webhook = await _start(aiohttp_server, aiohttp_client)(fake)
+    assert (await webhook.admit(review("d", {"ai.compute/vram": "8Gi"}, dry_run=True)))["allowed"]
+    assert fake.status_updates == 0
+    refused = await webhook.admit(review("e", {"ai.compute/vram": "9Gi"}, dry_run=True))
+    assert refused["allowed"] is False
+
+
+async def test_routing_counts_devices_that_pods_already_hold(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("gpu", "nvidia", 2, heartbeat=now()))
+    fake.put(NODES, node_dict("npu", "huawei", 2, heartbeat=now()))
+    fake.put(
+        PODS,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "holder",
+                "namespace": "team-a",
+                "uid": "u-holder",
+                "annotations": {
+                    "hcs.io/assigned-node": "gpu",
+                    "hcs.io/assigned-devices": "0,1",
+                    "hcs.io/assigned-vendor": "nvidia",
+                },
+            },
+            "spec": {
+                "nodeName": "gpu",
+                "containers": [
+                    {
+                        "name": "m",
+                        "image": "i",
+                        "resources": {
+                            "requests": {"ai.compute/devices": "2"},
+                            "limits": {"ai.compute/devices": "2"},
+                        },
+                    }
+                ],
+            },
+            "status": {"phase": "Running"},
+        },
+    )
+    webhook = await _start(aiohttp_server, aiohttp_client)(fake)
+    response = await webhook.admit(
+        review(
+            "f",
+            {"ai.compute/vram": "8Gi"},
+            annotations={"hcs.io/vendor-preference": "nvidia,huawei"},
+        )
+    )
+    ops = json.loads(base64.b64decode(response["patch"]))
+    vendor = next(op["value"] for op in ops if op["path"].endswith("assigned-vendor"))
+    assert vendor == "huawei"  # the only NVIDIA node is fully held
