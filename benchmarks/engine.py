@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any
 
+from common import percentile
+
 from hcs.demand import PodDemand, parse_pod
 from hcs.engine import EngineConfig, compile_request, filter_nodes, prioritize
 from hcs.errors import HcsError
@@ -83,11 +85,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_size(n_nodes: int, iterations: int, reference_runs: int, seed: int) -> dict[str, Any]:
@@ -157,8 +154,8 @@ def run_size(n_nodes: int, iterations: int, reference_runs: int, seed: int) -> d
         "nodes": n_nodes,
         "devices": state.n_devices,
         "p50_ms": round(p50, 3),
-        "p99_ms": round(_percentile(warm, 0.99) * 1e3, 3),
-        "cold_p99_ms": round(_percentile(cold, 0.99) * 1e3, 3),
+        "p99_ms": round(percentile(warm, 0.99) * 1e3, 3),
+        "cold_p99_ms": round(percentile(cold, 0.99) * 1e3, 3),
         "reference_ms": round(reference_ms, 1),
         "speedup": round(reference_ms / p50, 1),
         "rss_mb": round(rss, 1),

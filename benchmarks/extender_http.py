@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import random
 import re
-import socket
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from common import free_port, percentile, wait_for_port
 
 SHAPES: tuple[dict[str, Any], ...] = (
     {"requests": {"ai.compute/vram": "24Gi"}},
@@ -108,18 +108,6 @@ def _serve(port: int, n_nodes: int, seed: int, ready: Any) -> None:
     service.filter = fresh_filter  # type: ignore[method-assign]
     ready.set()
     serve(service, "127.0.0.1", port)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _latencies(
@@ -228,9 +216,9 @@ async def _drive(
     floor_ms = statistics.mean(floor)
     return {
         "filter_p50_ms": round(statistics.median(filter_ms), 3),
-        "filter_p99_ms": round(_percentile(filter_ms, 0.99), 3),
+        "filter_p99_ms": round(percentile(filter_ms, 0.99), 3),
         "prioritize_p50_ms": round(statistics.median(prio_ms), 3),
-        "prioritize_p99_ms": round(_percentile(prio_ms, 0.99), 3),
+        "prioritize_p99_ms": round(percentile(prio_ms, 0.99), 3),
         "filter_calls_per_s": round(rate),
         "server_filter_mean_ms": round(server_ms, 3),
         "codec_floor_ms": round(floor_ms, 3),
@@ -253,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    port = _free_port()
+    port = free_port()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     server = ctx.Process(target=_serve, args=(port, args.nodes, args.seed, ready), daemon=True)
@@ -263,15 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             print("server did not start", file=sys.stderr)
             return 1
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:  # the app is built after the inventory: wait for the socket
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_port(port)
         names = [f"node-{i:05d}" for i in range(args.nodes)]
         row = {
             "nodes": args.nodes,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import socket
 import ssl
 import statistics
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from common import free_port, wait_for_port
 
 SHAPES: tuple[tuple[dict[str, str], dict[str, str]], ...] = (
     ({"ai.compute/vram": "24Gi"}, {}),
@@ -84,7 +84,8 @@ def _serve(port: int, n_nodes: int, cert_dir: str, ready: Any) -> None:
     from hcs.quota import QuotaBook
     from hcs.state import ClusterState
     from hcs.synthetic import random_cluster
-    from webhook.app import create_app, serve_apps, ssl_context
+    from serving import serve_apps
+    from webhook.app import create_app, ssl_context
 
     logging.basicConfig(level=logging.WARNING)
     certs = issue(cert_dir)
@@ -106,13 +107,6 @@ def _serve(port: int, n_nodes: int, cert_dir: str, ready: Any) -> None:
     serve_apps([(create_app(context), "127.0.0.1", port, ssl_context(certs))])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=5000)
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import http.client
 
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as cert_dir:
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
@@ -132,15 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if not ready.wait(600):
                 print("server did not start", file=sys.stderr)
                 return 1
-            deadline = time.time() + 60
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.1)
+            wait_for_port(port)
             tls = ssl.create_default_context(cafile=str(Path(cert_dir) / "ca.crt"))
             conn = http.client.HTTPSConnection("localhost", port, context=tls)
             headers = {"Content-Type": "application/json"}

@@ -9,34 +9,30 @@ is tens of MB.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hcs import __version__
 from hcs.cluster import ClusterSync
 from hcs.engine import Reason
 from hcs.errors import HcsError
 from hcs.scheduling import SchedulerService
 from hcs.wire import WireError
+from serving import add_operations
 
 log = logging.getLogger("hcs.extender")
 
 VERBS = ("filter", "prioritize", "bind", "preempt")
 DEFAULT_MAX_BODY = 256 * 2**20
 
-Readiness = Callable[[], tuple[bool, str]]
 SERVICE = web.AppKey("service", SchedulerService)
-READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
-REGISTRY = web.AppKey("registry", CollectorRegistry)
 LATENCY = web.AppKey("latency", Histogram)
 BINDS = web.AppKey("binds", Counter)
 
@@ -99,26 +95,6 @@ async def unknown_verb(request: web.Request) -> web.Response:
     )
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
-async def readyz(request: web.Request) -> web.Response:
-    ready, why = request.app[READINESS]()
-    return web.Response(text=why, status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(request.app[REGISTRY]),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
-async def version(_: web.Request) -> web.Response:
-    return _json({"component": "hcs-extender", "version": __version__})
-
-
 @web.middleware
 async def timing(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -177,18 +153,8 @@ def create_app(
     /readyz follows them."""
     app = web.Application(client_max_size=max_body, middlewares=[timing])
     app[SERVICE] = service
-    app[READINESS] = sync.readiness if sync else (lambda: (True, "ready: local inventory"))
-    if sync is not None:
-        watches = sync
-
-        async def run_watches(_: web.Application) -> AsyncIterator[None]:
-            watches.start(asyncio.get_running_loop())
-            yield
-            watches.stop()
-
-        app.cleanup_ctx.append(run_watches)
     registry = CollectorRegistry()
-    app[REGISTRY] = registry
+    add_operations(app, component="hcs-extender", registry=registry, sync=sync)
     app[LATENCY] = Histogram(
         "hcs_extender_request_seconds",
         "Time to answer one extender call",
@@ -205,8 +171,4 @@ def create_app(
     app.router.add_post("/bind", bind_handler)
     app.router.add_post("/preempt", preempt_handler)
     app.router.add_post("/{verb}", unknown_verb)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/version", version)
     return app

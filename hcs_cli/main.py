@@ -33,7 +33,8 @@ from hcs.scheduling import SchedulerService
 from hcs.simulate import Placement, explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable, load_vendor_table
-from webhook.app import cert_reloader, serve_apps, ssl_context
+from serving import serve_apps
+from webhook.app import cert_reloader, ssl_context
 from webhook.app import create_app as create_webhook_app
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from hcs import __version__
 from hcs.admission import (
     AdmissionContext,
     Plan,
@@ -32,12 +30,11 @@ from hcs.admission import (
 )
 from hcs.certs import CertFiles
 from hcs.cluster import ClusterSync
+from serving import add_operations
 
 log = logging.getLogger("hcs.webhook")
 
 CONTEXT = web.AppKey("context", AdmissionContext)
-READINESS: web.AppKey[Callable[[], tuple[bool, str]]] = web.AppKey("readiness")
-REGISTRY = web.AppKey("registry", CollectorRegistry)
 LATENCY = web.AppKey("latency", Histogram)
 DECISIONS = web.AppKey("decisions", Counter)
 JSON = "application/json"
@@ -75,45 +72,13 @@ async def mutate(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(envelope(response)), content_type=JSON)
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
-async def readyz(request: web.Request) -> web.Response:
-    ready, why = request.app[READINESS]()
-    return web.Response(text=why, status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(request.app[REGISTRY]),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
-async def version(_: web.Request) -> web.Response:
-    return web.Response(
-        body=orjson.dumps({"component": "hcs-webhook", "version": __version__}), content_type=JSON
-    )
-
-
 def create_app(context: AdmissionContext, *, sync: ClusterSync | None = None) -> web.Application:
     """The webhook app; with `sync` (cluster mode) the watches run for the app's lifetime and
     /readyz follows them."""
     app = web.Application(client_max_size=16 * 2**20)
     app[CONTEXT] = context
-    app[READINESS] = sync.readiness if sync else (lambda: (True, "ready: local inventory"))
-    if sync is not None:
-        watches = sync
-
-        async def run_watches(_: web.Application) -> AsyncIterator[None]:
-            watches.start(asyncio.get_running_loop())
-            yield
-            watches.stop()
-
-        app.cleanup_ctx.append(run_watches)
     registry = CollectorRegistry()
-    app[REGISTRY] = registry
+    add_operations(app, component="hcs-webhook", registry=registry, sync=sync)
     app[LATENCY] = Histogram(
         "hcs_webhook_review_seconds",
         "Time to answer one AdmissionReview",
@@ -127,10 +92,6 @@ def create_app(context: AdmissionContext, *, sync: ClusterSync | None = None) ->
         registry=registry,
     )
     app.router.add_post("/mutate", mutate)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/version", version)
     return app
 
 
@@ -171,30 +132,3 @@ def cert_reloader(
         task.cancel()
 
     return watch
-
-
-def serve_apps(
-    sites: list[tuple[web.Application, str, int, ssl.SSLContext | None]],
-    shutdown_timeout: float = 10.0,
-) -> None:
-    """Run several apps in one process until interrupted (SIGINT / SIGTERM)."""
-
-    async def main() -> None:
-        runners = []
-        for app, host, port, tls in sites:
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-            await runner.setup()
-            await web.TCPSite(runner, host, port, ssl_context=tls).start()
-            runners.append(runner)
-            log.info("serving on %s://%s:%d", "https" if tls else "http", host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            for runner in runners:
-                await runner.cleanup()
-
-    asyncio.run(main())

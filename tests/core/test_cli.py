@@ -74,7 +74,7 @@ def test_the_console_script_runs() -> None:
 
 
 def test_core_never_imports_the_http_layers() -> None:
-    forbidden = {"aiohttp", "extender", "webhook", "hcs_cli"}
+    forbidden = {"aiohttp", "extender", "webhook", "hcs_cli", "serving"}
     for path in (ROOT / "hcs").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

@@ -29,6 +29,7 @@ from hcs.models import ComputeQuota
 from hcs.quota import QuotaBook
 from hcs.state import ClusterState
 from hcs.synthetic import make_node
+from tests.webhook.reviews import admission_review
 
 ROOT = Path(__file__).resolve().parents[2]
 API = client.ApiClient()
@@ -85,24 +86,7 @@ def container(
 def request_for(
     pod: dict[str, Any], *, uid: str = "req-1", dry_run: bool = False, operation: str = "CREATE"
 ) -> AdmissionRequest:
-    body = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "namespace": "team-a",
-            "operation": operation,
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-            "oldObject": None,
-            "dryRun": dry_run,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
-    return parse_review(body)
+    return parse_review(admission_review(pod, uid=uid, dry_run=dry_run, operation=operation))
 
 
 @pytest.fixture

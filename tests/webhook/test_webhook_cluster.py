@@ -20,6 +20,7 @@ from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
 from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+from tests.webhook.reviews import admission_review, generated_pod
 from webhook.app import create_app
 
 Client = TestClient[web.Request, web.Application]
@@ -45,32 +46,7 @@ def review(
     dry_run: bool = False,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "dryRun": dry_run,
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "generateName": "p-",
-                    "namespace": "team-a",
-                    "annotations": annotations or {},
-                },
-                "spec": {
-                    "containers": [
-                        {"name": "main", "image": "img", "resources": {"requests": requests}}
-                    ]
-                },
-            },
-        },
-    }
+    return admission_review(generated_pod(requests, annotations), uid=uid, dry_run=dry_run)
 
 
 class Webhook:

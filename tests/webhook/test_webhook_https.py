@@ -22,38 +22,14 @@ from hcs.errors import ConfigError
 from hcs.quota import QuotaBook
 from hcs.state import ClusterState
 from hcs.synthetic import make_node
+from tests.webhook.reviews import admission_review, generated_pod
 from webhook.app import cert_reloader, create_app, ssl_context
 
 SERVER_NAME = "hcs-webhook.hcs-system.svc"
 
 
 def review_body(uid: str = "r-1") -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "dryRun": False,
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"generateName": "w-", "namespace": "team-a"},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "img",
-                            "resources": {"requests": {"ai.compute/vram": "8Gi"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    return admission_review(generated_pod({"ai.compute/vram": "8Gi"}), uid=uid)
 
 
 class Webhook:

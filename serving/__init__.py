@@ -1,0 +1,98 @@
+"""What the extender and the webhook serve alike (aiohttp; the core `hcs` never imports it):
+the operational endpoints, the lifetime of the cluster watches, and running several apps in one
+process. The two servers stay independent of each other; both use this."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from hcs import __version__
+from hcs.cluster import ClusterSync
+
+log = logging.getLogger("hcs.serving")
+
+Readiness = Callable[[], tuple[bool, str]]
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+COMPONENT = web.AppKey("component", str)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, why = request.app[READINESS]()
+    return web.Response(text=why, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[REGISTRY]),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def version(request: web.Request) -> web.Response:
+    body = {"component": request.app[COMPONENT], "version": __version__}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def add_operations(
+    app: web.Application, *, component: str, registry: CollectorRegistry, sync: ClusterSync | None
+) -> None:
+    """GET /healthz, /readyz, /metrics, /version; with `sync` (cluster mode) the watches run
+    for the app's lifetime and /readyz follows them."""
+    app[COMPONENT] = component
+    app[REGISTRY] = registry
+    app[READINESS] = sync.readiness if sync else (lambda: (True, "ready: local inventory"))
+    if sync is not None:
+        watches = sync
+
+        async def run_watches(_: web.Application) -> AsyncIterator[None]:
+            watches.start(asyncio.get_running_loop())
+            yield
+            watches.stop()
+
+        app.cleanup_ctx.append(run_watches)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/version", version)
+
+
+def serve_apps(
+    sites: list[tuple[web.Application, str, int, ssl.SSLContext | None]],
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Run several apps in one process until SIGINT / SIGTERM."""
+
+    async def main() -> None:
+        runners = []
+        for app, host, port, tls in sites:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+            await runner.setup()
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            runners.append(runner)
+            log.info(
+                "serving %s on %s://%s:%d", app[COMPONENT], "https" if tls else "http", host, port
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    asyncio.run(main())
