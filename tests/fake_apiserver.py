@@ -37,6 +37,8 @@ class FakeApiServer:
         """The next N list calls answer 500."""
         self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0}
         self.bindings: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+        """Every request as (method, path, query), for RBAC checks."""
         self._queues: dict[str, set[asyncio.Queue[tuple[int, str, dict[str, Any]] | None]]] = {
             NODES: set(),
             PODS: set(),
@@ -89,7 +91,15 @@ class FakeApiServer:
     # ------------------------------------------------------------- HTTP
 
     def app(self) -> web.Application:
-        app = web.Application()
+        calls = self.calls
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            calls.append((request.method, request.path, dict(request.query)))
+            result: web.StreamResponse = await handler(request)
+            return result
+
+        app = web.Application(middlewares=[record])
         app.router.add_get("/apis/hcs.io/v1alpha1/computenodes", self._list_or_watch(NODES))
         app.router.add_get("/api/v1/pods", self._list_or_watch(PODS))
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._read_pod)

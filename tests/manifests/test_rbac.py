@@ -1,0 +1,153 @@
+"""RBAC covers exactly the calls the code makes: the extender and the webhook run in cluster mode
+against the in-test API server, which records every request; the requests, as (API group,
+resource, verb), must equal what each component's ClusterRole grants."""
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from extender.app import create_app as create_extender
+from hcs.admission import AdmissionContext
+from hcs.cluster import ClusterSync, KubeBinder, KubeQuotaBook
+from hcs.engine import EngineConfig
+from hcs.scheduling import SchedulerService
+from hcs.state import ClusterState
+from hcs.synthetic import node_dict
+from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+from tests.webhook.reviews import admission_review, generated_pod
+from webhook.app import create_app as create_webhook
+
+RBAC = Path(__file__).resolve().parents[2] / "manifests" / "rbac.yaml"
+Permission = tuple[str, str, str]
+
+
+def granted(role: str) -> set[Permission]:
+    for doc in yaml.safe_load_all(RBAC.read_text()):
+        if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] == role:
+            return {
+                (g, r, v)
+                for rule in doc["rules"]
+                for g in rule["apiGroups"]
+                for r in rule["resources"]
+                for v in rule["verbs"]
+            }
+    raise AssertionError(f"no ClusterRole {role}")
+
+
+def used(calls: list[tuple[str, str, dict[str, str]]]) -> set[Permission]:
+    out = set()
+    for method, path, query in calls:
+        parts = path.strip("/").split("/")
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        if rest and rest[0] == "namespaces" and len(rest) > 2:
+            rest = rest[2:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        named = len(rest) > 1
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            method, "get" if named else ("watch" if query.get("watch") else "list")
+        )
+        out.add((group, resource, verb))
+    return out
+
+
+def api(base: str) -> client.ApiClient:
+    cfg = client.Configuration()
+    cfg.host = base
+    return client.ApiClient(cfg)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def wait_ready(http: Any) -> None:
+    deadline = time.monotonic() + 10
+    while (await http.get("/readyz")).status != 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_the_extender_role_is_exactly_what_the_extender_calls(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", heartbeat=now()))
+    seen = fake.put(
+        PODS,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "ua"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "m",
+                        "image": "i",
+                        "resources": {"requests": {"ai.compute/vram": "1Gi"}},
+                    }
+                ]
+            },
+        },
+    )
+    fake.put(PODS, {**seen, "metadata": {"name": "b", "namespace": "ns", "uid": "ub"}})
+    server = await aiohttp_server(fake.app())
+    k8s = api(str(server.make_url("")).rstrip("/"))
+    service = SchedulerService(
+        ClusterState(), EngineConfig(heartbeat_max_age_s=60), binder=KubeBinder(k8s)
+    )
+    http = await aiohttp_client(
+        create_extender(
+            service, sync=ClusterSync(service, k8s, watch_timeout_s=1, backoff=(0.05, 0.2))
+        )
+    )
+    await wait_ready(http)
+    await http.post("/filter", json={"Pod": seen, "Nodes": None, "NodeNames": ["n1"]})
+    bind = {"PodName": "a", "PodNamespace": "ns", "PodUID": "ua", "Node": "n1"}
+    assert (await (await http.post("/bind", json=bind)).json())["Error"] == ""
+    assert (await (await http.post("/bind", json=bind)).json())["Error"] == ""  # 409 -> get
+    unseen = {"PodName": "b", "PodNamespace": "ns", "PodUID": "ub", "Node": "n1"}
+    assert (await (await http.post("/bind", json=unseen)).json())["Error"] == ""
+    await asyncio.sleep(1.2)  # let a watch time out and restart
+    assert used(fake.calls) == granted("hcs-extender")
+
+
+async def test_the_webhook_role_is_exactly_what_the_webhook_calls(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", heartbeat=now()))
+    fake.put(
+        QUOTAS,
+        {
+            "apiVersion": "hcs.io/v1alpha1",
+            "kind": "ComputeQuota",
+            "metadata": {"name": "q", "namespace": "team-a"},
+            "spec": {"hard": {"vram": "100Gi"}},
+        },
+    )
+    server = await aiohttp_server(fake.app())
+    k8s = api(str(server.make_url("")).rstrip("/"))
+    config = EngineConfig(heartbeat_max_age_s=60)
+    service = SchedulerService(ClusterState(), config)
+    book = KubeQuotaBook(k8s)
+    sync = ClusterSync(service, k8s, quota_book=book, watch_timeout_s=1, backoff=(0.05, 0.2))
+    http = await aiohttp_client(
+        create_webhook(AdmissionContext(service.state, book, engine=config), sync=sync)
+    )
+    await wait_ready(http)
+    body = admission_review(generated_pod({"ai.compute/vram": "8Gi"}), uid="r1")
+    response = (await (await http.post("/mutate", json=body)).json())["response"]
+    assert response["allowed"]
+    await asyncio.sleep(1.2)
+    assert used(fake.calls) == granted("hcs-webhook")
+
+
+def test_the_agent_role_is_what_the_issue_grants() -> None:
+    # The agent arrives with issue 6; its role is checked against its calls then.
+    assert granted("hcs-agent") == {
+        ("hcs.io", "computenodes", v) for v in ("create", "get", "update", "patch")
+    } | {("hcs.io", "computenodes/status", v) for v in ("get", "update", "patch")}
