@@ -1,9 +1,4 @@
-"""The `hcs` command.
-
-Subcommands that exist today: `extender`, `simulate`, `explain`, `validate`. The webhook,
-`serve`, `agent` and `certs` arrive with their issues and are not listed until they work, so
-`hcs --help` never promises what is not there.
-"""
+"""The `hcs` command: extender, webhook, serve, agent, certs, simulate, explain, validate."""
 
 from __future__ import annotations
 
@@ -21,6 +16,16 @@ from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
 from hcs import __version__
 from hcs.admission import AdmissionContext, Quotas
+from hcs.agent.discovery import TOOLS
+from hcs.agent.publish import Publisher
+from hcs.agent.run import (
+    AgentOptions,
+    desired_node,
+    dump,
+    load_model_table,
+    parse_tool_outputs,
+)
+from hcs.agent.run import run as run_agent
 from hcs.certs import CertFiles, ca_bundle, issue, service_names
 from hcs.cluster import ClusterSync, KubeQuotaBook, load_api
 from hcs.demand import parse_pod
@@ -32,7 +37,7 @@ from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.simulate import Placement, explain, pods_from_paths, simulate
 from hcs.state import ClusterState
-from hcs.vendors import VendorTable, load_vendor_table
+from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
 from serving import serve_apps
 from webhook.app import cert_reloader, ssl_context
 from webhook.app import create_app as create_webhook_app
@@ -164,6 +169,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8443, help="port (default %(default)s)")
 
     p = sub.add_parser(
+        "agent",
+        help="publish this node's ComputeNode from the vendor tool (DaemonSet)",
+        description="Discover the node's accelerators with the vendor tool (nvidia-smi, "
+        "npu-smi, hy-smi, cnmon), publish its ComputeNode and heartbeat every --interval "
+        "seconds. --dry-run prints the ComputeNode instead.",
+    )
+    p.add_argument(
+        "--node-name",
+        required=True,
+        metavar="NAME",
+        help="the Kubernetes Node (from the downward API: spec.nodeName)",
+    )
+    p.add_argument(
+        "--vendor",
+        choices=VENDOR_NAMES,
+        help="the vendor (default: whichever vendor tool is present)",
+    )
+    p.add_argument(
+        "--tool-output",
+        action="append",
+        default=[],
+        metavar="TOOL=FILE",
+        help="read a saved output of TOOL instead of running it (repeatable; TOOL: "
+        + ", ".join(TOOLS)
+        + ")",
+    )
+    p.add_argument(
+        "--fake-devices",
+        metavar="FILE",
+        help="publish the ComputeNode declared in FILE (clusters without the hardware)",
+    )
+    p.add_argument(
+        "--model-table",
+        metavar="FILE",
+        help="YAML adding models: MODEL: {fp16: '…', fp32: '…', link: '600GB/s'}",
+    )
+    p.add_argument(
+        "--shared", action="store_true", help="label the node hcs.io/device-sharing: shared"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the ComputeNode YAML and exit")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="heartbeat period (default %(default)s)",
+    )
+    p.add_argument("--once", action="store_true", help="publish once and exit")
+    p.add_argument(
+        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    p = sub.add_parser(
         "serve",
         help="run the extender and the webhook together (local mode)",
         description="Extender (HTTP) and webhook (HTTPS) in one process on one inventory, so "
@@ -241,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.files, vendors)
         if args.command == "certs":
             return _certs(args)
+        if args.command == "agent":
+            return _agent(args)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
         if args.command == "extender":
             logging.basicConfig(
@@ -278,6 +339,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HcsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _agent(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    opts = AgentOptions(
+        node_name=args.node_name,
+        vendor=args.vendor,
+        tool_outputs=parse_tool_outputs(args.tool_output),
+        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
+        model_table=load_model_table(args.model_table),
+        shared=args.shared,
+    )
+    if args.dry_run:
+        node, _ = desired_node(opts)
+        print(dump(node), end="")
+        return 0
+    run_agent(opts, Publisher(load_api(args.kubeconfig)), args.interval, once=args.once)
+    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:

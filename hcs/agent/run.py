@@ -1,0 +1,149 @@
+"""`hcs agent`: discover, build the ComputeNode, publish it (or print it with --dry-run), and
+heartbeat every interval. A failed discovery publishes `HardwareHealthy=False` with the reason
+and keeps the last spec; it never stops the agent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hcs.agent.discovery import TOOLS, DiscoveryError, detect_vendor, discover
+from hcs.agent.node import MODEL_TABLE, ModelFigures, build_compute_node, build_status
+from hcs.errors import ConfigError, HcsError, ValidationError
+from hcs.inventory import load_documents
+from hcs.models import ComputeNode
+from hcs.vendors import VendorName
+
+log = logging.getLogger("hcs.agent")
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    node_name: str
+    vendor: VendorName | None = None
+    tool_outputs: Mapping[str, Path] | None = None
+    fake_devices: Path | None = None
+    model_table: Mapping[str, ModelFigures] | None = None
+    shared: bool = False
+
+
+def parse_tool_outputs(values: list[str]) -> dict[str, Path]:
+    out = {}
+    for value in values:
+        tool, sep, file = value.partition("=")
+        if not sep or tool not in TOOLS or not file:
+            raise ConfigError(
+                f"--tool-output {value!r}: expected TOOL=FILE with TOOL one of {', '.join(TOOLS)}"
+            )
+        out[tool] = Path(file)
+    return out
+
+
+def load_model_table(path: str | None) -> dict[str, ModelFigures]:
+    table = dict(MODEL_TABLE)
+    if path is None:
+        return table
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--model-table {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model-table {path}: expected MODEL: {{fp16, fp32, link}}")
+    for model, figures in data.items():
+        if not isinstance(figures, dict) or not {"fp16", "fp32"} <= set(figures):
+            raise ConfigError(f"--model-table {path}: {model}: expected {{fp16, fp32[, link]}}")
+        table[str(model)] = ModelFigures(
+            str(figures["fp16"]), str(figures["fp32"]), str(figures.get("link", ""))
+        )
+    return table
+
+
+def desired_node(opts: AgentOptions) -> tuple[dict[str, Any], bool]:
+    """The ComputeNode to publish, and whether its spec is trustworthy (False: discovery
+    failed, publish the status only)."""
+    if opts.fake_devices is not None:
+        return _fake(opts), True
+    saved = dict(opts.tool_outputs or {})
+    vendor = opts.vendor or detect_vendor(saved)
+    if vendor is None:
+        return _failed(
+            opts,
+            "nvidia",
+            "NoVendorTool",
+            "no vendor tool found (nvidia-smi, "
+            "npu-smi, hy-smi, cnmon); pass --vendor or --tool-output",
+        ), False
+    try:
+        devices, topology = discover(vendor, saved)
+    except DiscoveryError as exc:
+        log.warning("discovery failed: %s", exc.message)
+        return _failed(opts, vendor, "DiscoveryFailed", exc.message), False
+    node = build_compute_node(
+        opts.node_name, vendor, devices, topology, table=opts.model_table, shared=opts.shared
+    )
+    ComputeNode.from_dict(node)  # what we publish must be what HCS accepts
+    return node, True
+
+
+def _failed(opts: AgentOptions, vendor: VendorName, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "hcs.io/v1alpha1",
+        "kind": "ComputeNode",
+        "metadata": {"name": opts.node_name, "labels": {"vendor": vendor}},
+        "spec": {
+            "vendor": vendor,
+            "nodeSelector": {"kubernetes.io/hostname": opts.node_name},
+            "capacity": {"vram": "0", "tflops-fp16": "0", "tflops-fp32": "0"},
+            "devices": [],
+        },
+        "status": build_status(healthy=False, reason=reason, message=message[:400]),
+    }
+
+
+def _fake(opts: AgentOptions) -> dict[str, Any]:
+    assert opts.fake_devices is not None
+    docs = [
+        d
+        for _, d in load_documents(opts.fake_devices)
+        if isinstance(d, dict) and d.get("kind") == "ComputeNode"
+    ]
+    if not docs:
+        raise ConfigError(f"--fake-devices {opts.fake_devices}: no ComputeNode in it")
+    chosen = next((d for d in docs if d["metadata"].get("name") == opts.node_name), docs[0])
+    node = {
+        **chosen,
+        "metadata": {**chosen["metadata"], "name": opts.node_name},
+        "spec": {**chosen["spec"], "nodeSelector": {"kubernetes.io/hostname": opts.node_name}},
+        "status": build_status(
+            healthy=True, reason="", message=f"declared inventory ({opts.fake_devices.name})"
+        ),
+    }
+    try:
+        ComputeNode.from_dict(node)
+    except ValidationError as exc:
+        raise ConfigError(f"--fake-devices {opts.fake_devices}: {exc.message}") from None
+    return node
+
+
+def run(opts: AgentOptions, publisher: Any, interval: float, *, once: bool = False) -> None:
+    """Publish now and every `interval` seconds (heartbeats) until interrupted."""
+    while True:
+        try:
+            node, complete = desired_node(opts)
+            outcome = publisher.publish(node, status_only=not complete)
+            log.info("ComputeNode %s %s", opts.node_name, outcome)
+        except HcsError as exc:
+            log.error("publishing failed: %s", exc)
+        if once:
+            return
+        time.sleep(interval)
+
+
+def dump(node: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(node), sort_keys=False)
