@@ -31,6 +31,9 @@ class FakeApiServer:
         self.status_conflicts = 0
         """The next N status updates answer 409 Conflict (another writer got there first)."""
         self.status_updates = 0
+        self.node_conflicts = 0
+        """The next N ComputeNode writes answer 409 Conflict."""
+        self.node_writes: list[tuple[str, dict[str, Any]]] = []
         self.compacted = 0
         """Watches from a resourceVersion below this get 410 Gone."""
         self.fail_lists = 0
@@ -105,10 +108,53 @@ class FakeApiServer:
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._read_pod)
         app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
         app.router.add_get("/apis/hcs.io/v1alpha1/computequotas", self._list_or_watch(QUOTAS))
+        app.router.add_post("/apis/hcs.io/v1alpha1/computenodes", self._create_node)
+        node = "/apis/hcs.io/v1alpha1/computenodes/{name}"
+        app.router.add_get(node, self._read_node)
+        app.router.add_put(node, self._write_node(status=False))
+        app.router.add_put(node + "/status", self._write_node(status=True))
         base = "/apis/hcs.io/v1alpha1/namespaces/{ns}/computequotas/{name}"
         app.router.add_get(base, self._read_quota)
         app.router.add_put(base + "/status", self._put_quota_status)
         return app
+
+    async def _create_node(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = body["metadata"]["name"]
+        if name in self.objects[NODES]:
+            return _status(409, "AlreadyExists", f"computenodes {name} already exists")
+        self.node_writes.append(("create", body))
+        return web.json_response(self.put(NODES, body), status=201)
+
+    async def _read_node(self, request: web.Request) -> web.Response:
+        node = self.objects[NODES].get(request.match_info["name"])
+        if node is None:
+            return _status(404, "NotFound", f"computenodes {request.match_info['name']} not found")
+        return web.json_response(node)
+
+    def _write_node(self, *, status: bool) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            body = await request.json()
+            current = self.objects[NODES].get(name)
+            if current is None:
+                return _status(404, "NotFound", f"computenodes {name} not found")
+            if self.node_conflicts:
+                self.node_conflicts -= 1
+                self.put(NODES, current)  # another writer moved the version on
+                return _status(409, "Conflict", "the object has been modified")
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                return _status(409, "Conflict", "the object has been modified")
+            updated = copy.deepcopy(current)
+            if status:  # the status subresource ignores everything but status
+                updated["status"] = body.get("status") or {}
+            else:  # the main resource ignores status
+                updated["spec"] = body.get("spec")
+                updated["metadata"]["labels"] = body["metadata"].get("labels") or {}
+            self.node_writes.append(("status" if status else "spec", body))
+            return web.json_response(self.put(NODES, updated))
+
+        return handler
 
     async def _read_quota(self, request: web.Request) -> web.Response:
         key = f"{request.match_info['ns']}/{request.match_info['name']}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -51,7 +52,14 @@ class Publisher:
 
     def publish(self, desired: dict[str, Any], *, status_only: bool = False) -> Outcome:
         """Create or update the ComputeNode `desired`. With `status_only` (discovery failed)
-        the spec on the server is left as it is."""
+        the spec on the server is left as it is. Raises PublishError (also when the API server
+        cannot be reached: the agent logs it and tries again next heartbeat)."""
+        try:
+            return self._publish(desired, status_only=status_only)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PublishError(f"API server unreachable: {exc}") from None
+
+    def _publish(self, desired: dict[str, Any], *, status_only: bool) -> Outcome:
         name = desired["metadata"]["name"]
         for _ in range(self.retries):
             try:
