@@ -282,11 +282,13 @@ class ComputeNode:
 
     @property
     def ready(self) -> bool:
-        """Phase Ready (absent counts as Ready), Ready and Schedulable not False."""
+        """The Ready condition (the phase when no condition says), Schedulable not False, and
+        not Draining. The phase is a summary: a node whose agent stopped reporting is phase
+        NotReady with Ready still True, and is reported as AgentNotConnected, its real cause."""
+        ready_cond = self.condition("Ready")
+        ready = ready_cond.status == "True" if ready_cond else self.phase != "NotReady"
         return (
-            self.phase in (None, "Ready")
-            and self.condition_true("Ready", default=True)
-            and self.condition_true("Schedulable", default=True)
+            ready and self.phase != "Draining" and self.condition_true("Schedulable", default=True)
         )
 
     @classmethod

@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -28,9 +29,10 @@ from hcs.agent.run import (
 from hcs.agent.run import run as run_agent
 from hcs.certs import CertFiles, ca_bundle, issue, service_names
 from hcs.cluster import ClusterSync, KubeQuotaBook, load_api
+from hcs.controllers import ControllerRunner, run_controllers, run_leader_elected
 from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
-from hcs.errors import HcsError, ValidationError
+from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents, load_inventory
 from hcs.models import ComputeNode, ComputeQuota
 from hcs.quota import QuotaBook
@@ -223,6 +225,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     p = sub.add_parser(
+        "controller",
+        help="heartbeat expiry and quota recount (leader-elected)",
+        description="Mark ComputeNodes whose agent stopped reporting AgentConnected=False / "
+        "NotReady (and back), and recompute every ComputeQuota's status from live Pods, every "
+        "--interval seconds, while holding a Lease.",
+    )
+    p.add_argument(
+        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
+    )
+    p.add_argument("--interval", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="a ComputeNode silent longer is AgentConnected=False (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease",
+        default="hcs-system/hcs-controller",
+        metavar="NS/NAME",
+        help="the Lease held by the active replica (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-leader-elect", action="store_true", help="run without a Lease (a single replica)"
+    )
+    p.add_argument("--once", action="store_true", help="one round, then exit")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    p = sub.add_parser(
         "serve",
         help="run the extender and the webhook together (local mode)",
         description="Extender (HTTP) and webhook (HTTPS) in one process on one inventory, so "
@@ -302,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _certs(args)
         if args.command == "agent":
             return _agent(args)
+        if args.command == "controller":
+            return _controller(args, vendors)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
         if args.command == "extender":
             logging.basicConfig(
@@ -339,6 +373,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HcsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    runner = ControllerRunner(
+        load_api(args.kubeconfig), heartbeat_timeout_s=args.heartbeat_timeout, vendors=vendors
+    )
+    if args.once or args.no_leader_elect:
+        run_controllers(runner, args.interval, once=args.once)
+        return 0
+    namespace, _, name = args.lease.partition("/")
+    if not namespace or not name:
+        raise ConfigError(f"--lease {args.lease!r}: expected NAMESPACE/NAME")
+    run_leader_elected(
+        runner, args.interval, namespace=namespace, name=name, identity=socket.gethostname()
+    )
+    return 0
 
 
 def _agent(args: argparse.Namespace) -> int:

@@ -1,0 +1,151 @@
+"""Controllers: heartbeat expiry flips AgentConnected (and the extender then filters the node out),
+quota status is recounted from live pods."""
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from kubernetes import client
+
+from hcs.controllers import ControllerRunner, expire_heartbeats, recount_quotas
+from hcs.demand import parse_pod
+from hcs.engine import EngineConfig, Reason, compile_request, filter_nodes
+from hcs.models import ComputeNode
+from hcs.state import ClusterState
+from hcs.synthetic import node_dict
+from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+
+NOW = dt.datetime(2026, 11, 21, 8, 0, tzinfo=dt.UTC).timestamp()
+
+
+def beat(seconds_ago: float) -> str:
+    return dt.datetime.fromtimestamp(NOW - seconds_ago, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node(name: str, seconds_ago: float | None, connected: str | None = None) -> dict[str, Any]:
+    conditions = {"Ready": "True", "HardwareHealthy": "True"}
+    if connected is not None:
+        conditions["AgentConnected"] = connected
+    return node_dict(
+        name,
+        heartbeat=beat(seconds_ago) if seconds_ago is not None else None,
+        conditions=conditions,
+    )
+
+
+def pod(
+    name: str,
+    vram: str,
+    *,
+    phase: str = "Running",
+    namespace: str = "team-a",
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"u-{name}",
+            "labels": labels or {},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "m",
+                    "image": "i",
+                    "resources": {
+                        "requests": {"ai.compute/vram": vram},
+                        "limits": {"ai.compute/vram": vram},
+                    },
+                }
+            ]
+        },
+        "status": {"phase": phase},
+    }
+
+
+def quota(hard: dict[str, str], used: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "hcs.io/v1alpha1",
+        "kind": "ComputeQuota",
+        "metadata": {"name": "q", "namespace": "team-a", "resourceVersion": "1"},
+        "spec": {"hard": hard, **spec},
+        "status": {"used": used or {}},
+    }
+
+
+def test_stale_heartbeats_disconnect_and_fresh_ones_reconnect() -> None:
+    nodes = [
+        node("fresh", 10),
+        node("stale", 600),
+        node("never", None),
+        node("back", 5, connected="False"),
+        node("still-gone", 900, connected="False"),
+    ]
+    updates = {
+        obj["metadata"]["name"]: status
+        for obj, status in expire_heartbeats(nodes, NOW, timeout_s=90)
+    }
+    assert set(updates) == {"stale", "never", "back"}
+    for name in ("stale", "never"):
+        cond = next(c for c in updates[name]["conditions"] if c["type"] == "AgentConnected")
+        assert (cond["status"], cond["reason"], updates[name]["phase"]) == (
+            "False",
+            "HeartbeatTimeout",
+            "NotReady",
+        )
+    assert "600s ago" in next(
+        c["message"] for c in updates["stale"]["conditions"] if c["type"] == "AgentConnected"
+    )
+    assert updates["back"]["phase"] == "Ready"
+
+
+def test_an_expired_node_is_then_filtered_out_as_agent_not_connected() -> None:
+    raw = node("stale", 600)
+    ((_, status),) = expire_heartbeats([raw], NOW, timeout_s=90)
+    state = ClusterState.from_nodes([ComputeNode.from_dict({**raw, "status": status})])
+    demand = parse_pod(pod("p", "1Gi"))
+    result = filter_nodes(state, compile_request(demand), ["stale"], EngineConfig())
+    assert Reason(int(result.codes[0])) is Reason.AgentNotConnected
+
+
+def test_quota_status_is_recounted_from_live_pods() -> None:
+    pods = [
+        pod("a", "8Gi"),
+        pod("b", "4Gi"),
+        pod("done", "16Gi", phase="Succeeded"),
+        pod("elsewhere", "32Gi", namespace="team-b"),
+    ]
+    ((_, status),) = recount_quotas([quota({"vram": "100Gi"}, {"vram": "60Gi"})], pods)
+    assert status["used"]["vram"] == "12Gi"
+    assert status["hard"] == {"vram": "100Gi"}
+    correct = quota(
+        {"vram": "100Gi"}, {"vram": "12Gi", "tflops-fp16": "0", "tflops-fp32": "0", "devices": "2"}
+    )
+    correct["status"]["hard"] = {"vram": "100Gi"}
+    assert recount_quotas([correct], pods) == []  # nothing to write
+    scoped = quota({"vram": "100Gi"}, selector={"matchLabels": {"tier": "x"}})
+    ((_, only_labelled),) = recount_quotas([scoped], [*pods, pod("t", "2Gi", labels={"tier": "x"})])
+    assert only_labelled["used"]["vram"] == "2Gi"
+
+
+async def test_one_round_against_the_api_server(aiohttp_server: Any) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node("stale", 600))
+    fake.put(NODES, node("fresh", 0))
+    fake.put(QUOTAS, quota({"vram": "100Gi"}, {"vram": "50Gi"}))
+    fake.put(PODS, pod("running", "8Gi"))
+    fake.put(PODS, pod("ended", "30Gi", phase="Failed"))
+    server = await aiohttp_server(fake.app())
+    cfg = client.Configuration()
+    cfg.host = str(server.make_url("")).rstrip("/")
+    runner = ControllerRunner(client.ApiClient(cfg), heartbeat_timeout_s=90)
+    updated = await asyncio.to_thread(runner.round, NOW)
+    assert updated == (1, 1)
+    stale = ComputeNode.from_dict(fake.objects[NODES]["stale"])
+    assert stale.phase == "NotReady" and not stale.condition_true("AgentConnected", default=True)
+    assert ComputeNode.from_dict(fake.objects[NODES]["fresh"]).ready
+    assert fake.objects[QUOTAS]["team-a/q"]["status"]["used"]["vram"] == "8Gi"
+    assert await asyncio.to_thread(runner.round, NOW) == (0, 0)  # converged: no writes
