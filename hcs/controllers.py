@@ -7,6 +7,9 @@
 - Quota recount: every ComputeQuota's `status.used` is recomputed from the live Pods it applies
   to, and `status.hard` copied from its spec. This repairs charges of pods that were admitted but
   never created, or that ended.
+- Waiting pods: an admitted pod still unscheduled after a minute gets an Event
+  (`WaitingForCompute`) saying why, node by node, from the same engine the extender runs; at most
+  one every five minutes per pod.
 
 The reconcile functions are pure (objects in, status updates out); `run_controllers` lists,
 reconciles and writes each status with the `resourceVersion` read (a conflict waits for the
@@ -18,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,10 +31,14 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
+from hcs.cluster import allocation_from_pod
 from hcs.demand import parse_pod
+from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.errors import HcsError
-from hcs.models import API_GROUP, ComputeQuota, parse_time
+from hcs.ledger import Ledger
+from hcs.models import API_GROUP, ComputeNode, ComputeQuota, parse_time
 from hcs.quota import RESOURCES, applies, demand_amounts, render
+from hcs.state import ClusterState
 from hcs.vendors import VendorTable
 
 log = logging.getLogger("hcs.controller")
@@ -151,6 +159,72 @@ def recount_quotas(
     return updates
 
 
+def waiting_pods(
+    pods: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    now: float,
+    *,
+    after_s: float,
+    vendors: VendorTable | None = None,
+    config: EngineConfig | None = None,
+) -> list[tuple[dict[str, Any], str]]:
+    """(pod, explanation) for admitted pods still unscheduled after `after_s`: why no node can
+    take them now, from the same engine the extender runs (allocations rebuilt from the Pods)."""
+    candidates = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (pod.get("status") or {}).get("phase") != "Pending" or (pod.get("spec") or {}).get(
+            "nodeName"
+        ):
+            continue
+        if not (meta.get("annotations") or {}).get("hcs.io/assigned-vendor"):
+            continue
+        created = meta.get("creationTimestamp")
+        try:
+            age = now - parse_time(created, "creationTimestamp").timestamp() if created else 0
+        except HcsError:
+            age = 0
+        if age >= after_s:
+            candidates.append(pod)
+    if not candidates:
+        return []
+    state = ClusterState(vendors=vendors or VendorTable())
+    for raw in nodes:
+        try:
+            state.upsert_node(ComputeNode.from_dict(raw))
+        except HcsError:
+            continue
+    ledger = Ledger(state)
+    for pod in pods:
+        try:
+            alloc = allocation_from_pod(pod, state, vendors)
+        except HcsError:
+            continue
+        if alloc is not None and (pod.get("status") or {}).get("phase") not in (
+            "Succeeded",
+            "Failed",
+        ):
+            ledger.restore(alloc, force=True)
+    config = config or EngineConfig()
+    out = []
+    rows = state.all_rows()
+    for pod in candidates:
+        try:
+            req = compile_request(parse_pod(pod, vendors))
+        except HcsError as exc:
+            out.append((dict(pod), f"HCS cannot place it: {exc}"))
+            continue
+        codes = evaluate(state, req, rows, config, now).codes
+        counts = Counter(Reason(int(c)).name for c in codes if c)
+        vendor = req.demand.allowed_vendors[0]
+        if not counts and len(codes):
+            text = f"{int((codes == 0).sum())} node(s) fit now; waiting for the scheduler"
+        else:
+            text = ", ".join(f"{n} node(s) {name}" for name, n in counts.most_common())
+        out.append((dict(pod), f"waiting for {vendor} capacity: {text or 'no nodes'}"))
+    return out
+
+
 class ControllerRunner:
     """One reconcile round against the API server."""
 
@@ -160,11 +234,16 @@ class ControllerRunner:
         *,
         heartbeat_timeout_s: float = 90.0,
         vendors: VendorTable | None = None,
+        wait_event_after_s: float = 60.0,
+        wait_event_every_s: float = 300.0,
     ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.vendors = vendors
+        self.wait_event_after_s = wait_event_after_s
+        self.wait_event_every_s = wait_event_every_s
+        self._reported: dict[str, float] = {}
 
     def round(self, now: float | None = None) -> tuple[int, int]:
         """Returns (ComputeNodes updated, ComputeQuotas updated)."""
@@ -179,7 +258,47 @@ class ControllerRunner:
         quota_updates = recount_quotas(quotas.get("items") or [], pod_items, self.vendors)
         for obj, status in quota_updates:
             self._write(obj, status, "computequotas")
+        for pod, message in waiting_pods(
+            pod_items,
+            nodes.get("items") or [],
+            now,
+            after_s=self.wait_event_after_s,
+            vendors=self.vendors,
+        ):
+            uid = str(pod["metadata"].get("uid"))
+            if now - self._reported.get(uid, -1e18) >= self.wait_event_every_s:
+                self._event(pod, message, now)
+                self._reported[uid] = now
         return len(node_updates), len(quota_updates)
+
+    def _event(self, pod: Mapping[str, Any], message: str, now: float) -> None:
+        meta = pod["metadata"]
+        stamp = _stamp(now)
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.hcs-", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": "WaitingForCompute",
+            "message": message[:1000],
+            "type": "Normal",
+            "source": {"component": "hcs-controller"},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:
+            log.warning(
+                "cannot post an event on %s/%s: %s", meta["namespace"], meta["name"], exc.reason
+            )
 
     def _write(self, obj: Mapping[str, Any], status: dict[str, Any], plural: str) -> None:
         meta = obj["metadata"]

@@ -34,6 +34,7 @@ class FakeApiServer:
         self.node_conflicts = 0
         """The next N ComputeNode writes answer 409 Conflict."""
         self.node_writes: list[tuple[str, dict[str, Any]]] = []
+        self.events_posted: list[dict[str, Any]] = []
         self.compacted = 0
         """Watches from a resourceVersion below this get 410 Gone."""
         self.fail_lists = 0
@@ -109,6 +110,7 @@ class FakeApiServer:
         app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
         app.router.add_get("/apis/hcs.io/v1alpha1/computequotas", self._list_or_watch(QUOTAS))
         app.router.add_post("/apis/hcs.io/v1alpha1/computenodes", self._create_node)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         node = "/apis/hcs.io/v1alpha1/computenodes/{name}"
         app.router.add_get(node, self._read_node)
         app.router.add_put(node, self._write_node(status=False))
@@ -117,6 +119,11 @@ class FakeApiServer:
         app.router.add_get(base, self._read_quota)
         app.router.add_put(base + "/status", self._put_quota_status)
         return app
+
+    async def _create_event(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.events_posted.append(body)
+        return web.json_response(body, status=201)
 
     async def _create_node(self, request: web.Request) -> web.Response:
         body = await request.json()

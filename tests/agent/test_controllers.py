@@ -149,3 +149,31 @@ async def test_one_round_against_the_api_server(aiohttp_server: Any) -> None:
     assert ComputeNode.from_dict(fake.objects[NODES]["fresh"]).ready
     assert fake.objects[QUOTAS]["team-a/q"]["status"]["used"]["vram"] == "8Gi"
     assert await asyncio.to_thread(runner.round, NOW) == (0, 0)  # converged: no writes
+
+
+async def test_pods_waiting_on_capacity_get_an_event_saying_why(aiohttp_server: Any) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("gpu", "nvidia", 1, heartbeat=beat(0), conditions={"Ready": "True"}))
+    holder = pod("holder", "8Gi")
+    holder["metadata"]["annotations"] = {
+        "hcs.io/assigned-node": "gpu",
+        "hcs.io/assigned-devices": "0",
+        "hcs.io/assigned-vendor": "nvidia",
+    }
+    holder["spec"]["nodeName"] = "gpu"
+    fake.put(PODS, holder)
+    waiting = pod("waiting", "8Gi", phase="Pending")
+    waiting["metadata"]["annotations"] = {"hcs.io/assigned-vendor": "nvidia"}
+    waiting["metadata"]["creationTimestamp"] = beat(300)
+    fake.put(PODS, waiting)
+    server = await aiohttp_server(fake.app())
+    cfg = client.Configuration()
+    cfg.host = str(server.make_url("")).rstrip("/")
+    runner = ControllerRunner(client.ApiClient(cfg), heartbeat_timeout_s=90)
+    await asyncio.to_thread(runner.round, NOW)
+    (event,) = fake.events_posted
+    assert event["involvedObject"]["name"] == "waiting"
+    assert event["reason"] == "WaitingForCompute"
+    assert event["message"] == "waiting for nvidia capacity: 1 node(s) InsufficientDevices"
+    await asyncio.to_thread(runner.round, NOW + 60)
+    assert len(fake.events_posted) == 1  # not repeated within five minutes
