@@ -12,7 +12,10 @@ from kubernetes import client
 
 from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext
+from hcs.agent.publish import Publisher
+from hcs.agent.run import AgentOptions, desired_node
 from hcs.cluster import ClusterSync, KubeBinder, KubeQuotaBook
+from hcs.controllers import ControllerRunner
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
@@ -146,8 +149,63 @@ async def test_the_webhook_role_is_exactly_what_the_webhook_calls(
     assert used(fake.calls) == granted("hcs-webhook")
 
 
-def test_the_agent_role_is_what_the_issue_grants() -> None:
-    # The agent arrives with issue 6; its role is checked against its calls then.
-    assert granted("hcs-agent") == {
-        ("hcs.io", "computenodes", v) for v in ("create", "get", "update", "patch")
-    } | {("hcs.io", "computenodes/status", v) for v in ("get", "update", "patch")}
+async def test_the_agent_role_is_exactly_what_the_agent_calls(aiohttp_server: Any) -> None:
+    fake = FakeApiServer()
+    server = await aiohttp_server(fake.app())
+    pub = Publisher(api(str(server.make_url("")).rstrip("/")))
+    fixtures = Path(__file__).resolve().parents[1] / "agent" / "fixtures"
+    opts = AgentOptions(
+        "gpu-1", tool_outputs={"nvidia-smi": fixtures / "nvidia-smi-a100-nounits.csv"}
+    )
+    changed = AgentOptions("gpu-1", tool_outputs={"nvidia-smi": fixtures / "nvidia-smi-t4-na.csv"})
+    for o in (opts, opts, changed):  # create, heartbeat, spec change
+        node, complete = desired_node(o)
+        await asyncio.to_thread(pub.publish, node, status_only=not complete)
+    assert used(fake.calls) == granted("hcs-agent")
+
+
+async def test_the_controller_role_is_exactly_what_the_controller_calls(
+    aiohttp_server: Any,
+) -> None:
+    fake = FakeApiServer()
+    fake.put(
+        NODES, node_dict("stale", heartbeat="2026-01-01T00:00:00Z", conditions={"Ready": "True"})
+    )
+    fake.put(
+        QUOTAS,
+        {
+            "apiVersion": "hcs.io/v1alpha1",
+            "kind": "ComputeQuota",
+            "metadata": {"name": "q", "namespace": "team-a"},
+            "spec": {"hard": {"vram": "100Gi"}},
+        },
+    )
+    fake.put(
+        PODS,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "w",
+                "namespace": "team-a",
+                "uid": "uw",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {"hcs.io/assigned-vendor": "nvidia"},
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": "m",
+                        "image": "i",
+                        "resources": {"requests": {"ai.compute/vram": "8Gi"}},
+                    }
+                ]
+            },
+            "status": {"phase": "Pending"},
+        },
+    )
+    server = await aiohttp_server(fake.app())
+    runner = ControllerRunner(api(str(server.make_url("")).rstrip("/")))
+    assert await asyncio.to_thread(runner.round) == (1, 1)
+    assert fake.events_posted
+    assert used(fake.calls) == granted("hcs-controller")
