@@ -52,6 +52,12 @@ def read(name: str) -> str:
         (parse_hy_smi, "hy-smi-k100-mib.json", 2, ("0", "K100_AI", 65520, 51920, "0000:23:00.0")),
         (parse_hy_smi, "hy-smi-z100-bytes.json", 1, ("0", "Z100L", 32752, 1, "")),
         (parse_cnmon, "cnmon-mlu370-x8.txt", 3, ("0", "MLU370-X8", 23374, 0, "0000:39:00.0")),
+        (
+            parse_cnmon,
+            "cnmon-mlu370-s4-old.txt",
+            1,
+            ("0", "MLU370-S4", 23308, 2048, "0000:1A:00.0"),
+        ),
     ],
 )
 def test_parsers_read_every_fixture(
@@ -92,7 +98,9 @@ def test_topologies() -> None:
         (parse_nvidia_smi, "nvidia-smi-malformed.csv", "expected 6 or 9"),
         (parse_hy_smi, "hy-smi-malformed.json", "not JSON"),
         (parse_cnmon, "cnmon-malformed.txt", "no cards"),
-        (parse_npu_smi, "nvidia-smi-malformed.csv", "no NPUs"),
+        (parse_npu_smi, "npu-smi-empty.txt", "no NPUs"),
+        (parse_npu_smi, "npu-smi-malformed.txt", "no NPUs"),
+        (parse_hy_smi, "hy-smi-empty.json", "no cards"),
     ],
 )
 def test_bad_outputs_are_discovery_errors_with_a_reason(
