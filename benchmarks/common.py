@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -30,3 +31,13 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def print_row(row: dict[str, object], *, as_json: bool) -> None:
+    """One result: a JSON object, or aligned `key  value` lines."""
+    if as_json:
+        print(json.dumps(row))
+        return
+    width = max(map(len, row))
+    for key, value in row.items():
+        print(f"{key:<{width}}  {value}")

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import http.client
-import json
 import multiprocessing
 import random
 import re
@@ -31,7 +30,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from common import free_port, percentile, wait_for_port
+from common import free_port, percentile, print_row, wait_for_port
 
 SHAPES: tuple[dict[str, Any], ...] = (
     {"requests": {"ai.compute/vram": "24Gi"}},
@@ -260,12 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.join(10)
-    if args.json:
-        print(json.dumps(row))
-    else:
-        width = max(map(len, row))
-        for key, value in row.items():
-            print(f"{key:<{width}}  {value}")
+    print_row(row, as_json=args.json)
     return 0
 
 

@@ -10,7 +10,6 @@ reviews per second. Target (DESIGN §9): p99 <= 3 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import ssl
 import statistics
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from common import free_port, wait_for_port
+from common import free_port, print_row, wait_for_port
 
 SHAPES: tuple[tuple[dict[str, str], dict[str, str]], ...] = (
     ({"ai.compute/vram": "24Gi"}, {}),
@@ -160,12 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "reviews_per_s": round(len(samples) / total),
         "denied": denied,
     }
-    if args.json:
-        print(json.dumps(row))
-    else:
-        width = max(map(len, row))
-        for key, value in row.items():
-            print(f"{key:<{width}}  {value}")
+    print_row(row, as_json=args.json)
     return 0
 
 
