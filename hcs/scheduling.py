@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -96,6 +96,7 @@ class SchedulerService:
         self.ledger = Ledger(self.state, self.config)
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._names_cache: dict[tuple[int, bytes, bytes], tuple[bytes, list[str]]] = {}
+        self._shapes: dict[bytes, _Seen] = {}
         self.filter_reasons = np.zeros(len(Reason), np.int64)
         """Cumulative per-reason node counts, for metrics."""
 
@@ -112,13 +113,55 @@ class SchedulerService:
         if seen is not None and seen.resource_version == version:
             self._seen.move_to_end(uid)
             return seen
-        demand = parse_pod(pod, self.vendors)
-        seen = _Seen(demand, compile_request(demand), version)
+        seen = self._by_shape(pod, meta, version)
         if uid:
             self._seen[uid] = seen
             if len(self._seen) > self.pod_cache_size:
                 self._seen.popitem(last=False)
         return seen
+
+    def _by_shape(self, pod: dict[str, Any], meta: dict[str, Any], version: str) -> _Seen:
+        """A ReplicaSet's pods differ only in name and uid: reuse the parse and the compiled
+        request of an identical request shape, with this pod's identity."""
+        spec = pod.get("spec") or {}
+        try:
+            shape = orjson.dumps(
+                [
+                    [
+                        [c.get("name"), c.get("resources")]
+                        for c in spec.get("containers") or []
+                        if isinstance(c, dict)
+                    ],
+                    [
+                        c.get("resources")
+                        for c in spec.get("initContainers") or []
+                        if isinstance(c, dict)
+                    ],
+                    meta.get("annotations"),
+                    meta.get("labels"),
+                    spec.get("priorityClassName"),
+                    spec.get("activeDeadlineSeconds"),
+                ],
+                option=orjson.OPT_SORT_KEYS,
+            )
+        except TypeError:  # not JSON-shaped: let the parser explain what is wrong
+            shape = b""
+        template = self._shapes.get(shape) if shape else None
+        if template is None:
+            demand = parse_pod(pod, self.vendors)
+            template = _Seen(demand, compile_request(demand), "")
+            if shape:
+                self._shapes[shape] = template
+                if len(self._shapes) > 1024:
+                    del self._shapes[next(iter(self._shapes))]
+        name = str(meta.get("name") or meta.get("generateName") or "")
+        demand = replace(
+            template.demand,
+            uid=str(meta.get("uid") or ""),
+            name=name,
+            namespace=str(meta.get("namespace") or "default"),
+        )
+        return _Seen(demand, template.request, version)
 
     # ----------------------------------------------------------------- filter
 
