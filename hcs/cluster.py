@@ -465,12 +465,17 @@ class KubeQuotaBook:
             for key in matched:
                 self._update(key, amounts, check=True, write=not dry_run)
                 done.append(key)
-        except HcsError:
+        except Exception as exc:  # a denial or a lost connection: return what was charged
             if not dry_run:
                 negative = {r: -v for r, v in amounts.items()}
                 for key in done:
-                    self._update(key, negative, check=False, write=True)
-            raise
+                    try:
+                        self._update(key, negative, check=False, write=True)
+                    except Exception:  # the quota controller's recount repairs it
+                        log.exception("could not return a charge on %s/%s", *key)
+            if isinstance(exc, HcsError):
+                raise
+            raise HcsError(f"ComputeQuota charge failed: {exc}", code="QuotaExceeded") from None
         names = [f"{ns}/{name}" for ns, name in matched]
         if not dry_run:
             with self._lock:

@@ -296,9 +296,13 @@ class SchedulerService:
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.binder.bind, namespace, name, uid, node, annotations
                 )
-            except BindError as exc:
+            except Exception as exc:  # whatever failed, the devices must not stay booked
                 if alloc is not None and alloc.state == "assumed":
                     self.ledger.release(uid)
+                if not isinstance(exc, BindError):
+                    log.exception(
+                        "bind pod=%s/%s node=%s: unexpected failure", namespace, name, node
+                    )
                 log.warning("bind pod=%s/%s node=%s failed: %s", namespace, name, node, exc)
                 return {"Error": f"BindFailed: {exc}"}
         if alloc is not None:

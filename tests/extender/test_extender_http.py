@@ -347,3 +347,37 @@ async def test_health_readiness_version_and_metrics(http: Client) -> None:
     assert 'hcs_extender_filter_nodes_total{reason="NotReady"} 1.0' in text
     assert 'hcs_extender_request_seconds_count{verb="filter"} 1.0' in text
     assert "hcs_inventory_nodes 8.0" in text
+
+
+class ExplodingBinder:
+    """A binder whose API call fails in a way nobody planned for."""
+
+    def bind(self, namespace: str, name: str, uid: str, node: str, annotations: Any) -> None:
+        raise RuntimeError("connection pool exhausted")
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+
+async def test_an_unexpected_bind_failure_releases_the_devices(aiohttp_client: MakeClient) -> None:
+    service = SchedulerService(cluster(), EngineConfig(), binder=ExplodingBinder())
+    http = await aiohttp_client(create_app(service))
+    p = pod("boom", {"ai.compute/vram": "1Gi"})
+    await http.post("/filter", json=args(p, ["busy"]))
+    body = await (
+        await http.post(
+            "/bind",
+            json={
+                "PodName": "pod-boom",
+                "PodNamespace": "team-a",
+                "PodUID": "boom",
+                "Node": "busy",
+            },
+        )
+    ).json()
+    assert body["Error"] == "BindFailed: connection pool exhausted"
+    assert service.state.allocations == {}
+    again = await (
+        await http.post("/filter", json=args(pod("next", {"ai.compute/vram": "1Gi"}), ["busy"]))
+    ).json()
+    assert again["NodeNames"] == ["busy"]  # the device is free again
