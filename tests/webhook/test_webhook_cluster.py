@@ -179,3 +179,22 @@ async def test_routing_counts_devices_that_pods_already_hold(
     ops = json.loads(base64.b64decode(response["patch"]))
     vendor = next(op["value"] for op in ops if op["path"].endswith("assigned-vendor"))
     assert vendor == "huawei"  # the only NVIDIA node is fully held
+
+
+async def test_a_denial_by_a_later_quota_returns_the_earlier_charge(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", heartbeat=now()))
+    fake.put(
+        QUOTAS, {**quota({"vram": "100Gi"}), "metadata": {"name": "a-big", "namespace": "team-a"}}
+    )
+    fake.put(
+        QUOTAS, {**quota({"vram": "4Gi"}), "metadata": {"name": "b-small", "namespace": "team-a"}}
+    )
+    webhook = await _start(aiohttp_server, aiohttp_client)(fake)
+    denied = await webhook.admit(review("g", {"ai.compute/vram": "8Gi"}))
+    assert denied["allowed"] is False and "team-a/b-small" in denied["status"]["message"]
+    big = fake.objects[QUOTAS]["team-a/a-big"]["status"]["used"]
+    assert big["vram"] == "0Mi"
+    assert fake.status_updates == 2  # charged, then returned
