@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hcs.demand import PodDemand
 from hcs.errors import HcsError
-from hcs.models import ComputeQuota, ResourceAmounts
+from hcs.models import ComputeQuota
 from hcs.quantity import format_mib, format_milli
 
 RESOURCES = ("vram", "tflops-fp16", "tflops-fp32", "devices")
@@ -61,10 +61,6 @@ def applies(quota: ComputeQuota, demand: PodDemand) -> bool:
     return quota.selector is None or quota.selector.matches(demand.labels)
 
 
-def _hard(amounts: ResourceAmounts) -> dict[str, int | None]:
-    return amounts.as_dict()
-
-
 @dataclass
 class QuotaBook:
     """Local mode: quotas and their use in memory."""
@@ -96,7 +92,7 @@ class QuotaBook:
             matched = list(self.applicable(demand))
             for key, quota in matched:
                 used = self.used[key]
-                for resource, hard in _hard(quota.hard).items():
+                for resource, hard in quota.hard.as_dict().items():
                     if hard is None or not amounts[resource]:
                         continue
                     if used[resource] + amounts[resource] > hard:

@@ -296,9 +296,11 @@ class SchedulerService:
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.binder.bind, namespace, name, uid, node, annotations
                 )
-            except Exception as exc:  # whatever failed, the devices must not stay booked
+            except BaseException as exc:  # whatever failed, the devices must not stay booked
                 if alloc is not None and alloc.state == "assumed":
                     self.ledger.release(uid)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled (shutdown): released above; the watch restores a landed bind
                 if not isinstance(exc, BindError):
                     log.exception(
                         "bind pod=%s/%s node=%s: unexpected failure", namespace, name, node

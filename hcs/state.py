@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from itertools import repeat
 from typing import Any, Final, Literal
 
@@ -266,13 +265,6 @@ class ClusterState:
         self.version += 1
         self.layout_version += 1
         return True
-
-    def set_heartbeat(self, name: str, when: datetime | None, connected: bool = True) -> None:
-        """Record a heartbeat without rewriting the node's devices."""
-        row = self.index[name]
-        self.node_heartbeat_s[row] = when.timestamp() if when else NO_HEARTBEAT
-        self.node_agent_mask[row] = connected
-        self.version += 1
 
     def _take_row(self) -> int:
         if not self._free_rows:

@@ -69,6 +69,11 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _configure_logging(level: str) -> None:
+    """One line per decision: time, level, component, message."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def _webhook_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cert-dir",
@@ -338,9 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _controller(args, vendors)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
         if args.command == "extender":
-            logging.basicConfig(
-                level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-            )
+            _configure_logging(args.log_level)
             if args.inventory:
                 service, sync = local_service(args.inventory, config, vendors), None
             else:
@@ -351,9 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(service, args.host, args.port, sync=sync, max_body=args.max_body_mb * 2**20)
             return 0
         if args.command in ("webhook", "serve"):
-            logging.basicConfig(
-                level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-            )
+            _configure_logging(args.log_level)
             _serve_local(args, config, vendors)
             return 0
         inv = load_inventory(args.inventory)
@@ -376,9 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    _configure_logging(args.log_level)
     runner = ControllerRunner(
         load_api(args.kubeconfig), heartbeat_timeout_s=args.heartbeat_timeout, vendors=vendors
     )
@@ -395,9 +394,7 @@ def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    _configure_logging(args.log_level)
     opts = AgentOptions(
         node_name=args.node_name,
         vendor=args.vendor,
