@@ -172,6 +172,17 @@ def device() -> Schema:
                 minimum=0,
                 maximum=100,
             ),
+            "identity": string(
+                "Stable identity of the physical device, kept across re-indexing: the GPU "
+                "UUID (NVIDIA), pci:<address>, phy-id:<n> (Ascend) or uuid:/uid: as the tool "
+                "reports it (HCS extension)."
+            ),
+            "unschedulable": {
+                "type": "boolean",
+                "description": "No new pod may use the device: the agent saw its ID move to "
+                "another physical device while pods held it, until those pods are gone "
+                "(HCS extension).",
+            },
         },
         [
             "id",

@@ -27,7 +27,7 @@ from hcs.vendors import VENDOR_NAMES, VendorName
 API_GROUP: Final = "hcs.io"
 API_VERSION: Final = "hcs.io/v1alpha1"
 SHARING_LABEL: Final = "hcs.io/device-sharing"
-LINK_TYPES: Final = ("nvlink", "hccs", "pcie", "roce", "xgmi", "mlulink")
+LINK_TYPES: Final = ("nvlink", "hccs", "sio", "pcie", "roce", "xgmi", "mlulink")
 PHASES: Final = ("Ready", "NotReady", "Draining")
 CONDITION_TYPES: Final = ("Ready", "HardwareHealthy", "AgentConnected", "Schedulable")
 CONDITION_STATUSES: Final = ("True", "False", "Unknown")
@@ -238,6 +238,10 @@ class Device:
     links: tuple[Link, ...]
     health_score: int
     numa_node: int | None = None
+    identity: str | None = None
+    """Stable identity of the physical device (GPU UUID, PCI address, chip physical id)."""
+    unschedulable: bool = False
+    """No new pod may use the device (the agent saw it re-indexed while pods held it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +405,10 @@ def _device(ck: _Checker, raw: Any, path: str) -> Device | None:
         if ltype and bandwidth is not None:
             links.append(_share(Link(_s(ltype), tuple(_s(str(p)) for p in peers), _s(bandwidth))))
     health = ck.convert(d, "healthScore", path, _health)
+    identity = ck.string(d, "identity", path, required=False)
+    unschedulable = d.get("unschedulable", False)
+    if not isinstance(unschedulable, bool):
+        ck.problem(f"{path}.unschedulable", "expected true or false")
     if vram is not None and allocatable is not None and allocatable > vram:
         ck.problem(f"{path}.vramAllocatable", "must not exceed vram")
     if len(ck.problems) > before:
@@ -417,6 +425,8 @@ def _device(ck: _Checker, raw: Any, path: str) -> Device | None:
         links=_share(tuple(links)),
         health_score=cast(int, health),
         numa_node=numa,
+        identity=identity,
+        unschedulable=unschedulable is True,
     )
 
 

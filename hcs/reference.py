@@ -3,8 +3,8 @@
 Used only by tests (differential tests on random clusters) and benchmarks (the speed-up ratio);
 never on a request path. It is written to be obviously right rather than fast, and independently
 of the engine: it reads the ComputeNode models and allocation records (not the numpy arrays),
-finds cliques by graph search rather than union-find, and decides fit by bipartite matching
-(Kuhn's augmenting paths) rather than Hall's subset condition.
+finds all-to-all groups by exhaustive search rather than Bron-Kerbosch, and decides fit by
+bipartite matching (Kuhn's augmenting paths) rather than Hall's subset condition.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import combinations
 
 from hcs.demand import PodDemand
 from hcs.engine import MAX_SCORE, EngineConfig, Reason
@@ -61,31 +62,42 @@ def _devices(state: ClusterState, node: ComputeNode) -> list[_Dev]:
 
 
 def _cliques(state: ClusterState, node: ComputeNode) -> list[int]:
-    """Connected components of high-bandwidth links, named by their lowest slot."""
+    """All-to-all groups, by exhaustive search: repeatedly the largest set of remaining slots
+    linked pair by pair (the lexicographically first on a tie), named by its lowest slot."""
     fast = state.vendors.all_link_types()
     slot_of = {d.id: i for i, d in enumerate(node.devices)}
-    neighbours: dict[int, set[int]] = {i: set() for i in range(len(node.devices))}
+    linked: set[tuple[int, int]] = set()
     for i, d in enumerate(node.devices):
         for link in d.links:
             if link.type in fast:
                 for peer in link.peers:
-                    if peer in slot_of:
-                        neighbours[i].add(slot_of[peer])
-                        neighbours[slot_of[peer]].add(i)
-    label = [-1] * len(node.devices)
-    for start in range(len(node.devices)):
-        if label[start] >= 0:
-            continue
-        stack, comp = [start], []
-        label[start] = start
-        while stack:
-            cur = stack.pop()
-            comp.append(cur)
-            for nxt in neighbours[cur]:
-                if label[nxt] < 0:
-                    label[nxt] = start
-                    stack.append(nxt)
+                    if peer in slot_of and slot_of[peer] != i:
+                        linked |= {(i, slot_of[peer]), (slot_of[peer], i)}
+    label = list(range(len(node.devices)))
+    remaining = list(range(len(node.devices)))
+    while remaining:
+        degree = max(sum((a, b) in linked for b in remaining) for a in remaining)
+        for size in range(min(degree + 1, len(remaining)), 0, -1):
+            group = next(
+                (
+                    g
+                    for g in combinations(remaining, size)
+                    if all((a, b) in linked for a, b in combinations(g, 2))
+                ),
+                None,
+            )
+            if group is not None:
+                break
+        assert group is not None
+        for slot in group:
+            label[slot] = group[0]
+        remaining = [s for s in remaining if s not in group]
     return label
+
+
+def _health(d: Device) -> int:
+    """An unschedulable (re-indexed) device counts as failed."""
+    return 0 if d.unschedulable else d.health_score
 
 
 def _matchable(units: list[list[int]], n_devices: int) -> bool:
@@ -118,7 +130,7 @@ def _levels(
 ) -> tuple[list[int], list[int], list[int], list[int]]:
     vram, fp16, fp32, whole = unit
     base = [d.slot for d in devs if d.holders == 0 or (shared and not whole)]
-    health = [s for s in base if devs[s].device.health_score >= config.min_health]
+    health = [s for s in base if _health(devs[s].device) >= config.min_health]
     vram_ok = [s for s in health if devs[s].free_vram >= vram]
     all_ok = [
         s
@@ -226,7 +238,7 @@ def _score(
         placed += c.devices * per
     frac = min((used + placed) * 1000 // max(total, 1), 1000)
     pack = frac if config.strategy == "binpack" else 1000 - frac
-    health = sum(devs[s].device.health_score for s in fitting) * 10 // max(len(fitting), 1)
+    health = sum(_health(devs[s].device) for s in fitting) * 10 // max(len(fitting), 1)
     acc = w.pack * pack + w.health * health
     wsum = w.pack + w.health
     if demand.topology is not None and w.topology:

@@ -18,7 +18,7 @@ thread-safe on its own; the Ledger serialises writers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Any, Final, Literal
@@ -328,7 +328,10 @@ class ClusterState:
         self.dev_vram_reported_mib[row] = _pad([d.vram_allocated_mib for d in node.devices], w)
         self.dev_fp16_cap_mtf[row] = _pad([d.fp16_milli_tflops for d in node.devices], w)
         self.dev_fp32_cap_mtf[row] = _pad([d.fp32_milli_tflops for d in node.devices], w)
-        self.dev_health[row] = _pad([d.health_score for d in node.devices], w)
+        # An unschedulable (re-indexed) device is as unusable as a failed one.
+        self.dev_health[row] = _pad(
+            [0 if d.unschedulable else d.health_score for d in node.devices], w
+        )
         self.dev_health_f64[row] = self.dev_health[row]
         cliques = _pad(_cliques(node, self.vendors), w)
         numa = [
@@ -481,24 +484,54 @@ def _pad(values: list[int], width: int) -> list[int]:
 
 
 def _cliques(node: ComputeNode, vendors: VendorTable) -> list[int]:
-    """Union-find over the node's high-bandwidth links; peers not in the list are ignored."""
+    """All-to-all groups of high-bandwidth links: each group's devices are pairwise linked.
+
+    A partial mesh (a DGX-1 hybrid cube mesh: NVLink to four peers, PCIe to three) is not one
+    group because its links connect everything: only sets linked pair by pair are. The node is
+    partitioned greedily: the largest all-to-all set of the remaining devices (the one with the
+    lowest slots on a tie) becomes a group, named by its lowest slot, until none remain. A link
+    counts when either end lists it; peers not in the list are ignored.
+    """
+    neighbours = _link_graph(node, vendors)
+    group = list(range(len(node.devices)))
+    remaining = set(group)
+    while remaining:
+        best: tuple[int, ...] = ()
+        for clique in _maximal_cliques(set(), set(remaining), set(), neighbours):
+            members = tuple(sorted(clique))
+            if (len(members), [-m for m in members]) > (len(best), [-m for m in best]):
+                best = members
+        for slot in best:
+            group[slot] = best[0]
+        remaining -= set(best)
+    return group
+
+
+def _link_graph(node: ComputeNode, vendors: VendorTable) -> dict[int, set[int]]:
     fast = vendors.all_link_types()
     slot_of = {d.id: i for i, d in enumerate(node.devices)}
-    parent = list(range(len(node.devices)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    neighbours: dict[int, set[int]] = {i: set() for i in range(len(node.devices))}
     for i, dev in enumerate(node.devices):
         for link in dev.links:
             if link.type not in fast:
                 continue
             for peer in link.peers:
                 j = slot_of.get(peer)
-                if j is not None:
-                    a, b = find(i), find(j)
-                    parent[max(a, b)] = min(a, b)
-    return [find(i) for i in range(len(node.devices))]
+                if j is not None and j != i:
+                    neighbours[i].add(j)
+                    neighbours[j].add(i)
+    return neighbours
+
+
+def _maximal_cliques(
+    r: set[int], p: set[int], x: set[int], nb: dict[int, set[int]]
+) -> Iterator[set[int]]:
+    """Bron-Kerbosch with a pivot over the slots in `p` (a node has at most 64 devices)."""
+    if not p and not x:
+        yield r
+        return
+    pivot = max(p | x, key=lambda u: len(nb[u] & p))
+    for v in sorted(p - nb[pivot]):
+        yield from _maximal_cliques(r | {v}, p & nb[v], x & nb[v], nb)
+        p = p - {v}
+        x = x | {v}

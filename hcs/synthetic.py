@@ -35,6 +35,7 @@ def node_dict(
     allocated_gi: Sequence[int] | None = None,
     health: Sequence[int] | None = None,
     cliques: Sequence[Sequence[int]] | None = None,
+    links: Sequence[Sequence[int]] | None = None,
     numa: Sequence[int] | None = None,
     shared: bool = False,
     phase: str = "Ready",
@@ -42,7 +43,8 @@ def node_dict(
     heartbeat: str | None = HEARTBEAT,
 ) -> dict[str, Any]:
     """A ComputeNode as Kubernetes JSON. `cliques` lists groups of device slots joined by the
-    vendor's high-bandwidth link; `conditions` maps condition type to status."""
+    vendor's high-bandwidth link all to all; `links` gives instead each slot's own peers (a
+    partial mesh); `conditions` maps condition type to status."""
     model, default_vram, default16, default32, link = MODELS[vendor]
     vram = vram_gi if vram_gi is not None else default_vram
     devices = []
@@ -59,15 +61,13 @@ def node_dict(
         }
         if numa is not None:
             dev["topology"]["numaNode"] = numa[i]
-        for group in cliques or ():
-            if i in group:
-                dev["topology"]["links"] = [
-                    {
-                        "type": link,
-                        "peers": [str(p) for p in group if p != i],
-                        "bandwidth": "600GB/s",
-                    }
-                ]
+        peers = [p for group in cliques or () if i in group for p in group if p != i]
+        if links is not None:
+            peers = list(links[i])
+        if peers:
+            dev["topology"]["links"] = [
+                {"type": link, "peers": [str(p) for p in peers], "bandwidth": "600GB/s"}
+            ]
         devices.append(dev)
     conds = [
         {"type": t, "status": s, "lastTransitionTime": HEARTBEAT}
@@ -101,7 +101,8 @@ def random_cluster(
     n_nodes: int, seed: int = 0, *, devices: int = 8, vary_devices: bool = False
 ) -> list[ComputeNode]:
     """A mixed four-vendor cluster: ~5% NotReady, ~3% agent lost, ~10% shared, a few unhealthy
-    devices, random VRAM already in use and NVLink/HCCS cliques of four."""
+    devices, random VRAM already in use and NVLink/HCCS cliques of four; one node in five has
+    random partial-mesh links instead."""
     rng = random.Random(seed)
     nodes = []
     for i in range(n_nodes):
@@ -109,6 +110,12 @@ def random_cluster(
         n = rng.choice((1, 2, 4, 8)) if vary_devices else devices
         vram = MODELS[vendor][1]
         conditions: dict[str, str] = {}
+        mesh = None
+        if rng.random() < 0.2:
+            pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if rng.random() < 0.6]
+            mesh = [
+                [b for a, b in pairs if a == j] + [a for a, b in pairs if b == j] for j in range(n)
+            ]
         if rng.random() < 0.03:
             conditions["AgentConnected"] = "False"
         nodes.append(
@@ -119,6 +126,7 @@ def random_cluster(
                 allocated_gi=[rng.choice((0, 0, 0, 8, 16, vram // 2, vram)) for _ in range(n)],
                 health=[rng.choice((100, 100, 95, 80, 70, 50)) for _ in range(n)],
                 cliques=[list(range(s, min(s + 4, n))) for s in range(0, n, 4)],
+                links=mesh,
                 numa=[0 if j < n // 2 else 1 for j in range(n)],
                 shared=rng.random() < 0.1,
                 phase="NotReady" if rng.random() < 0.05 else "Ready",

@@ -99,7 +99,7 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
             "/usr/local/Ascend/driver/lib64/common",
             "/usr/local/Ascend/driver/lib64/driver",
         ),
-        high_bandwidth_links=("hccs",),
+        high_bandwidth_links=("hccs", "sio"),
     ),
     "hygon": VendorProfile(
         name="hygon",

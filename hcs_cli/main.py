@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vendor",
         choices=VENDOR_NAMES,
-        help="the vendor (default: whichever vendor tool is present)",
+        help="the vendor (each per-vendor DaemonSet passes it; default: the vendor whose "
+        "tool runs successfully)",
     )
     p.add_argument(
         "--tool-output",
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shared", action="store_true", help="label the node hcs.io/device-sharing: shared"
+    )
+    p.add_argument(
+        "--no-nvml",
+        action="store_true",
+        help="NVIDIA: run nvidia-smi even where NVML (nvidia-ml-py) loads",
     )
     p.add_argument("--dry-run", action="store_true", help="print the ComputeNode YAML and exit")
     p.add_argument(
@@ -402,6 +408,7 @@ def _agent(args: argparse.Namespace) -> int:
         fake_devices=Path(args.fake_devices) if args.fake_devices else None,
         model_table=load_model_table(args.model_table),
         shared=args.shared,
+        use_nvml=not args.no_nvml,
     )
     if args.dry_run:
         node, _ = desired_node(opts)

@@ -205,6 +205,9 @@ class FakeApiServer:
                 self.fail_lists -= 1
                 return _status(500, "InternalError", "injected failure")
             items = [o for o in self.objects[kind].values() if self._visible(kind, o)]
+            field, _, wanted = request.query.get("fieldSelector", "").partition("=")
+            if field == "spec.nodeName":  # the agent's; other selectors are not applied
+                items = [o for o in items if (o.get("spec") or {}).get("nodeName") == wanted]
             body = {
                 "apiVersion": "v1" if kind == PODS else "hcs.io/v1alpha1",
                 "kind": "PodList" if kind == PODS else "ComputeNodeList",

@@ -8,8 +8,9 @@ that was read; a 409 Conflict means someone else wrote first: read again, retry.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import urllib3
 from kubernetes import client
@@ -48,7 +49,33 @@ def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> li
 class Publisher:
     def __init__(self, api: client.ApiClient, *, retries: int = 6) -> None:
         self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
         self.retries = retries
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """The ComputeNode as the API server has it, None if it does not exist."""
+        try:
+            found: Any = self.custom.get_cluster_custom_object(API_GROUP, VERSION, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise PublishError(f"reading ComputeNode {name}: {exc.status} {exc.reason}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PublishError(f"API server unreachable: {exc}") from None
+        return cast(dict[str, Any], found)
+
+    def pods_on(self, node: str) -> list[dict[str, Any]]:
+        """The pods bound to `node` (Kubernetes JSON), to learn which devices they hold."""
+        try:
+            response: Any = self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node}", _preload_content=False
+            )
+            items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
+        except ApiException as exc:
+            raise PublishError(f"listing the pods of {node}: {exc.status} {exc.reason}") from None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise PublishError(f"listing the pods of {node}: {exc}") from None
+        return items
 
     def publish(self, desired: dict[str, Any], *, status_only: bool = False) -> Outcome:
         """Create or update the ComputeNode `desired`. With `status_only` (discovery failed)

@@ -1,24 +1,29 @@
 """`hcs agent`: discover, build the ComputeNode, publish it (or print it with --dry-run), and
-heartbeat every interval. A failed discovery publishes `HardwareHealthy=False` with the reason
-and keeps the last spec; it never stops the agent."""
+heartbeat every interval. A failed discovery, or devices that do not form a valid ComputeNode,
+publishes DiscoveryFailed (`HardwareHealthy=False`) with the reason and keeps the last spec; it
+never stops the agent and never publishes nothing (which would look like a dead agent).
+
+Each cycle compares device identities with the ComputeNode published before (hcs.agent.identity):
+IDs that now name another physical device are published unschedulable while pods hold them."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hcs.agent.discovery import TOOLS, DiscoveryError, detect_vendor, discover
+from hcs.agent.discovery import TOOLS, DiscoveryError, ToolRunner, detect_vendor, discover
+from hcs.agent.identity import held_device_ids, unschedulable_devices
 from hcs.agent.node import MODEL_TABLE, ModelFigures, build_compute_node, build_status
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents
 from hcs.models import ComputeNode
-from hcs.vendors import VendorName
+from hcs.vendors import DEFAULT_PROFILES, VendorName
 
 log = logging.getLogger("hcs.agent")
 
@@ -31,6 +36,7 @@ class AgentOptions:
     fake_devices: Path | None = None
     model_table: Mapping[str, ModelFigures] | None = None
     shared: bool = False
+    use_nvml: bool = True
 
 
 def parse_tool_outputs(values: list[str]) -> dict[str, Path]:
@@ -64,31 +70,64 @@ def load_model_table(path: str | None) -> dict[str, ModelFigures]:
     return table
 
 
-def desired_node(opts: AgentOptions) -> tuple[dict[str, Any], bool]:
+def desired_node(
+    opts: AgentOptions,
+    previous: Mapping[str, Any] | None = None,
+    held: Callable[[], set[str] | None] | None = None,
+) -> tuple[dict[str, Any], bool]:
     """The ComputeNode to publish, and whether its spec is trustworthy (False: discovery
-    failed, publish the status only)."""
+    failed, publish the status only). `previous` is the ComputeNode published before; `held`
+    tells the device IDs live pods hold (None: unknown), asked only when some ID moved."""
     if opts.fake_devices is not None:
         return _fake(opts), True
-    saved = dict(opts.tool_outputs or {})
-    vendor = opts.vendor or detect_vendor(saved)
+    runner = ToolRunner(opts.tool_outputs)
+    vendor = opts.vendor or detect_vendor(runner)
     if vendor is None:
         return _failed(
             opts,
             "nvidia",
             "NoVendorTool",
-            "no vendor tool found (nvidia-smi, "
-            "npu-smi, hy-smi, cnmon); pass --vendor or --tool-output",
+            "no vendor tool ran (nvidia-smi, npu-smi, hy-smi, cnmon); pass --vendor, or "
+            "--tool-output with the device tool's output",
         ), False
     try:
-        devices, topology = discover(vendor, saved)
+        devices, topology = discover(vendor, runner, use_nvml=opts.use_nvml)
     except DiscoveryError as exc:
         log.warning("discovery failed: %s", exc.message)
         return _failed(opts, vendor, "DiscoveryFailed", exc.message), False
+    marks = unschedulable_devices(previous, devices, None)
+    if marks and held is not None:
+        marks = unschedulable_devices(previous, devices, held())
+    for dev_id, why in sorted(marks.items()):
+        log.warning("device %s: %s", dev_id, why)
     node = build_compute_node(
-        opts.node_name, vendor, devices, topology, table=opts.model_table, shared=opts.shared
+        opts.node_name,
+        vendor,
+        devices,
+        topology,
+        table=opts.model_table,
+        shared=opts.shared,
+        unschedulable=marks,
     )
-    ComputeNode.from_dict(node)  # what we publish must be what HCS accepts
+    try:
+        ComputeNode.from_dict(node)  # what we publish must be what HCS accepts
+    except ValidationError as exc:
+        message = f"the devices read do not form a valid ComputeNode: {exc.message}"
+        log.warning("discovery failed: %s", message)
+        return _failed(opts, vendor, "DiscoveryFailed", message), False
     return node, True
+
+
+def held_ids(publisher: Any, node: str, vendor: VendorName | None) -> set[str] | None:
+    """Device IDs held by live pods on `node`; None when unknown (the list failed, or a pod
+    holds the vendor's resource without HCS's annotation)."""
+    profiles = [DEFAULT_PROFILES[vendor]] if vendor else list(DEFAULT_PROFILES.values())
+    try:
+        pods = publisher.pods_on(node)
+    except HcsError as exc:
+        log.warning("cannot tell which devices pods hold: %s", exc)
+        return None
+    return held_device_ids(pods, lambda r: any(p.owns_resource(r) for p in profiles))
 
 
 def _failed(opts: AgentOptions, vendor: VendorName, reason: str, message: str) -> dict[str, Any]:
@@ -133,10 +172,19 @@ def _fake(opts: AgentOptions) -> dict[str, Any]:
 
 def run(opts: AgentOptions, publisher: Any, interval: float, *, once: bool = False) -> None:
     """Publish now and every `interval` seconds (heartbeats) until interrupted."""
+    previous: dict[str, Any] | None = None
+    first = True
     while True:
         try:
-            node, complete = desired_node(opts)
+            if first:
+                previous = publisher.read(opts.node_name)
+                first = False
+            node, complete = desired_node(
+                opts, previous, lambda: held_ids(publisher, opts.node_name, opts.vendor)
+            )
             outcome = publisher.publish(node, status_only=not complete)
+            if complete:
+                previous = node
             log.info("ComputeNode %s %s", opts.node_name, outcome)
         except HcsError as exc:
             log.error("publishing failed: %s", exc)
