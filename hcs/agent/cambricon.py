@@ -118,9 +118,7 @@ def _info(text: str) -> list[RawDevice]:
             section_stack = []
             continue
         match = re.fullmatch(r"\s*([^:]+?)\s*:\s*(.*?)\s*", line)
-        if match is None:
-            continue
-        key, value = match[1].lower(), match[2]
+        key, value = (match[1].lower(), match[2]) if match else (line.strip().lower(), "")
         while section_stack and section_stack[-1][0] >= indent:
             section_stack.pop()
         if not value:

@@ -23,6 +23,7 @@ from hcs.agent.node import MODEL_TABLE, ModelFigures, build_compute_node, build_
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents
 from hcs.models import ComputeNode
+from hcs.quantity import milli_tflops
 from hcs.vendors import DEFAULT_PROFILES, VendorName
 
 log = logging.getLogger("hcs.agent")
@@ -64,8 +65,16 @@ def load_model_table(path: str | None) -> dict[str, ModelFigures]:
     for model, figures in data.items():
         if not isinstance(figures, dict) or not {"fp16", "fp32"} <= set(figures):
             raise ConfigError(f"--model-table {path}: {model}: expected {{fp16, fp32[, link]}}")
+        for key in ("fp16", "fp32"):
+            try:
+                milli_tflops(figures[key], f"{model}.{key}")
+            except HcsError as exc:
+                raise ConfigError(f"--model-table {path}: {model}.{key}: {exc.message}") from None
         table[str(model)] = ModelFigures(
-            str(figures["fp16"]), str(figures["fp32"]), str(figures.get("link", ""))
+            str(figures["fp16"]),
+            str(figures["fp32"]),
+            str(figures.get("link", "")),
+            source=f"--model-table {path}",
         )
     return table
 
@@ -100,18 +109,18 @@ def desired_node(
         marks = unschedulable_devices(previous, devices, held())
     for dev_id, why in sorted(marks.items()):
         log.warning("device %s: %s", dev_id, why)
-    node = build_compute_node(
-        opts.node_name,
-        vendor,
-        devices,
-        topology,
-        table=opts.model_table,
-        shared=opts.shared,
-        unschedulable=marks,
-    )
     try:
+        node = build_compute_node(
+            opts.node_name,
+            vendor,
+            devices,
+            topology,
+            table=opts.model_table,
+            shared=opts.shared,
+            unschedulable=marks,
+        )
         ComputeNode.from_dict(node)  # what we publish must be what HCS accepts
-    except ValidationError as exc:
+    except HcsError as exc:
         message = f"the devices read do not form a valid ComputeNode: {exc.message}"
         log.warning("discovery failed: %s", message)
         return _failed(opts, vendor, "DiscoveryFailed", message), False
