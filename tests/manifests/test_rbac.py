@@ -14,6 +14,7 @@ from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext
 from hcs.agent.publish import Publisher
 from hcs.agent.run import AgentOptions, desired_node
+from hcs.agent.run import run as run_agent
 from hcs.cluster import ClusterSync, KubeBinder, KubeQuotaBook
 from hcs.controllers import ControllerRunner
 from hcs.engine import EngineConfig
@@ -149,18 +150,28 @@ async def test_the_webhook_role_is_exactly_what_the_webhook_calls(
     assert used(fake.calls) == granted("hcs-webhook")
 
 
-async def test_the_agent_role_is_exactly_what_the_agent_calls(aiohttp_server: Any) -> None:
+async def test_the_agent_role_is_exactly_what_the_agent_calls(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
     fake = FakeApiServer()
     server = await aiohttp_server(fake.app())
     pub = Publisher(api(str(server.make_url("")).rstrip("/")))
     fixtures = Path(__file__).resolve().parents[1] / "agent" / "fixtures"
-    opts = AgentOptions(
-        "gpu-1", tool_outputs={"nvidia-smi": fixtures / "nvidia-smi-a100-nounits.csv"}
-    )
+    a100 = fixtures / "nvidia-smi-a100-nounits.csv"
+    opts = AgentOptions("gpu-1", tool_outputs={"nvidia-smi": a100})
     changed = AgentOptions("gpu-1", tool_outputs={"nvidia-smi": fixtures / "nvidia-smi-t4-na.csv"})
     for o in (opts, opts, changed):  # create, heartbeat, spec change
         node, complete = desired_node(o)
         await asyncio.to_thread(pub.publish, node, status_only=not complete)
+    # GPU 1 falls off the bus: the others are renumbered, and the agent asks which IDs pods hold.
+    header, *rows = a100.read_text().splitlines()
+    renumbered = [f"{i}{row[row.index(',') :]}" for i, row in enumerate(rows[:1] + rows[2:])]
+    gone = tmp_path / "gone.csv"
+    gone.write_text("\n".join([header, *renumbered]) + "\n")
+    for csv in (a100, gone):
+        await asyncio.to_thread(
+            run_agent, AgentOptions("gpu-1", tool_outputs={"nvidia-smi": csv}), pub, 0, once=True
+        )
     assert used(fake.calls) == granted("hcs-agent")
 
 
