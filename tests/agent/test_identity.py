@@ -28,7 +28,7 @@ def raw(*uuids: str) -> list[RawDevice]:
 
 
 def published(*uuids: str, marked: tuple[str, ...] = ()) -> dict[str, Any]:
-    devices = [{"id": str(i), "identity": u} for i, u in enumerate(uuids)]
+    devices: list[dict[str, Any]] = [{"id": str(i), "identity": u} for i, u in enumerate(uuids)]
     for d in devices:
         if d["id"] in marked:
             d["unschedulable"] = True
