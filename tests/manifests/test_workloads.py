@@ -115,14 +115,60 @@ def pod_specs() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+DEVICE_NODE_AGENTS = {"hcs-agent-huawei", "hcs-agent-hygon", "hcs-agent-cambricon"}
+
+
 @pytest.mark.parametrize(("name", "spec"), pod_specs(), ids=[n for n, _ in pod_specs()])
 def test_workloads_run_non_root_read_only_with_resources(name: str, spec: dict[str, Any]) -> None:
-    assert spec["securityContext"]["runAsNonRoot"] if "securityContext" in spec else True
+    """Every workload has a read-only root and resources; all but the agents that must open
+    device nodes run without privilege, as non-root, with every capability dropped."""
     for c in spec["containers"]:
         sc = c["securityContext"]
-        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["readOnlyRootFilesystem"] is True
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+        if name in DEVICE_NODE_AGENTS:
+            assert sc["privileged"] is True and "allowPrivilegeEscalation" not in sc
+            assert all(
+                m.get("readOnly")
+                for m in c["volumeMounts"]
+                if not m["mountPath"].startswith("/dev/")
+            )
+            continue
+        assert not sc.get("privileged") and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert spec.get("securityContext", {}).get("runAsNonRoot", True)
+
+
+def test_one_agent_daemonset_per_vendor_with_what_its_tool_needs() -> None:
+    agents = {d["metadata"]["name"]: d for d in objects("DaemonSet")}
+    assert set(agents) == {f"hcs-agent-{v}" for v in ("nvidia", "huawei", "hygon", "cambricon")}
+    for name, ds in agents.items():
+        vendor = name.removeprefix("hcs-agent-")
+        pod = ds["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"hcs.io/vendor": vendor}
+        (container,) = pod["containers"]
+        args = container["args"]
+        assert args[args.index("--vendor") + 1] == vendor
+    nvidia = agents["hcs-agent-nvidia"]["spec"]["template"]["spec"]
+    assert nvidia["runtimeClassName"] == "nvidia" and "volumes" not in nvidia
+    env = {e["name"]: e.get("value") for e in nvidia["containers"][0]["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+
+    def host_paths(vendor: str) -> set[str]:
+        volumes = agents[f"hcs-agent-{vendor}"]["spec"]["template"]["spec"]["volumes"]
+        return {v["hostPath"]["path"] for v in volumes}
+
+    assert {
+        "/usr/local/Ascend/driver",
+        "/usr/local/bin/npu-smi",
+        "/dev/davinci_manager",
+        "/dev/devmm_svm",
+        "/dev/hisi_hdc",
+    } <= host_paths("huawei")
+    assert {"/opt/hyhal", "/dev/kfd", "/dev/dri"} <= host_paths("hygon")
+    assert {"/usr/bin/cnmon", "/dev/cambricon_ctl"} <= host_paths("cambricon")
+    (namespace,) = objects("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
 def test_the_webhook_is_highly_available_and_probed() -> None:
