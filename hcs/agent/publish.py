@@ -1,6 +1,7 @@
 """Publishing the node's ComputeNode: create it, or write only what changed.
 
-The spec (devices, capacity, topology) is written when it differs from what the API server has;
+The spec (devices, capacity, topology) is written when it differs from what the API server has
+(never from a failed discovery, except to create the object with no devices);
 the status every heartbeat (its `lastHeartbeat` always moves), keeping each condition's
 `lastTransitionTime` while its status stays the same. Every write carries the `resourceVersion`
 that was read; a 409 Conflict means someone else wrote first: read again, retry.
@@ -98,11 +99,8 @@ class Publisher:
                     raise PublishError(
                         f"reading ComputeNode {name}: {exc.status} {exc.reason}"
                     ) from None
-                if status_only:
-                    raise PublishError(
-                        f"ComputeNode {name} does not exist and no devices "
-                        "could be read to create it"
-                    ) from None
+                # Created even when discovery failed (no devices, NotReady, the reason in its
+                # status): a node that publishes nothing would look like a dead agent.
                 body = {k: v for k, v in desired.items() if k != "status"}
                 try:
                     current = self.custom.create_cluster_custom_object(

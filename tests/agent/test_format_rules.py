@@ -182,6 +182,17 @@ def test_cnmon_info_without_memory_names_it() -> None:
         parse_cnmon(excerpt)
 
 
+def test_npu_usage_cells_without_a_space_and_hccs_through_a_switch() -> None:
+    from hcs.agent.ascend import parse_npu_smi, parse_npu_topo
+
+    text = (REAL / "ascend/npu-smi-910b3x8-24.1rc1.txt").read_text()
+    devices = parse_npu_smi(text.replace("3318 / 65536", "61609/ 65536"))
+    assert (devices[0].used_mib, devices[0].vram_mib) == (61609, 65536)
+    topo = (REAL / "ascend/topo-a3-910_9362-2chips-phyid-sio.txt").read_text()
+    switched = parse_npu_topo(topo.replace("SIO ", "HCCS_SW ").replace(" SIO", " HCCS_SW"))
+    assert switched.links["Phy-ID12"] == {"Phy-ID13": "hccs"} and not switched.notes
+
+
 def test_duplicate_chip_ids_are_a_discovery_error() -> None:
     table = (REAL / "cambricon/cnmon-table-mlu370x8-x2-v5.10.13.txt").read_text()
     with pytest.raises(DiscoveryError, match="device IDs 0 appear more than once"):

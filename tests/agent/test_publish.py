@@ -91,6 +91,18 @@ async def test_failed_discovery_marks_hardware_unhealthy_and_keeps_the_spec(
     assert stored.phase == "NotReady"
 
 
+async def test_a_first_failed_discovery_still_publishes_why(aiohttp_server: Any) -> None:
+    fake = FakeApiServer()
+    pub = await publisher(aiohttp_server, fake)
+    broken = AgentOptions("gpu-1", tool_outputs={"nvidia-smi": FIX / "nvidia-smi-malformed.csv"})
+    assert await publish(pub, broken) == "created"
+    stored = ComputeNode.from_dict(fake.objects[NODES]["gpu-1"])
+    hw = stored.condition("HardwareHealthy")
+    assert not stored.devices and stored.phase == "NotReady"
+    assert hw is not None and hw.reason == "DiscoveryFailed" and "header" in (hw.message or "")
+    assert await publish(pub, options()) == "updated"  # the devices arrive when read
+
+
 async def test_the_agent_loop_survives_an_unreachable_api_server() -> None:
     cfg = client.Configuration()
     cfg.host = "http://127.0.0.1:9"  # nothing listens on the discard port
