@@ -15,6 +15,7 @@ from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
+from tests.agent.queries import query_csv
 from tests.fake_apiserver import NODES, PODS, FakeApiServer
 
 UUIDS = ["GPU-aaaa", "GPU-bbbb", "GPU-cccc", "GPU-dddd"]
@@ -76,14 +77,7 @@ def test_held_ids_come_from_live_pods_and_unknown_holders_make_it_unknown() -> N
 
 
 def query(tmp_path: Path, uuids: list[str]) -> Path:
-    lines = ["index, uuid, name, memory.total [MiB], memory.used [MiB], pci.bus_id"]
-    lines += [
-        f"{i}, {u}, NVIDIA A100-SXM4-80GB, 81920, 0, 00000000:{16 + i:02X}:00.0"
-        for i, u in enumerate(uuids)
-    ]
-    path = tmp_path / f"q{len(uuids)}.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return query_csv(tmp_path / f"q{len(uuids)}.csv", uuids)
 
 
 def bound_pod(name: str, devices: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import yaml
 
 from hcs.models import ComputeNode
 from hcs_cli.main import main
+from tests.agent.queries import query_csv
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 
@@ -85,13 +86,7 @@ def test_query_columns_in_any_order_with_or_without_units(
 
 
 def _a100_query(tmp_path: Path, n: int = 8, name: str = "NVIDIA A100-SXM4-80GB") -> Path:
-    lines = ["index, uuid, name, memory.total [MiB], memory.used [MiB], pci.bus_id"]
-    lines += [
-        f"{i}, GPU-{i:08d}-aaaa, {name}, 81920, 0, 00000000:{16 + i:02X}:00.0" for i in range(n)
-    ]
-    path = tmp_path / "query.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return query_csv(tmp_path / "query.csv", [f"GPU-{i:08d}-aaaa" for i in range(n)], name)
 
 
 def test_a100_matrix_with_nics_gives_every_peer_and_numa(
