@@ -18,6 +18,7 @@ thread-safe on its own; the Ledger serialises writers.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
@@ -483,6 +484,9 @@ def _pad(values: list[int], width: int) -> list[int]:
     return values + [0] * (width - len(values))
 
 
+MAX_CLIQUES_EXAMINED: Final = 20_000
+
+
 def _cliques(node: ComputeNode, vendors: VendorTable) -> list[int]:
     """All-to-all groups of high-bandwidth links: each group's devices are pairwise linked.
 
@@ -497,7 +501,11 @@ def _cliques(node: ComputeNode, vendors: VendorTable) -> list[int]:
     remaining = set(group)
     while remaining:
         best: tuple[int, ...] = ()
-        for clique in _maximal_cliques(set(), set(remaining), set(), neighbours):
+        cliques = _maximal_cliques(set(), set(remaining), set(), neighbours)
+        # Real link graphs have few maximal cliques; a pathological one (64 devices, links
+        # chosen to maximise them) is cut off, keeping the best found, so reading a
+        # ComputeNode stays bounded.
+        for clique in itertools.islice(cliques, MAX_CLIQUES_EXAMINED):
             members = tuple(sorted(clique))
             if (len(members), [-m for m in members]) > (len(best), [-m for m in best]):
                 best = members

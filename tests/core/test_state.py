@@ -157,3 +157,18 @@ def test_random_sequences_of_updates_match_a_rebuild() -> None:
         elif state.allocations:
             ledger.release(rng.choice(sorted(state.allocations)))
     assert_same_as_rebuild(state)
+
+
+def test_link_groups_are_all_to_all_even_on_pathological_link_graphs() -> None:
+    """The complement of disjoint triangles has 3^(n/3) maximal cliques: the search is cut off,
+    yet every group it forms is still linked pair by pair."""
+    n = 30
+    links = [[j for j in range(n) if j != i and j // 3 != i // 3] for i in range(n)]
+    state = ClusterState.from_nodes([make_node("mm", "nvidia", n, links=links)])
+    groups: dict[int, list[int]] = {}
+    for slot, group in enumerate(state.dev_clique[state.index["mm"], :n].tolist()):
+        groups.setdefault(group, []).append(slot)
+    assert sum(len(g) for g in groups.values()) == n
+    for members in groups.values():
+        assert all(b in links[a] for a in members for b in members if a != b)
+    assert max(len(g) for g in groups.values()) == n // 3  # one device of every triangle
