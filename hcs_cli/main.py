@@ -178,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "agent",
         help="publish this node's ComputeNode from the vendor tool (DaemonSet)",
-        description="Discover the node's accelerators with the vendor tool (nvidia-smi, "
-        "npu-smi, hy-smi, cnmon), publish its ComputeNode and heartbeat every --interval "
-        "seconds. --dry-run prints the ComputeNode instead.",
+        description="Discover the node's accelerators with the vendor tool (NVML or "
+        "nvidia-smi, npu-smi, hy-smi, cnmon), publish its ComputeNode and heartbeat every "
+        "--interval seconds. --dry-run prints the ComputeNode instead. A tool output that "
+        "lacks a needed figure is published as DiscoveryFailed, naming what is missing.",
     )
     p.add_argument(
         "--node-name",
