@@ -19,7 +19,8 @@ in NPU N") is not devices and is skipped.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Final
 
 from hcs.agent.devices import (
@@ -103,6 +104,15 @@ def parse_npu_smi(text: str) -> list[RawDevice]:
     for c in found:
         chips_of[c.npu.npu_id] = chips_of.get(c.npu.npu_id, 0) + 1
     devices = [_device(c, chip_kind, usage_cols, chips_of[c.npu.npu_id] == 1) for c in found]
+    # Chips behind one PCI function (Atlas 300I Duo) share the address: the chip index, stable
+    # within its card, tells them apart.
+    counts = Counter(d.identity for d in devices if d.identity)
+    devices = [
+        replace(d, identity=f"{d.identity}/chip{c.chip}")
+        if d.identity and counts[d.identity] > 1
+        else d
+        for d, c in zip(devices, found, strict=True)
+    ]
     return check_unique(devices, "npu-smi")
 
 

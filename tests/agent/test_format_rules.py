@@ -193,6 +193,21 @@ def test_npu_usage_cells_without_a_space_and_hccs_through_a_switch() -> None:
     assert switched.links["Phy-ID12"] == {"Phy-ID13": "hccs"} and not switched.notes
 
 
+def test_two_chips_behind_one_pci_address_keep_distinct_identities() -> None:
+    """Atlas 300I Duo style: one NPU row, then two chips on the same bus id."""
+    from hcs.agent.ascend import parse_npu_smi
+
+    text = (REAL / "ascend/npu-smi-310p3x8-24.1.0.1-ids-0-32-32768.txt").read_text()
+    duo = text.replace(
+        "| 0       1                     | 0000:02:00.0",
+        "| 1       1                     | 0000:01:00.0",
+    )
+    duo = duo.replace("| 32      310P3 ", "| 0       310P3 ")
+    devices = parse_npu_smi(duo)
+    assert [d.identity for d in devices[:2]] == ["pci:0000:01:00.0/chip0", "pci:0000:01:00.0/chip1"]
+    assert devices[2].identity == "pci:0000:04:00.0"
+
+
 def test_duplicate_chip_ids_are_a_discovery_error() -> None:
     table = (REAL / "cambricon/cnmon-table-mlu370x8-x2-v5.10.13.txt").read_text()
     with pytest.raises(DiscoveryError, match="device IDs 0 appear more than once"):
