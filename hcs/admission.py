@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict
 
+from hcs.assignment import container_key, logical_ids
 from hcs.demand import (
-    A_ASSIGNED_DEVICES,
     A_ASSIGNED_VENDOR,
     A_REQUEST,
     ABSTRACT_RESOURCES,
@@ -278,18 +278,19 @@ def mutate(
                 )
             continue
         _resources(patch, container, c.devices, profile, i)
-        env: list[dict[str, Any]] = [
-            {
-                "name": profile.device_env,
-                "valueFrom": {
-                    "fieldRef": {"fieldPath": f"metadata.annotations['{A_ASSIGNED_DEVICES}']"}
-                },
-            }
-        ]
-        if profile.logical_env:
+        # The container's own devices (bind writes devices.hcs.io/<container>), and the logical
+        # IDs 0..k-1 over them: the same entries the device plugin answers Allocate with.
+        env: list[dict[str, Any]] = []
+        if profile.device_env:
+            key = container_key(c.name)
             env.append(
-                {"name": profile.logical_env, "value": ",".join(str(k) for k in range(c.devices))}
+                {
+                    "name": profile.device_env,
+                    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}},
+                }
             )
+        if profile.logical_env:
+            env.append({"name": profile.logical_env, "value": logical_ids(c.devices)})
         if mounts and profile.ld_library_path:
             env.append({"name": "LD_LIBRARY_PATH", "value": ":".join(profile.ld_library_path)})
         patch.append(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from hcs.assignment import container_annotations
 from hcs.demand import (
     A_ASSIGNED_DEVICES,
     A_ASSIGNED_NODE,
@@ -462,4 +463,5 @@ def _binding_annotations(alloc: Allocation | None, node: str) -> dict[str, str]:
         A_ASSIGNED_DEVICES: alloc.devices_annotation(),
         A_ASSIGNED_NODE: node,
         A_SCHEDULING_SCORE: str(alloc.score if alloc.score is not None else 0),
+        **container_annotations(alloc.per_container()),
     }

@@ -80,6 +80,13 @@ class Allocation:
         """The value of `hcs.io/assigned-devices` (`0,1`)."""
         return ",".join(self.device_ids)
 
+    def per_container(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Each container's own device IDs, containers in spec order."""
+        out: dict[str, list[str]] = {}
+        for charge in self.charges:
+            out.setdefault(charge.container, []).append(charge.device_id)
+        return [(name, tuple(ids)) for name, ids in out.items()]
+
     def confirmed(self) -> Allocation:
         return replace(self, state="confirmed")
 

@@ -58,6 +58,16 @@ class VendorProfile:
     ld_library_path: tuple[str, ...] = ()
     high_bandwidth_links: tuple[str, ...] = ()
     """Link types that form a high-bandwidth clique (NVLink, HCCS, ...)."""
+    device_env_form: Literal["ids", "identities"] = "ids"
+    """How the HCS device plugin writes `device_env` (NVIDIA: the GPUs' UUIDs, which survive
+    re-indexing); the webhook's downward-API copy always holds the IDs of the same devices."""
+    device_nodes: tuple[str, ...] = ()
+    """Device nodes per chosen device, `{id}` (and `{render}` = 128 + id) filled in."""
+    control_nodes: tuple[str, ...] = ()
+    """Device nodes every container with devices of this vendor needs."""
+    cdi_kind: str | None = None
+    """CDI kind of the devices (`nvidia.com/gpu` -> `nvidia.com/gpu=<uuid>`), where a site
+    runs CDI; the plugin names them with `--cdi`."""
 
     def owns_resource(self, resource: str) -> bool:
         """Whether `resource` is this vendor's whole-device resource (the default or an alias)."""
@@ -79,6 +89,8 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         ),
         ld_library_path=("/usr/local/nvidia/lib64",),
         high_bandwidth_links=("nvlink",),
+        device_env_form="identities",
+        cdi_kind="nvidia.com/gpu",
     ),
     "huawei": VendorProfile(
         name="huawei",
@@ -100,12 +112,19 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
             "/usr/local/Ascend/driver/lib64/driver",
         ),
         high_bandwidth_links=("hccs", "sio"),
+        device_nodes=("/dev/davinci{id}",),
+        control_nodes=("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
     ),
     "hygon": VendorProfile(
         name="hygon",
         resource="hygon.com/dcu",
         aliases=("hygon.com/dcunum", "hygon.com/hcu"),
-        device_env="HIP_VISIBLE_DEVICES",
+        # The container sees only its own cards (/dev/dri nodes), and HIP counts within what
+        # it sees: HIP_VISIBLE_DEVICES is logical, there is no physical-ID variable.
+        device_env="",
+        logical_env="HIP_VISIBLE_DEVICES",
+        device_nodes=("/dev/dri/card{id}", "/dev/dri/renderD{render}"),
+        control_nodes=("/dev/kfd",),
         mounts=(
             HostMount("hygon-hyhal", "/opt/hyhal", "/opt/hyhal", True),
             HostMount("hygon-dtk", "/opt/dtk", "/opt/dtk"),
@@ -122,6 +141,8 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         mounts=(HostMount("cambricon-neuware", "/usr/local/neuware", "/usr/local/neuware", True),),
         ld_library_path=("/usr/local/neuware/lib64",),
         high_bandwidth_links=("mlulink",),
+        device_nodes=("/dev/cambricon_dev{id}",),
+        control_nodes=("/dev/cambricon_ctl",),
     ),
 }
 
@@ -157,6 +178,10 @@ _OVERRIDABLE: Final = {
     "mounts",
     "ldLibraryPath",
     "highBandwidthLinks",
+    "deviceEnvForm",
+    "deviceNodes",
+    "controlNodes",
+    "cdiKind",
 }
 
 
@@ -208,10 +233,22 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         at = f"{where}.{key}"
-        if key in ("resource", "deviceEnv"):
+        if key == "resource":
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{at}: expected a non-empty string")
-            changes["resource" if key == "resource" else "device_env"] = value
+            changes["resource"] = value
+        elif key == "deviceEnv":
+            if not isinstance(value, str):
+                raise ConfigError(f"{at}: expected a string (empty: no physical-ID variable)")
+            changes["device_env"] = value
+        elif key == "deviceEnvForm":
+            if value not in ("ids", "identities"):
+                raise ConfigError(f"{at}: expected ids or identities")
+            changes["device_env_form"] = value
+        elif key == "cdiKind":
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{at}: expected a string or null")
+            changes["cdi_kind"] = value
         elif key == "logicalEnv":
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")
@@ -230,9 +267,12 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
         elif key == "mounts":
             changes["mounts"] = _mounts(value, at)
         else:
-            attr = {"aliases": "aliases", "ldLibraryPath": "ld_library_path"}.get(
-                key, "high_bandwidth_links"
-            )
+            attr = {
+                "aliases": "aliases",
+                "ldLibraryPath": "ld_library_path",
+                "deviceNodes": "device_nodes",
+                "controlNodes": "control_nodes",
+            }.get(key, "high_bandwidth_links")
             changes[attr] = _str_list(value, at)
     return replace(profile, **changes)
 

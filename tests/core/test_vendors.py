@@ -11,7 +11,8 @@ def test_defaults_follow_the_design_table() -> None:
     assert table["nvidia"].resource == "nvidia.com/gpu"
     assert table["nvidia"].guard_env == ("NVIDIA_VISIBLE_DEVICES", "none")
     assert table["huawei"].logical_env == "ASCEND_RT_VISIBLE_DEVICES"
-    assert table["hygon"].logical_env is None
+    # HIP counts within the cards the container sees: logical, no physical-ID variable.
+    assert table["hygon"].logical_env == "HIP_VISIBLE_DEVICES" and table["hygon"].device_env == ""
     assert table.vendor_of_resource("huawei.com/Ascend910B4") is DEFAULT_PROFILES["huawei"]
     assert table.vendor_of_resource("huawei.com/ascend") is DEFAULT_PROFILES["huawei"]
     assert table.vendor_of_resource("hygon.com/hcu") is DEFAULT_PROFILES["hygon"]

@@ -139,7 +139,7 @@ def test_reference_pod_is_routed_and_mutated(ctx: AdmissionContext) -> None:
     assert main["resources"]["limits"]["ai.compute/vram"] == "16Gi"  # the request, made equal
     env = env_of(main)
     assert env["NVIDIA_VISIBLE_DEVICES"] == {
-        "fieldRef": {"fieldPath": "metadata.annotations['hcs.io/assigned-devices']"}
+        "fieldRef": {"fieldPath": "metadata.annotations['devices.hcs.io/trainer']"}
     }
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
     assert env["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
@@ -228,7 +228,7 @@ def test_ascend_routing_uses_the_ascend_profile(ctx: AdmissionContext) -> None:
     env = env_of(main)
     assert env["ASCEND_RT_VISIBLE_DEVICES"] == "0,1"
     assert env["ASCEND_VISIBLE_DEVICES"]["fieldRef"]["fieldPath"].endswith(
-        "['hcs.io/assigned-devices']"
+        f"['devices.hcs.io/{main['name']}']"
     )
     ro = {m["mountPath"]: m["readOnly"] for m in main["volumeMounts"]}
     assert ro["/usr/local/bin/npu-smi"] is True
