@@ -37,6 +37,7 @@ from hcs.demand import (
 )
 from hcs.errors import HcsError, ValidationError
 from hcs.models import API_GROUP, ComputeNode, ComputeQuota
+from hcs.nodelock import NodeLock
 from hcs.quota import QuotaExceededError, applies, demand_amounts, render
 from hcs.scheduling import BindError, SchedulerService
 from hcs.state import Allocation, ClusterState, DeviceCharge
@@ -51,10 +52,27 @@ ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 class KubeBinder:
-    """Creates Bindings (with the device annotations) and reads Pods through the API server."""
+    """Creates Bindings (with the device annotations), reads Pods, and takes the node lock
+    (hcs.nodelock) through the API server."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, lock_namespace: str = "hcs-system") -> None:
         self.core = client.CoreV1Api(api)
+        self.locks = NodeLock(api, lock_namespace)
+
+    def lock(self, node: str, namespace: str, name: str, uid: str) -> None:
+        """Raises NodeBusyError while another pod is between bind and Allocate on `node`."""
+        try:
+            self.locks.acquire(node, namespace, name, uid)
+        except ApiException as exc:
+            raise BindError(
+                f"node lock: API server answered {exc.status} {exc.reason}: {_status_message(exc)}"
+            ) from None
+
+    def unlock(self, node: str, uid: str) -> None:
+        try:
+            self.locks.release(node, uid)
+        except Exception as exc:  # the next bind takes a stale lock over anyway
+            log.warning("node %s: releasing the lock of %s failed: %s", node, uid, exc)
 
     def bind(
         self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str]

@@ -44,6 +44,7 @@ from hcs.engine import (
 )
 from hcs.errors import HcsError
 from hcs.ledger import Ledger
+from hcs.nodelock import NodeBusyError
 from hcs.state import Allocation, ClusterState
 from hcs.vendors import VendorTable
 from hcs.wire import (
@@ -75,6 +76,11 @@ class Binder(Protocol):
     ) -> None: ...
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def lock(self, node: str, namespace: str, name: str, uid: str) -> None:
+        """Take the node's lock for the pod (hcs.nodelock); NodeBusyError while held."""
+
+    def unlock(self, node: str, uid: str) -> None: ...
 
 
 @dataclass
@@ -293,13 +299,25 @@ class SchedulerService:
             return {"Error": _message(exc)}
         if self.binder is not None:
             annotations = _binding_annotations(alloc, node)
+            loop = asyncio.get_running_loop()
+            locked = False
             try:
-                await asyncio.get_running_loop().run_in_executor(
+                if alloc is not None:
+                    # One HCS pod at a time between bind and Allocate on a node, so the device
+                    # plugin knows for certain which pod kubelet is admitting.
+                    await loop.run_in_executor(None, self.binder.lock, node, namespace, name, uid)
+                    locked = True
+                await loop.run_in_executor(
                     None, self.binder.bind, namespace, name, uid, node, annotations
                 )
             except BaseException as exc:  # whatever failed, the devices must not stay booked
                 if alloc is not None and alloc.state == "assumed":
                     self.ledger.release(uid)
+                if locked:
+                    await loop.run_in_executor(None, self.binder.unlock, node, uid)
+                if isinstance(exc, NodeBusyError):
+                    log.info("bind pod=%s/%s node=%s waits: %s", namespace, name, node, exc)
+                    return {"Error": _message(exc)}
                 if not isinstance(exc, Exception):
                     raise  # cancelled (shutdown): released above; the watch restores a landed bind
                 if not isinstance(exc, BindError):

@@ -16,17 +16,24 @@ from aiohttp import web
 NODES = "computenodes"
 PODS = "pods"
 QUOTAS = "computequotas"
+LEASES = "leases"
 TERMINAL = ("Succeeded", "Failed")
 
 
 class FakeApiServer:
     def __init__(self) -> None:
         self.rv = 100
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {NODES: {}, PODS: {}, QUOTAS: {}}
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {
+            NODES: {},
+            PODS: {},
+            QUOTAS: {},
+            LEASES: {},
+        }
         self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {
             NODES: [],
             PODS: [],
             QUOTAS: [],
+            LEASES: [],
         }
         self.status_conflicts = 0
         """The next N status updates answer 409 Conflict (another writer got there first)."""
@@ -39,7 +46,7 @@ class FakeApiServer:
         """Watches from a resourceVersion below this get 410 Gone."""
         self.fail_lists = 0
         """The next N list calls answer 500."""
-        self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0}
+        self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0, LEASES: 0}
         self.bindings: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str, dict[str, str]]] = []
         """Every request as (method, path, query), for RBAC checks."""
@@ -47,13 +54,20 @@ class FakeApiServer:
             NODES: set(),
             PODS: set(),
             QUOTAS: set(),
+            LEASES: set(),
         }
+        self.delay_s = 0.0
+        """Every answer waits this long first (a slow or distant API server)."""
 
     # ------------------------------------------------------------- test controls
 
     def _key(self, kind: str, obj: dict[str, Any]) -> str:
         meta = obj["metadata"]
         return meta["name"] if kind == NODES else f"{meta['namespace']}/{meta['name']}"
+
+    def lease_holder(self, node: str, namespace: str = "hcs-system") -> str:
+        lease = self.objects[LEASES].get(f"{namespace}/hcs-node-{node}") or {}
+        return str((lease.get("spec") or {}).get("holderIdentity") or "")
 
     def put(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
@@ -100,6 +114,8 @@ class FakeApiServer:
         @web.middleware
         async def record(request: web.Request, handler: Any) -> web.StreamResponse:
             calls.append((request.method, request.path, dict(request.query)))
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             result: web.StreamResponse = await handler(request)
             return result
 
@@ -107,6 +123,11 @@ class FakeApiServer:
         app.router.add_get("/apis/hcs.io/v1alpha1/computenodes", self._list_or_watch(NODES))
         app.router.add_get("/api/v1/pods", self._list_or_watch(PODS))
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._read_pod)
+        app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
+        lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        app.router.add_get(lease + "/{name}", self._read_lease)
+        app.router.add_post(lease, self._create_lease)
+        app.router.add_put(lease + "/{name}", self._replace_lease)
         app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
         app.router.add_get("/apis/hcs.io/v1alpha1/computequotas", self._list_or_watch(QUOTAS))
         app.router.add_post("/apis/hcs.io/v1alpha1/computenodes", self._create_node)
@@ -270,6 +291,57 @@ class FakeApiServer:
         if pod is None:
             return _status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
         return web.json_response(pod)
+
+    async def _patch_pod(self, request: web.Request) -> web.Response:
+        """A JSON merge patch of metadata.annotations (what HCS writes on pods)."""
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        pod = self.objects[PODS].get(key)
+        if pod is None:
+            return _status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
+        if "merge-patch" not in request.content_type:
+            return _status(415, "UnsupportedMediaType", f"{request.content_type} not supported")
+        body = await request.json()
+        meta = body.get("metadata") or {}
+        if set(body) - {"metadata"} or set(meta) - {"annotations", "resourceVersion"}:
+            return _status(422, "Invalid", "only metadata.annotations may be patched here")
+        if meta.get("resourceVersion") not in (None, pod["metadata"]["resourceVersion"]):
+            return _status(409, "Conflict", "the object has been modified")
+        pod = copy.deepcopy(pod)
+        annotations = pod["metadata"].setdefault("annotations", {})
+        for k, v in (meta.get("annotations") or {}).items():
+            if v is None:
+                annotations.pop(k, None)
+            else:
+                annotations[k] = v
+        return web.json_response(self.put(PODS, pod))
+
+    def _lease_key(self, request: web.Request, name: str | None = None) -> str:
+        return f"{request.match_info['ns']}/{name or request.match_info['name']}"
+
+    async def _read_lease(self, request: web.Request) -> web.Response:
+        lease = self.objects[LEASES].get(self._lease_key(request))
+        if lease is None:
+            return _status(404, "NotFound", f'leases "{request.match_info["name"]}" not found')
+        return web.json_response(lease)
+
+    async def _create_lease(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = self._lease_key(request, body["metadata"]["name"])
+        if key in self.objects[LEASES]:
+            return _status(409, "AlreadyExists", f"leases {key} already exists")
+        body["metadata"]["namespace"] = request.match_info["ns"]
+        return web.json_response(self.put(LEASES, body), status=201)
+
+    async def _replace_lease(self, request: web.Request) -> web.Response:
+        key = self._lease_key(request)
+        current = self.objects[LEASES].get(key)
+        if current is None:
+            return _status(404, "NotFound", f"leases {key} not found")
+        body = await request.json()
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified")
+        body["metadata"]["namespace"] = request.match_info["ns"]
+        return web.json_response(self.put(LEASES, body))
 
     async def _bind(self, request: web.Request) -> web.Response:
         key = f"{request.match_info['ns']}/{request.match_info['name']}"

@@ -358,6 +358,12 @@ class ExplodingBinder:
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
+    def lock(self, node: str, namespace: str, name: str, uid: str) -> None:
+        self.locked = (node, uid)
+
+    def unlock(self, node: str, uid: str) -> None:
+        self.unlocked = (node, uid)
+
 
 async def test_an_unexpected_bind_failure_releases_the_devices(aiohttp_client: MakeClient) -> None:
     service = SchedulerService(cluster(), EngineConfig(), binder=ExplodingBinder())
