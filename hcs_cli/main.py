@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,13 @@ from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
 from hcs import __version__
 from hcs.admission import AdmissionContext, Quotas
+from hcs.agent.deviceplugin import (
+    Allocator,
+    DevicePlugin,
+    KubeNodeApi,
+    PluginDevice,
+    devices_of,
+)
 from hcs.agent.discovery import TOOLS
 from hcs.agent.publish import Publisher
 from hcs.agent.run import (
@@ -333,6 +341,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
+
+    p = sub.add_parser(
+        "device-plugin",
+        help="kubelet device plugin that gives containers the devices HCS chose (DaemonSet)",
+        description="Serve kubelet's device plugin API (v1beta1) for the vendor's resource: "
+        "register on KUBELET_DIR/kubelet.sock (again whenever kubelet restarts), list the "
+        "devices the agent's discovery finds, and answer GetPreferredAllocation and Allocate "
+        "with the devices the extender bound each container to (docs/node.md).",
+    )
+    p.add_argument("--node-name", required=True, metavar="NAME", help="this Kubernetes Node")
+    p.add_argument("--vendor", required=True, choices=VENDOR_NAMES, help="the node's vendor")
+    p.add_argument(
+        "--kubelet-dir",
+        default="/var/lib/kubelet/device-plugins",
+        metavar="DIR",
+        help="kubelet's device plugin folder (default %(default)s)",
+    )
+    p.add_argument(
+        "--tool-output",
+        action="append",
+        default=[],
+        metavar="TOOL=FILE",
+        help="read a saved tool output instead of running the tool (as hcs agent)",
+    )
+    p.add_argument("--fake-devices", metavar="FILE", help="the devices of a declared ComputeNode")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shared nodes: advertise each device N times so kubelet admits N pods on it "
+        "(the extender's VRAM books decide what fits; default %(default)s: exclusive)",
+    )
+    p.add_argument(
+        "--cdi", action="store_true", help="also name CDI devices (NVIDIA: nvidia.com/gpu=<uuid>)"
+    )
+    p.add_argument(
+        "--min-health",
+        type=int,
+        default=60,
+        metavar="N",
+        help="devices below this health score are advertised Unhealthy (default %(default)s)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="re-discovery period for device health (default %(default)s)",
+    )
+    p.add_argument(
+        "--lock-namespace",
+        default="hcs-system",
+        metavar="NS",
+        help="namespace of the node locks (default %(default)s)",
+    )
+    p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
+    p.add_argument(
+        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
 
@@ -346,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _certs(args)
         if args.command == "agent":
             return _agent(args)
+        if args.command == "device-plugin":
+            return _device_plugin(args, vendors)
         if args.command == "controller":
             return _controller(args, vendors)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
@@ -416,6 +487,37 @@ def _agent(args: argparse.Namespace) -> int:
         print(dump(node), end="")
         return 0
     run_agent(opts, Publisher(load_api(args.kubeconfig)), args.interval, once=args.once)
+    return 0
+
+
+def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
+    _configure_logging(args.log_level)
+    if args.replicas < 1:
+        raise ConfigError(f"--replicas {args.replicas}: expected a whole number >= 1")
+    opts = AgentOptions(
+        node_name=args.node_name,
+        vendor=args.vendor,
+        tool_outputs=parse_tool_outputs(args.tool_output),
+        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
+    )
+    allocator = Allocator(
+        args.node_name,
+        vendors[args.vendor],
+        KubeNodeApi(load_api(args.kubeconfig), args.lock_namespace),
+        replicas=args.replicas,
+        cdi=args.cdi,
+    )
+
+    def discover() -> list[PluginDevice] | None:
+        node, complete = desired_node(opts)
+        return devices_of(node, args.min_health) if complete else None
+
+    plugin = DevicePlugin(allocator, Path(args.kubelet_dir), discover, interval=args.interval)
+    signal.signal(signal.SIGTERM, lambda *_: plugin.stopping.set())
+    try:
+        plugin.run()
+    except KeyboardInterrupt:
+        plugin.stopping.set()
     return 0
 
 
