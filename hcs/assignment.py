@@ -18,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hcs.demand import A_ALLOCATED
 from hcs.vendors import VendorProfile
 
+__all__ = ["A_ALLOCATED", "CONTAINER_PREFIX", "ContainerDevices", "allocation"]
+
 CONTAINER_PREFIX = "devices.hcs.io/"
-A_ALLOCATED = "hcs.io/allocated"
 
 
 def container_key(container: str) -> str:

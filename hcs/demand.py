@@ -40,6 +40,8 @@ A_ASSIGNED_DEVICES: Final = "hcs.io/assigned-devices"
 A_ASSIGNED_NODE: Final = "hcs.io/assigned-node"
 A_SCHEDULING_SCORE: Final = "hcs.io/scheduling-score"
 A_REQUEST: Final = "hcs.io/request"
+A_ALLOCATED: Final = "hcs.io/allocated"
+"""Written by the device plugin: container -> kubelet device IDs allocated (hcs.assignment)."""
 INPUT_ANNOTATIONS: Final = (
     A_VENDOR_PREFERENCE,
     A_ALLOW_DOWNGRADE,
@@ -54,6 +56,7 @@ OUTPUT_ANNOTATIONS: Final = (
     A_ASSIGNED_NODE,
     A_SCHEDULING_SCORE,
     A_REQUEST,
+    A_ALLOCATED,
 )
 KNOWN_ANNOTATIONS: Final = INPUT_ANNOTATIONS + OUTPUT_ANNOTATIONS
 BOOLEAN_ANNOTATIONS: Final = (

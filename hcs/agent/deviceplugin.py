@@ -177,16 +177,10 @@ class Allocator:
         IDs among `available`; empty (no preference) when that container is not certain."""
         with self._lock:
             pods = self._live_pods()
-            choices = []
-            for want in self._wanted(pods):
-                if want.count != size:
-                    continue
-                pick = self._pick(want, pods, available, must)
-                if pick is not None:
-                    choices.append(pick)
-            if len(choices) != 1:
-                return []
-            return choices[0]
+            same = [w for w in self._wanted(pods) if w.count == size]
+            if len(same) != 1:
+                return []  # not certain: kubelet picks, Allocate decides
+            return self._pick(same[0], pods, available, must) or []
 
     def allocate(self, kubelet_ids: Sequence[str]) -> ContainerDevices:
         """Allocate for one container: identify it for certain, answer, record, unlock."""
@@ -199,24 +193,31 @@ class Allocator:
             unknown = [d for d in device_ids if d not in {x.id for x in self.devices}]
             if unknown:
                 raise AllocateError(f"{self.node}: kubelet asked for unknown devices {unknown}")
+            # Kubelet may be admitting any pending pod whose next container asks for this many
+            # devices: exactly one must, whatever devices kubelet picked.
             wants = self._wanted(pods)
-            free = self._free(pods)
-            matches = [
-                w
-                for w in wants
-                if w.count == len(kubelet_ids)
-                and (
-                    sorted(w.assigned) == sorted(device_ids)
-                    if w.assigned is not None
-                    else len(set(device_ids)) == len(device_ids) and set(device_ids) <= free
-                )
-            ]
-            if len(matches) != 1:
-                pending = ", ".join(f"{w.key} ({w.container})" for w in wants) or "none"
-                why = "no pending pod was assigned them" if not matches else "several pods fit"
+            same = [w for w in wants if w.count == len(kubelet_ids)]
+            if len(same) != 1:
+                pending = ", ".join(f"{w.key} ({w.container}: {w.count})" for w in wants) or "none"
+                why = "no pending pod asks for that many" if not same else "several pods could be"
                 raise AllocateError(
                     f"{self.node}: cannot tell for certain which pod kubelet is admitting with "
                     f"{self.profile.resource} {list(kubelet_ids)}: {why} (pending: {pending})"
+                )
+            matches = same
+            w = same[0]
+            if w.assigned is not None and sorted(w.assigned) != sorted(device_ids):
+                raise AllocateError(
+                    f"{self.node}: kubelet chose {list(kubelet_ids)} for {w.key} ({w.container}), "
+                    f"HCS bound it to {','.join(w.assigned)}: refusing rather than giving it "
+                    "devices HCS's books do not show it holding"
+                )
+            if w.assigned is None and (
+                len(set(device_ids)) != len(device_ids) or not set(device_ids) <= self._free(pods)
+            ):
+                raise AllocateError(
+                    f"{self.node}: {w.key} ({w.container}) was placed without HCS, and "
+                    f"{list(kubelet_ids)} are not free in HCS's books"
                 )
             want = matches[0]
             ordered = list(want.assigned) if want.assigned is not None else device_ids
@@ -421,7 +422,7 @@ class DevicePlugin:
         self.stopping = threading.Event()
         self.registrations = 0
         self._server: Any = None
-        self._kubelet_inode: int | None = None
+        self._kubelet_socket: tuple[int, int] | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -492,22 +493,27 @@ class DevicePlugin:
             self.socket_name,
         )
 
-    def _kubelet_socket_inode(self) -> int | None:
+    def _kubelet_socket_id(self) -> tuple[int, int] | None:
+        """Inode and change time of kubelet.sock: a re-created socket may reuse the inode."""
         try:
-            return os.stat(self.kubelet_dir / KUBELET_SOCKET).st_ino
+            st = os.stat(self.kubelet_dir / KUBELET_SOCKET)
         except OSError:
             return None
+        return st.st_ino, st.st_ctime_ns
 
     def step(self) -> None:
-        """One watch round: (re)serve and register when kubelet's socket is new."""
-        inode = self._kubelet_socket_inode()
-        if inode is not None and inode != self._kubelet_inode:
-            # Kubelet (re)started: it removed our socket and forgot us.
+        """One watch round: (re)serve and register when kubelet's socket is new, or when our
+        own socket was removed (kubelet empties the folder when it starts)."""
+        current = self._kubelet_socket_id()
+        if current is None:
+            return
+        if current != self._kubelet_socket or not self.socket_path.exists():
             self.serve()
             try:
                 self.register()
-                self._kubelet_inode = inode
+                self._kubelet_socket = current
             except grpc.RpcError as exc:
+                self._kubelet_socket = None
                 log.warning("registering with kubelet failed (%s); retrying", exc.code())
 
     def run(self, poll: float = 0.5) -> None:

@@ -1,0 +1,161 @@
+"""A simulated cluster for the node-side tests: the in-test API server, the extender over HTTP
+in cluster mode, the webhook's decision function, and per node an HCS device plugin with an
+imitated kubelet. Everything talks over real sockets; only the hardware is absent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+from kubernetes import client
+
+from hcs.admission import AdmissionContext, parse_review, review
+from hcs.agent.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, devices_of
+from hcs.quota import QuotaBook
+from hcs.synthetic import node_dict
+from hcs.vendors import VendorTable
+from tests.fake_apiserver import NODES, PODS, FakeApiServer
+from tests.node.kubelet import Admitted, FakeKubelet, short_dir
+from tests.webhook.reviews import admission_review
+
+VENDORS = VendorTable()
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def compute_node(name: str, vendor: str, n: int = 8, **kwargs: Any) -> dict[str, Any]:
+    """A ComputeNode as the agent publishes it: with device identities (GPU UUIDs, PCI)."""
+    node = node_dict(name, vendor, n, heartbeat=now(), **kwargs)
+    for i, dev in enumerate(node["spec"]["devices"]):
+        dev["identity"] = f"GPU-{name}-{i}" if vendor == "nvidia" else f"pci:0000:{16 + i:02x}:00.0"
+    return node
+
+
+@dataclass
+class SimNode:
+    name: str
+    vendor: str
+    compute: dict[str, Any]
+    api: client.ApiClient
+    replicas: int = 1
+    cdi: bool = False
+    dir: Path = field(default_factory=short_dir)
+    kubelet: FakeKubelet | None = None
+    plugin: DevicePlugin | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def resource(self) -> str:
+        return VENDORS[self.vendor].resource
+
+    def start_plugin(self) -> None:
+        allocator = Allocator(
+            self.name,
+            VENDORS[self.vendor],
+            KubeNodeApi(self.api),
+            replicas=self.replicas,
+            cdi=self.cdi,
+        )
+        plugin = DevicePlugin(allocator, self.dir, lambda: devices_of(self.compute), interval=0.2)
+        self.plugin = plugin
+        self.thread = threading.Thread(target=plugin.run, kwargs={"poll": 0.05}, daemon=True)
+        self.thread.start()
+
+    def start(self) -> None:
+        self.kubelet = FakeKubelet(self.dir)
+        self.start_plugin()
+        self.wait_listed()
+
+    def wait_listed(self) -> None:
+        assert self.kubelet is not None
+        want = len(self.compute["spec"]["devices"]) * self.replicas
+        self.kubelet.wait_devices(lambda d: len(d) == want)
+
+    def stop_plugin(self) -> None:
+        if self.plugin is not None and self.thread is not None:
+            self.plugin.stopping.set()
+            self.thread.join(timeout=10)
+            self.plugin = None
+
+    def restart_plugin(self) -> None:
+        """The plugin's pod restarts: a new process, nothing remembered."""
+        assert self.kubelet is not None
+        registrations = len(self.kubelet.requests)
+        self.stop_plugin()
+        self.start_plugin()
+        self._registered_again(registrations)
+
+    def restart_kubelet(self) -> None:
+        assert self.kubelet is not None
+        registrations = len(self.kubelet.requests)
+        self.kubelet.restart()
+        self._registered_again(registrations)
+
+    def _registered_again(self, before: int) -> None:
+        assert self.kubelet is not None
+        deadline = time.monotonic() + 10
+        while len(self.kubelet.requests) == before:
+            assert time.monotonic() < deadline, "the plugin did not register again"
+            time.sleep(0.02)
+        self.wait_listed()
+
+    def close(self) -> None:
+        self.stop_plugin()
+        if self.kubelet is not None:
+            self.kubelet.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def admit(self, pod: dict[str, Any]) -> Admitted:
+        assert self.kubelet is not None
+        return self.kubelet.admit(pod, self.resource)
+
+
+def api_client(fake_url: str) -> client.ApiClient:
+    cfg = client.Configuration()
+    cfg.host = fake_url
+    return client.ApiClient(cfg)
+
+
+def admitted_pod(pod: dict[str, Any], ctx: AdmissionContext, uid: str) -> dict[str, Any]:
+    """The webhook's patch applied, as the API server stores the pod."""
+    response = review(parse_review(admission_review(pod, uid=uid)), ctx)
+    assert response["allowed"], response
+    out = copy.deepcopy(pod)
+    if response.get("patch"):
+        ops = json.loads(base64.b64decode(response["patch"]))
+        out = jsonpatch.apply_patch(out, ops)
+    out["metadata"]["uid"] = uid
+    return out
+
+
+def webhook_context(state: Any) -> AdmissionContext:
+    return AdmissionContext(state, QuotaBook({}), scheduler_name="hcs-scheduler")
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def put_nodes(fake: FakeApiServer, *nodes: dict[str, Any]) -> None:
+    for node in nodes:
+        fake.put(NODES, node)
+
+
+def stored(fake: FakeApiServer, pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod["metadata"]
+    current: dict[str, Any] = fake.objects[PODS][f"{meta['namespace']}/{meta['name']}"]
+    return current
