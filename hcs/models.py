@@ -27,6 +27,8 @@ from hcs.vendors import VENDOR_NAMES, VendorName
 API_GROUP: Final = "hcs.io"
 API_VERSION: Final = "hcs.io/v1alpha1"
 SHARING_LABEL: Final = "hcs.io/device-sharing"
+SLOTS_LABEL: Final = "hcs.io/device-slots"
+"""Shared nodes: how many containers one device may serve (the device plugin's replicas)."""
 LINK_TYPES: Final = ("nvlink", "hccs", "sio", "pcie", "roce", "xgmi", "mlulink")
 PHASES: Final = ("Ready", "NotReady", "Draining")
 CONDITION_TYPES: Final = ("Ready", "HardwareHealthy", "AgentConnected", "Schedulable")
@@ -276,6 +278,13 @@ class ComputeNode:
         """Devices split between containers (label `hcs.io/device-sharing: shared`)."""
         return self.meta.labels.get(SHARING_LABEL) == "shared"
 
+    @property
+    def device_slots(self) -> int | None:
+        """Containers one device may serve on a shared node (`hcs.io/device-slots`), as many as
+        the device plugin advertises replicas; None: no limit but VRAM."""
+        value = self.meta.labels.get(SLOTS_LABEL)
+        return int(value) if value is not None else None
+
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
 
@@ -308,6 +317,11 @@ class ComputeNode:
             ck.problem(
                 f"metadata.labels[{SHARING_LABEL}]",
                 f'"{meta.labels[SHARING_LABEL]}" is not one of shared, exclusive',
+            )
+        slots = meta.labels.get(SLOTS_LABEL)
+        if slots is not None and not (slots.isdigit() and 1 <= int(slots) <= 1024):
+            ck.problem(
+                f"metadata.labels[{SLOTS_LABEL}]", f'"{slots}" is not a count from 1 to 1024'
             )
         spec = ck.mapping(obj.get("spec"), "spec")
         vendor = ck.string(spec, "vendor", "spec", choices=VENDOR_NAMES)

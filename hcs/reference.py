@@ -126,10 +126,16 @@ def _container_units(demand: PodDemand) -> list[tuple[int, int, int, bool]]:
 
 
 def _levels(
-    devs: list[_Dev], unit: tuple[int, int, int, bool], shared: bool, config: EngineConfig
+    devs: list[_Dev],
+    unit: tuple[int, int, int, bool],
+    node: ComputeNode,
+    config: EngineConfig,
 ) -> tuple[list[int], list[int], list[int], list[int]]:
     vram, fp16, fp32, whole = unit
-    base = [d.slot for d in devs if d.holders == 0 or (shared and not whole)]
+    slots = node.device_slots or 1 << 30
+    base = [
+        d.slot for d in devs if d.holders == 0 or (node.shared and not whole and d.holders < slots)
+    ]
     health = [s for s in base if _health(devs[s].device) >= config.min_health]
     vram_ok = [s for s in health if devs[s].free_vram >= vram]
     all_ok = [
@@ -173,7 +179,7 @@ def _node_reason(
         return Reason.VendorNotSupported, [], set()
     devs = _devices(state, node)
     units = _container_units(demand)
-    levels = [_levels(devs, u, node.shared, config) for u in units]
+    levels = [_levels(devs, u, node, config) for u in units]
     ok = [_matchable([lv[i] for lv in levels], len(devs)) for i in range(4)]
     base_ok, health_ok, vram_ok, all_ok = ok
     if not health_ok and base_ok:

@@ -120,6 +120,8 @@ class ClusterState:
         self.node_agent_mask: BoolArray = np.zeros(n, np.bool_)
         self.node_heartbeat_s: npt.NDArray[np.float64] = np.full(n, NO_HEARTBEAT, np.float64)
         self.node_shared_mask: BoolArray = np.zeros(n, np.bool_)
+        self.node_slots: npt.NDArray[np.int32] = np.full(n, UNLIMITED_SLOTS, np.int32)
+        """Containers a device may serve on a shared node (the plugin's replicas)."""
         # Per-node VRAM figures for scoring, kept with the free amounts: total allocatable, used
         # (a held device on an exclusive node counts as fully used) and the mean device size.
         self.node_vram_total_mib: IntArray = np.zeros(n, np.int64)
@@ -328,6 +330,7 @@ class ClusterState:
         hb = node.last_heartbeat
         self.node_heartbeat_s[row] = hb.timestamp() if hb is not None else NO_HEARTBEAT
         self.node_shared_mask[row] = node.shared
+        self.node_slots[row] = node.device_slots or UNLIMITED_SLOTS
         self.device_ids[row] = tuple(d.id for d in node.devices)
         present = np.zeros(w, np.bool_)
         present[:n] = True
@@ -430,7 +433,8 @@ class ClusterState:
         present = self.dev_present_mask[row]
         idle = self.dev_holders[row] == 0
         self.dev_idle_mask[row] = present & idle
-        self.dev_open_mask[row] = present & (idle | self.node_shared_mask[row])
+        room = self.node_shared_mask[row] & (self.dev_holders[row] < self.node_slots[row])
+        self.dev_open_mask[row] = present & (idle | room)
         cap = np.where(present, self.dev_vram_cap_mib[row], 0)
         partly = idle | self.node_shared_mask[row]
         used = np.where(partly, cap - np.clip(self.dev_vram_free_mib[row], 0, cap), cap)
@@ -491,6 +495,7 @@ def _pad(values: list[int], width: int) -> list[int]:
     return values + [0] * (width - len(values))
 
 
+UNLIMITED_SLOTS: Final = 1 << 30
 MAX_CLIQUES_EXAMINED: Final = 20_000
 
 

@@ -108,6 +108,7 @@ async def cluster(aiohttp_server: Any, aiohttp_client: Any, request: Any) -> Asy
         cn = compute_node(name, vendor, n, numa=[0 if i < n // 2 else 1 for i in range(n)])
         if replicas > 1:
             cn["metadata"]["labels"]["hcs.io/device-sharing"] = "shared"
+            cn["metadata"]["labels"]["hcs.io/device-slots"] = str(replicas)
         nodes_json.append((name, vendor, replicas, cn))
     put_nodes(fake, *(cn for *_, cn in nodes_json))
     server = await aiohttp_server(fake.app())
@@ -115,7 +116,7 @@ async def cluster(aiohttp_server: Any, aiohttp_client: Any, request: Any) -> Asy
     service = SchedulerService(
         ClusterState(), EngineConfig(heartbeat_max_age_s=600), binder=KubeBinder(api_client(url))
     )
-    sync = ClusterSync(service, api_client(url), watch_timeout_s=5, backoff=(0.05, 0.2))
+    sync = ClusterSync(service, api_client(url), watch_timeout_s=1, backoff=(0.05, 0.2))
     http = await aiohttp_client(create_extender(service, sync=sync))
     await wait_for(lambda: service.state.n_nodes == len(specs))
     sims = {}
