@@ -226,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--shared", action="store_true", help="label the node hcs.io/device-sharing: shared"
     )
     p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shared node whose device plugin advertises N replicas per device: publish "
+        "hcs.io/device-sharing: shared and hcs.io/device-slots: N (pass the plugin the same N)",
+    )
+    p.add_argument(
         "--no-nvml",
         action="store_true",
         help="NVIDIA: run nvidia-smi even where NVML (nvidia-ml-py) loads",
@@ -480,6 +488,7 @@ def _agent(args: argparse.Namespace) -> int:
         fake_devices=Path(args.fake_devices) if args.fake_devices else None,
         model_table=load_model_table(args.model_table),
         shared=args.shared,
+        replicas=args.replicas,
         use_nvml=not args.no_nvml,
     )
     if args.dry_run:

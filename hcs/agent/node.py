@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 from hcs.agent.devices import RawDevice, Topology
-from hcs.models import SHARING_LABEL
+from hcs.models import SHARING_LABEL, SLOTS_LABEL
 from hcs.quantity import format_milli, milli_tflops
 from hcs.vendors import VendorName
 
@@ -225,6 +225,7 @@ def build_compute_node(
     *,
     table: Mapping[str, ModelFigures] | None = None,
     shared: bool = False,
+    slots: int | None = None,
     unschedulable: Mapping[str, str] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
@@ -298,7 +299,11 @@ def build_compute_node(
         "kind": "ComputeNode",
         "metadata": {
             "name": node_name,
-            "labels": {"vendor": vendor, **({SHARING_LABEL: "shared"} if shared else {})},
+            "labels": {
+                "vendor": vendor,
+                **({SHARING_LABEL: "shared"} if shared else {}),
+                **({SLOTS_LABEL: str(slots)} if slots else {}),
+            },
         },
         "spec": spec,
         "status": build_status(

@@ -37,6 +37,8 @@ class AgentOptions:
     fake_devices: Path | None = None
     model_table: Mapping[str, ModelFigures] | None = None
     shared: bool = False
+    replicas: int = 1
+    """Shared nodes: containers per device, as the device plugin advertises replicas."""
     use_nvml: bool = True
 
 
@@ -116,7 +118,8 @@ def desired_node(
             devices,
             topology,
             table=opts.model_table,
-            shared=opts.shared,
+            shared=opts.shared or opts.replicas > 1,
+            slots=opts.replicas if opts.replicas > 1 else None,
             unschedulable=marks,
         )
         ComputeNode.from_dict(node)  # what we publish must be what HCS accepts

@@ -15,7 +15,7 @@ from hcs.engine import (
     route_vendor,
     select_devices,
 )
-from hcs.errors import PlacementError
+from hcs.errors import PlacementError, ValidationError
 from hcs.ledger import Ledger
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
@@ -408,3 +408,22 @@ def test_filter_handles_an_empty_candidate_list() -> None:
     result = filter_nodes(st, compile_request(demand({"ai.compute/vram": "1Gi"})), [], CFG)
     assert result.codes.shape == (0,)
     assert np.asarray(result.passed_mask).shape == (0,)
+
+
+def test_a_shared_device_takes_no_more_containers_than_its_slots() -> None:
+    """The device plugin advertises `hcs.io/device-slots` replicas: kubelet admits no more."""
+    from hcs.synthetic import node_dict
+
+    raw = node_dict("s", n_devices=1, shared=True)
+    raw["metadata"]["labels"]["hcs.io/device-slots"] = "2"
+    st = state_of(ComputeNode.from_dict(raw))
+    ledger = Ledger(st)
+    for i in range(2):
+        ledger.assume(demand({"ai.compute/vram": "1Gi"}, uid=f"u{i}"), "s")
+    third = filter_nodes(
+        st, compile_request(demand({"ai.compute/vram": "1Gi"}, uid="u3")), ["s"], CFG
+    )
+    assert third.passed_names() == []  # VRAM would fit, the slots do not
+    raw["metadata"]["labels"]["hcs.io/device-slots"] = "zero"
+    with pytest.raises(ValidationError, match="device-slots"):
+        ComputeNode.from_dict(raw)
