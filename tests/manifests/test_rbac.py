@@ -12,6 +12,7 @@ from kubernetes import client
 
 from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext
+from hcs.agent.deviceplugin import Allocator, KubeNodeApi, PluginDevice
 from hcs.agent.publish import Publisher
 from hcs.agent.run import AgentOptions, desired_node
 from hcs.agent.run import run as run_agent
@@ -21,7 +22,8 @@ from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
-from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+from hcs.vendors import VendorTable
+from tests.fake_apiserver import LEASES, NODES, PODS, QUOTAS, FakeApiServer
 from tests.webhook.reviews import admission_review, generated_pod
 from webhook.app import create_app as create_webhook
 
@@ -159,7 +161,7 @@ async def test_the_webhook_role_is_exactly_what_the_webhook_calls(
     assert used(fake.calls) == granted("hcs-webhook")
 
 
-async def test_the_agent_role_is_exactly_what_the_agent_calls(
+async def test_the_node_role_is_exactly_what_the_agent_and_the_device_plugin_call(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:
     fake = FakeApiServer()
@@ -181,6 +183,37 @@ async def test_the_agent_role_is_exactly_what_the_agent_calls(
         await asyncio.to_thread(
             run_agent, AgentOptions("gpu-1", tool_outputs={"nvidia-smi": csv}), pub, 0, once=True
         )
+    # The device plugin (same ServiceAccount): Allocate for a pod bound by HCS under the node's
+    # lock (list the node's pods, record, release the lock) and for one placed without HCS.
+    fake.put(
+        LEASES,
+        {
+            "metadata": {"name": "hcs-node-gpu-1", "namespace": "hcs-system"},
+            "spec": {"holderIdentity": "u-bound"},
+        },
+    )
+    limits = {"limits": {"nvidia.com/gpu": "1"}}
+    for name, annotations in (("bound", {"devices.hcs.io/m": "0"}), ("stray", {})):
+        fake.put(
+            PODS,
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": "ml",
+                    "uid": f"u-{name}",
+                    "annotations": annotations,
+                },
+                "spec": {
+                    "nodeName": "gpu-1",
+                    "containers": [{"name": "m", "image": "i", "resources": limits}],
+                },
+            },
+        )
+        devices = [PluginDevice(str(i), True) for i in range(2)]
+        plugin = Allocator("gpu-1", VendorTable()["nvidia"], KubeNodeApi(pub.core.api_client))
+        plugin.devices = devices
+        await asyncio.to_thread(plugin.allocate, ["0" if name == "bound" else "1"])
+    assert fake.lease_holder("gpu-1") == ""
     assert used(fake.calls) == granted("hcs-agent")
 
 

@@ -128,14 +128,16 @@ def test_workloads_run_non_root_read_only_with_resources(name: str, spec: dict[s
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
         if name in DEVICE_NODE_AGENTS:
             assert sc["privileged"] is True and "allowPrivilegeEscalation" not in sc
+            writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
             assert all(
-                m.get("readOnly")
-                for m in c["volumeMounts"]
-                if not m["mountPath"].startswith("/dev/")
+                p.startswith("/dev/") or p == "/var/lib/kubelet/device-plugins" for p in writable
             )
             continue
         assert not sc.get("privileged") and sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"]["drop"] == ["ALL"]
+        if c["name"] == "device-plugin":  # root only to create its socket in kubelet's folder
+            assert sc["runAsUser"] == 0
+            continue
         assert spec.get("securityContext", {}).get("runAsNonRoot", True)
 
 
@@ -146,11 +148,20 @@ def test_one_agent_daemonset_per_vendor_with_what_its_tool_needs() -> None:
         vendor = name.removeprefix("hcs-agent-")
         pod = ds["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"hcs.io/vendor": vendor}
-        (container,) = pod["containers"]
-        args = container["args"]
-        assert args[args.index("--vendor") + 1] == vendor
+        for container in pod["containers"]:
+            args = container["args"]
+            assert args[args.index("--vendor") + 1] == vendor
+    for ds in agents.values():  # beside each agent, the device plugin with kubelet's folder
+        pod = ds["spec"]["template"]["spec"]
+        names = [c["name"] for c in pod["containers"]]
+        assert names == ["agent", "device-plugin"]
+        plugin = pod["containers"][1]
+        mounts = {m["mountPath"] for m in plugin["volumeMounts"]}
+        assert "/var/lib/kubelet/device-plugins" in mounts
+        assert plugin["args"][:1] == ["device-plugin"]
     nvidia = agents["hcs-agent-nvidia"]["spec"]["template"]["spec"]
-    assert nvidia["runtimeClassName"] == "nvidia" and "volumes" not in nvidia
+    assert nvidia["runtimeClassName"] == "nvidia"
+    assert [v["hostPath"]["path"] for v in nvidia["volumes"]] == ["/var/lib/kubelet/device-plugins"]
     env = {e["name"]: e.get("value") for e in nvidia["containers"][0]["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
 
