@@ -28,6 +28,7 @@ from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
+from hcs.assignment import container_devices
 from hcs.demand import (
     A_ASSIGNED_DEVICES,
     A_ASSIGNED_NODE,
@@ -139,7 +140,14 @@ def allocation_from_pod(
     demand = parse_pod(pod, vendors)
     if not demand.asks_for_compute:
         return None
-    devices = [d.strip() for d in str(devices_text).split(",") if d.strip()]
+    # Per container when bind wrote devices.hcs.io/<container> (exact, also where two
+    # containers share a device); else the pod-wide list, taken in container order.
+    per_container = container_devices(annotations)
+    ordered = sorted(demand.containers, key=lambda c: c.index)
+    if all(len(per_container.get(c.name, ())) == c.devices for c in ordered):
+        devices = [d for c in ordered for d in per_container[c.name]]
+    else:
+        devices = [d.strip() for d in str(devices_text).split(",") if d.strip()]
     if len(devices) != demand.total_devices:
         raise HcsError(
             f"pod {demand.key}: {A_ASSIGNED_DEVICES}={devices_text!r} names "
@@ -148,7 +156,7 @@ def allocation_from_pod(
     row = state.index.get(node)
     charges = []
     cursor = iter(devices)
-    for c in sorted(demand.containers, key=lambda c: c.index):
+    for c in ordered:
         for _ in range(c.devices):
             device = next(cursor)
             vram, fp16, fp32 = c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops

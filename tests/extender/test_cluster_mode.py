@@ -2,6 +2,7 @@
 annotations, Bindings, watch events, reconnects after errors, readiness, heartbeats."""
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -307,3 +308,24 @@ def test_allocation_from_pod_checks_the_annotation_against_the_request() -> None
     with pytest.raises(HcsError, match="names 1 devices, the pod asks for 2"):
         allocation_from_pod(bad, state)
     assert allocation_from_pod(pod("r", {"ai.compute/vram": "8Gi"}), state) is None
+
+
+def test_two_containers_sharing_one_device_are_recovered_from_their_own_annotations() -> None:
+    """On a shared node both containers may sit on device 0: the pod-wide list says "0" once,
+    each container's devices.hcs.io/<container> says it for itself."""
+    state = ClusterState.from_nodes([make_node("s1", shared=True)])
+    p = pod("p", {"ai.compute/vram": "8Gi"}, node="s1")
+    p["spec"]["containers"].append(copy.deepcopy(p["spec"]["containers"][0]) | {"name": "side"})
+    main = p["spec"]["containers"][0]["name"]
+    p["metadata"]["annotations"] = {
+        "hcs.io/assigned-node": "s1",
+        "hcs.io/assigned-devices": "0",
+        f"devices.hcs.io/{main}": "0",
+        "devices.hcs.io/side": "0",
+    }
+    alloc = allocation_from_pod(p, state)
+    assert alloc is not None
+    assert [(c.container, c.device_id, c.vram_mib) for c in alloc.charges] == [
+        (main, "0", 8192),
+        ("side", "0", 8192),
+    ]
