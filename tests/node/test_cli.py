@@ -1,0 +1,109 @@
+"""`hcs device-plugin` as a started process: registers on DIR/kubelet.sock, lists the devices of
+the agent's discovery (a real npu-smi output), answers Allocate from the in-test API server
+reached through a kubeconfig, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.fake_apiserver import LEASES, PODS, FakeApiServer
+from tests.node.kubelet import FakeKubelet, short_dir
+
+REAL = Path(__file__).resolve().parents[1] / "agent" / "fixtures" / "real"
+
+
+async def test_the_device_plugin_command_serves_kubelet(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    fake = FakeApiServer()
+    server = await aiohttp_server(fake.app())
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "t", "cluster": {"server": str(server.make_url(""))}}],
+                "users": [{"name": "t", "user": {}}],
+                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+                "current-context": "t",
+            }
+        )
+    )
+    folder = short_dir()
+    kubelet = FakeKubelet(folder)
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from hcs_cli.main import main; sys.exit(main())",
+        "device-plugin",
+        "--node-name",
+        "npu-1",
+        "--vendor",
+        "huawei",
+        "--kubelet-dir",
+        str(folder),
+        "--tool-output",
+        f"npu-smi={REAL / 'ascend/npu-smi-910b3x8-24.1rc1.txt'}",
+        "--tool-output",
+        f"npu-smi-topo={REAL / 'ascend/topo-910b3x8-hccs-fullmesh.txt'}",
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not kubelet.requests:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the plugin never registered"
+            await asyncio.sleep(0.05)
+        assert kubelet.requests[0].resource_name == "huawei.com/Ascend910"
+        devices = await asyncio.to_thread(kubelet.wait_devices, lambda d: len(d) == 8)
+        assert devices == {str(i): "Healthy" for i in range(8)}
+        fake.put(
+            LEASES,
+            {
+                "metadata": {"name": "hcs-node-npu-1", "namespace": "hcs-system"},
+                "spec": {"holderIdentity": "u-train"},
+            },
+        )
+        pod = fake.put(
+            PODS,
+            {
+                "metadata": {
+                    "name": "train",
+                    "namespace": "ml",
+                    "uid": "u-train",
+                    "annotations": {"devices.hcs.io/m": "5,6"},
+                },
+                "spec": {
+                    "nodeName": "npu-1",
+                    "containers": [
+                        {
+                            "name": "m",
+                            "image": "i",
+                            "resources": {"limits": {"huawei.com/Ascend910": "2"}},
+                        }
+                    ],
+                },
+            },
+        )
+        admitted = await asyncio.to_thread(kubelet.admit, pod, "huawei.com/Ascend910")
+        assert sorted(admitted.ids["m"]) == ["5", "6"]
+        assert admitted.answers["m"].envs["ASCEND_VISIBLE_DEVICES"] == "5,6"
+        assert fake.lease_holder("npu-1") == ""
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 15)
+        kubelet.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert code == 0
