@@ -177,10 +177,10 @@ class Allocator:
         IDs among `available`; empty (no preference) when that container is not certain."""
         with self._lock:
             pods = self._live_pods()
-            same = [w for w in self._wanted(pods) if w.count == size]
-            if len(same) != 1:
+            want, _ = self._admitting(pods, size)
+            if want is None:
                 return []  # not certain: kubelet picks, Allocate decides
-            return self._pick(same[0], pods, available, must) or []
+            return self._pick(want, pods, available, must) or []
 
     def allocate(self, kubelet_ids: Sequence[str]) -> ContainerDevices:
         """Allocate for one container: identify it for certain, answer, record, unlock."""
@@ -193,33 +193,28 @@ class Allocator:
             unknown = [d for d in device_ids if d not in {x.id for x in self.devices}]
             if unknown:
                 raise AllocateError(f"{self.node}: kubelet asked for unknown devices {unknown}")
-            # Kubelet may be admitting any pending pod whose next container asks for this many
-            # devices: exactly one must, whatever devices kubelet picked.
-            wants = self._wanted(pods)
-            same = [w for w in wants if w.count == len(kubelet_ids)]
-            if len(same) != 1:
+            want, wants = self._admitting(pods, len(kubelet_ids))
+            if want is None:
                 pending = ", ".join(f"{w.key} ({w.container}: {w.count})" for w in wants) or "none"
-                why = "no pending pod asks for that many" if not same else "several pods could be"
+                same = sum(w.count == len(kubelet_ids) for w in wants)
+                why = "several pods could be" if same else "no pending pod asks for that many"
                 raise AllocateError(
                     f"{self.node}: cannot tell for certain which pod kubelet is admitting with "
                     f"{self.profile.resource} {list(kubelet_ids)}: {why} (pending: {pending})"
                 )
-            matches = same
-            w = same[0]
-            if w.assigned is not None and sorted(w.assigned) != sorted(device_ids):
+            if want.assigned is not None and sorted(want.assigned) != sorted(device_ids):
                 raise AllocateError(
-                    f"{self.node}: kubelet chose {list(kubelet_ids)} for {w.key} ({w.container}), "
-                    f"HCS bound it to {','.join(w.assigned)}: refusing rather than giving it "
-                    "devices HCS's books do not show it holding"
+                    f"{self.node}: kubelet chose {list(kubelet_ids)} for {want.key} "
+                    f"({want.container}), HCS bound it to {','.join(want.assigned)}: refusing "
+                    "rather than giving it devices HCS's books do not show it holding"
                 )
-            if w.assigned is None and (
+            if want.assigned is None and (
                 len(set(device_ids)) != len(device_ids) or not set(device_ids) <= self._free(pods)
             ):
                 raise AllocateError(
-                    f"{self.node}: {w.key} ({w.container}) was placed without HCS, and "
+                    f"{self.node}: {want.key} ({want.container}) was placed without HCS, and "
                     f"{list(kubelet_ids)} are not free in HCS's books"
                 )
-            want = matches[0]
             ordered = list(want.assigned) if want.assigned is not None else device_ids
             self._record(want, pods, kubelet_ids, ordered)
             return allocation(self.profile, ordered, self._identities(), cdi=self.cdi)
@@ -248,6 +243,14 @@ class Allocator:
                     if devices is not None:
                         return allocation(self.profile, devices, self._identities(), cdi=self.cdi)
         return None
+
+    def _admitting(self, pods: list[dict[str, Any]], size: int) -> tuple[_Want | None, list[_Want]]:
+        """The container kubelet is admitting with `size` devices, if certain: kubelet may be
+        admitting any pending pod whose next container asks for that many, so exactly one may.
+        Also every pending container, for messages."""
+        wants = self._wanted(pods)
+        same = [w for w in wants if w.count == size]
+        return (same[0] if len(same) == 1 else None), wants
 
     def _wanted(self, pods: list[dict[str, Any]]) -> list[_Want]:
         out = []
