@@ -37,6 +37,7 @@ from hcs.demand import (
     parse_pod,
 )
 from hcs.errors import HcsError, ValidationError
+from hcs.kubeio import read_pod
 from hcs.models import API_GROUP, ComputeNode, ComputeQuota
 from hcs.nodelock import NodeLock
 from hcs.quota import QuotaExceededError, applies, demand_amounts, render
@@ -101,15 +102,7 @@ class KubeBinder:
             raise BindError(f"cannot reach the API server: {exc}") from None
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            # _preload_content=False hands back the raw response (the stubs say V1Pod).
-            resp: Any = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        pod: dict[str, Any] = orjson.loads(resp.data)
-        return pod
+        return read_pod(self.core, namespace, name)
 
 
 def _status_message(exc: ApiException) -> str:

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from hcs.assignment import A_ALLOCATED, container_devices
 from hcs.errors import HcsError
+from hcs.kubeio import read_pod
 
 A_LOCK_POD = "hcs.io/pod"
 LEASE_PREFIX = "hcs-node-"
@@ -155,16 +156,7 @@ class NodeLock:
 
     def _pod(self, ref: str) -> dict[str, Any] | None:
         namespace, _, name = ref.partition("/")
-        if not namespace or not name:
-            return None
-        try:
-            raw: Any = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        pod: dict[str, Any] = orjson.loads(raw.data)
-        return pod
+        return read_pod(self.core, namespace, name) if namespace and name else None
 
     def _body(self, node: str, namespace: str, name: str, uid: str) -> Any:
         return {

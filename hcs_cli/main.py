@@ -139,6 +139,24 @@ def _engine_args(
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _discovery_args(p: argparse.ArgumentParser) -> None:
+    """How the agent and the device plugin find the node's devices."""
+    p.add_argument(
+        "--tool-output",
+        action="append",
+        default=[],
+        metavar="TOOL=FILE",
+        help="read a saved output of TOOL instead of running it (repeatable; TOOL: "
+        + ", ".join(TOOLS)
+        + ")",
+    )
+    p.add_argument(
+        "--fake-devices",
+        metavar="FILE",
+        help="the devices of the ComputeNode declared in FILE (clusters without the hardware)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcs",
@@ -203,20 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the vendor (each per-vendor DaemonSet passes it; default: the vendor whose "
         "tool runs successfully)",
     )
-    p.add_argument(
-        "--tool-output",
-        action="append",
-        default=[],
-        metavar="TOOL=FILE",
-        help="read a saved output of TOOL instead of running it (repeatable; TOOL: "
-        + ", ".join(TOOLS)
-        + ")",
-    )
-    p.add_argument(
-        "--fake-devices",
-        metavar="FILE",
-        help="publish the ComputeNode declared in FILE (clusters without the hardware)",
-    )
+    _discovery_args(p)
     p.add_argument(
         "--model-table",
         metavar="FILE",
@@ -366,14 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="kubelet's device plugin folder (default %(default)s)",
     )
-    p.add_argument(
-        "--tool-output",
-        action="append",
-        default=[],
-        metavar="TOOL=FILE",
-        help="read a saved tool output instead of running the tool (as hcs agent)",
-    )
-    p.add_argument("--fake-devices", metavar="FILE", help="the devices of a declared ComputeNode")
+    _discovery_args(p)
     p.add_argument(
         "--replicas",
         type=int,

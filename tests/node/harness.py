@@ -18,9 +18,14 @@ from typing import Any
 import jsonpatch
 from kubernetes import client
 
+from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext, parse_review, review
 from hcs.agent.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, devices_of
+from hcs.cluster import ClusterSync, KubeBinder
+from hcs.engine import EngineConfig
 from hcs.quota import QuotaBook
+from hcs.scheduling import SchedulerService
+from hcs.state import ClusterState
 from hcs.synthetic import node_dict
 from hcs.vendors import VendorTable
 from tests.fake_apiserver import NODES, PODS, FakeApiServer
@@ -153,6 +158,22 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 def put_nodes(fake: FakeApiServer, *nodes: dict[str, Any]) -> None:
     for node in nodes:
         fake.put(NODES, node)
+
+
+async def start_extender(
+    fake: FakeApiServer, aiohttp_server: Any, aiohttp_client: Any, n_nodes: int
+) -> tuple[Any, SchedulerService, str]:
+    """The in-test API server, and the extender over HTTP in cluster mode once it has seen the
+    `n_nodes` ComputeNodes: (HTTP client, service, API server URL)."""
+    server = await aiohttp_server(fake.app())
+    url = str(server.make_url("")).rstrip("/")
+    service = SchedulerService(
+        ClusterState(), EngineConfig(heartbeat_max_age_s=600), binder=KubeBinder(api_client(url))
+    )
+    sync = ClusterSync(service, api_client(url), watch_timeout_s=1, backoff=(0.05, 0.2))
+    http = await aiohttp_client(create_extender(service, sync=sync))
+    await wait_for(lambda: service.state.n_nodes == n_nodes)
+    return http, service, url
 
 
 def stored(fake: FakeApiServer, pod: dict[str, Any]) -> dict[str, Any]:

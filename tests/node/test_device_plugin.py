@@ -12,12 +12,8 @@ from typing import Any
 
 import pytest
 
-from extender.app import create_app as create_extender
 from hcs.assignment import A_ALLOCATED, container_devices
-from hcs.cluster import ClusterSync, KubeBinder
-from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
-from hcs.state import ClusterState
 from tests.fake_apiserver import PODS, FakeApiServer
 from tests.node.harness import (
     SimNode,
@@ -25,6 +21,7 @@ from tests.node.harness import (
     api_client,
     compute_node,
     put_nodes,
+    start_extender,
     stored,
     wait_for,
     webhook_context,
@@ -111,14 +108,7 @@ async def cluster(aiohttp_server: Any, aiohttp_client: Any, request: Any) -> Asy
             cn["metadata"]["labels"]["hcs.io/device-slots"] = str(replicas)
         nodes_json.append((name, vendor, replicas, cn))
     put_nodes(fake, *(cn for *_, cn in nodes_json))
-    server = await aiohttp_server(fake.app())
-    url = str(server.make_url("")).rstrip("/")
-    service = SchedulerService(
-        ClusterState(), EngineConfig(heartbeat_max_age_s=600), binder=KubeBinder(api_client(url))
-    )
-    sync = ClusterSync(service, api_client(url), watch_timeout_s=1, backoff=(0.05, 0.2))
-    http = await aiohttp_client(create_extender(service, sync=sync))
-    await wait_for(lambda: service.state.n_nodes == len(specs))
+    http, service, url = await start_extender(fake, aiohttp_server, aiohttp_client, len(specs))
     sims = {}
     for name, vendor, replicas, cn in nodes_json:
         sim = SimNode(name, vendor, cn, api_client(url), replicas=replicas)

@@ -1,0 +1,22 @@
+"""Small reads through the official client that several components share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Pod as JSON (None if it does not exist); other API errors are raised."""
+    try:
+        # _preload_content=False hands back the raw response (the stubs say V1Pod).
+        raw: Any = core.read_namespaced_pod(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    pod: dict[str, Any] = orjson.loads(raw.data)
+    return pod
