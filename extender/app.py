@@ -9,9 +9,11 @@ is tens of MB.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -31,6 +33,7 @@ log = logging.getLogger("hcs.extender")
 
 VERBS = ("filter", "prioritize", "bind", "preempt")
 DEFAULT_MAX_BODY = 256 * 2**20
+EXPIRY_PERIOD_S = 5.0
 
 SERVICE = web.AppKey("service", SchedulerService)
 LATENCY = web.AppKey("latency", Histogram)
@@ -143,6 +146,26 @@ class _StateCollector(Collector):
         yield from (nodes, devices, allocs, outcomes)
 
 
+async def _expire_unknown_binds(app: web.Application) -> AsyncIterator[None]:
+    """Every few seconds: binds whose outcome stayed unknown past the bound give back their
+    devices (`SchedulerService.expire_assumed`)."""
+    service = app[SERVICE]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_PERIOD_S)
+            try:
+                await service.expire_assumed()
+            except Exception:
+                log.exception("expiring unconfirmed binds failed")
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
     service: SchedulerService,
     *,
@@ -166,6 +189,7 @@ def create_app(
         "hcs_extender_binds", "Bind calls by result", ["result"], registry=registry
     )
     registry.register(_StateCollector(service))
+    app.cleanup_ctx.append(_expire_unknown_binds)
     app.router.add_post("/filter", filter_handler)
     app.router.add_post("/prioritize", prioritize_handler)
     app.router.add_post("/bind", bind_handler)

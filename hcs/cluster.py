@@ -37,7 +37,7 @@ from hcs.demand import (
     parse_pod,
 )
 from hcs.errors import HcsError, ValidationError
-from hcs.kubeio import read_pod
+from hcs.kubeio import CALL_TIMEOUT_S, read_pod
 from hcs.models import API_GROUP, ComputeNode, ComputeQuota
 from hcs.nodelock import NodeLock
 from hcs.quota import QuotaExceededError, applies, demand_amounts, render
@@ -87,7 +87,9 @@ class KubeBinder:
         )
         try:
             # The reply is a Status, not a Binding: do not let the client deserialize it.
-            self.core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+            self.core.create_namespaced_pod_binding(
+                name, namespace, body, _preload_content=False, _request_timeout=CALL_TIMEOUT_S
+            )
         except ApiException as exc:
             if exc.status == 409:
                 pod = self.get_pod(namespace, name)
@@ -96,9 +98,10 @@ class KubeBinder:
                 if spec.get("nodeName") == node and meta.get("uid") == uid:
                     return  # a retried bind that already landed: success
             raise BindError(
-                f"API server answered {exc.status} {exc.reason}: {_status_message(exc)}"
+                f"API server answered {exc.status} {exc.reason}: {_status_message(exc)}",
+                status=exc.status,
             ) from None
-        except Exception as exc:  # connection refused, timeout, ...
+        except Exception as exc:  # connection refused, reset, timeout: the outcome is unknown
             raise BindError(f"cannot reach the API server: {exc}") from None
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -177,6 +180,9 @@ def allocation_from_pod(
 # --------------------------------------------------------------------------- sync
 
 
+LIST_TIMEOUT_S = 60.0
+
+
 @dataclass
 class _Feed:
     """One resource kept in step: listed with `call(*args, **kwargs)`, then watched with it."""
@@ -193,11 +199,13 @@ class _Feed:
     known: set[str] = field(default_factory=set)
 
     def list(self) -> tuple[list[dict[str, Any]], str]:
+        # A list that never answers must end (and be retried), not hold the feed forever.
+        timeout = {"_request_timeout": LIST_TIMEOUT_S}
         if self.raw:
-            resp: Any = self.call(*self.args, **self.kwargs, _preload_content=False)
+            resp: Any = self.call(*self.args, **self.kwargs, **timeout, _preload_content=False)
             data: Any = orjson.loads(resp.data)
         else:
-            data = self.call(*self.args, **self.kwargs)
+            data = self.call(*self.args, **self.kwargs, **timeout)
         return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
 
 
@@ -239,6 +247,9 @@ class ClusterSync:
             (API_GROUP, VERSION, "computequotas"),
         )
         self.feeds = [self.nodes, self.pods] + ([self.quotas] if quota_book else [])
+        # Until every feed is listed (and again after a failed watch, until the re-list is
+        # applied) the books are incomplete: the service refuses to place anything.
+        service.gate = self.not_serving
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
@@ -256,6 +267,11 @@ class ClusterSync:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def not_serving(self) -> str | None:
+        """Why filter and bind must not decide now (None: the books are complete)."""
+        ready, why = self.readiness()
+        return None if ready else why
 
     def readiness(self) -> tuple[bool, str]:
         now = time.time()
@@ -279,6 +295,7 @@ class ClusterSync:
                 feed.failures = 0
                 self._watch(feed, version)
             except Exception as exc:  # every failure ends in a re-list after a backoff
+                feed.synced = False  # events may have been missed: incomplete until re-listed
                 feed.failures += 1
                 delay = min(self.backoff[1], self.backoff[0] * 2 ** (feed.failures - 1))
                 delay *= 0.5 + random.random() / 2

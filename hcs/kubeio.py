@@ -8,12 +8,19 @@ import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+CALL_TIMEOUT_S = 1.5
+"""Every call on the bind path: four of them stay below kube-scheduler's 5 s httpTimeout."""
 
-def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+
+def read_pod(
+    core: client.CoreV1Api, namespace: str, name: str, timeout: float = CALL_TIMEOUT_S
+) -> dict[str, Any] | None:
     """The Pod as JSON (None if it does not exist); other API errors are raised."""
     try:
         # _preload_content=False hands back the raw response (the stubs say V1Pod).
-        raw: Any = core.read_namespaced_pod(name, namespace, _preload_content=False)
+        raw: Any = core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=timeout
+        )
     except ApiException as exc:
         if exc.status == 404:
             return None

@@ -83,6 +83,18 @@ class Ledger:
                 self.state.replace_allocation(alloc)
             return alloc
 
+    def release_assumed(self, alloc: Allocation) -> bool:
+        """Return `alloc`'s devices only if it is still the pod's record and still assumed: a
+        retried bind of the same pod may have confirmed it meanwhile."""
+        with self._lock:
+            current = self.state.allocations.get(alloc.uid)
+            if current is None or current.state != "assumed":
+                return False
+            if current.created_at != alloc.created_at or current.node != alloc.node:
+                return False
+            self.state.remove_allocation(alloc.uid)
+            return True
+
     def release(self, uid: str) -> Allocation | None:
         """Return a pod's devices; None if it held none (releasing twice is harmless)."""
         with self._lock:

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from hcs.assignment import A_ALLOCATED, container_devices
 from hcs.errors import HcsError
-from hcs.kubeio import read_pod
+from hcs.kubeio import CALL_TIMEOUT_S, read_pod
 
 A_LOCK_POD = "hcs.io/pod"
 LEASE_PREFIX = "hcs-node-"
@@ -80,7 +80,10 @@ class NodeLock:
     def read(self, node: str) -> dict[str, Any] | None:
         try:
             raw: Any = self.leases.read_namespaced_lease(
-                lease_name(node), self.namespace, _preload_content=False
+                lease_name(node),
+                self.namespace,
+                _preload_content=False,
+                _request_timeout=CALL_TIMEOUT_S,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -108,6 +111,7 @@ class NodeLock:
                         self.namespace,
                         self._body(node, namespace, name, uid),
                         _preload_content=False,
+                        _request_timeout=CALL_TIMEOUT_S,
                     )
                     return
                 except ApiException as exc:
@@ -151,7 +155,11 @@ class NodeLock:
     def _replace(self, node: str, lease: Mapping[str, Any], body: Any) -> None:
         body["metadata"]["resourceVersion"] = (lease.get("metadata") or {}).get("resourceVersion")
         self.leases.replace_namespaced_lease(
-            lease_name(node), self.namespace, body, _preload_content=False
+            lease_name(node),
+            self.namespace,
+            body,
+            _preload_content=False,
+            _request_timeout=CALL_TIMEOUT_S,
         )
 
     def _pod(self, ref: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -62,10 +62,22 @@ from hcs.wire import (
 
 log = logging.getLogger("hcs.extender")
 POD_CACHE_SIZE = 10_000
+ASSUMED_MAX_AGE_S = 60.0
+"""A bind whose outcome stayed unknown keeps its devices booked this long at most (well past
+any Binding still in flight: every call on the bind path times out within 1.5 s)."""
 
 
 class BindError(Exception):
-    """The API server refused the Binding; `message` says why."""
+    """The Binding failed; `status` is the API server's HTTP status, None when no answer came
+    (timeout, reset). Only a 4xx is a refusal: after anything else it may have committed."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        return self.status is not None and 400 <= self.status < 500
 
 
 class Binder(Protocol):
@@ -98,6 +110,9 @@ class SchedulerService:
     binder: Binder | None = None
     """None: local mode, allocations are only recorded in memory."""
     pod_cache_size: int = POD_CACHE_SIZE
+    gate: Callable[[], str | None] | None = None
+    """Cluster mode: why the books are incomplete now (None: complete). While it says so,
+    filter passes no node and bind records nothing."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.state, self.config)
@@ -217,6 +232,8 @@ class SchedulerService:
 
     def filter(self, raw: Any) -> bytes:
         """The filter reply as JSON bytes; failures are in `Error` (always HTTP 200)."""
+        if self.gate is not None and (why := self.gate()) is not None:
+            return orjson.dumps(filter_error(f"NotReady: HCS's books are incomplete ({why})"))
         try:
             args = normalize_keys(raw, "ExtenderArgs")
             names, items = _candidates(args)
@@ -278,6 +295,8 @@ class SchedulerService:
     # ----------------------------------------------------------------- bind
 
     async def bind(self, raw: Any) -> ExtenderBindingResult:
+        if self.gate is not None and (why := self.gate()) is not None:
+            return {"Error": f"NotReady: HCS's books are incomplete ({why}); nothing was bound"}
         try:
             args = normalize_keys(raw, "ExtenderBindingArgs")
             name, namespace, uid, node = (
@@ -310,22 +329,14 @@ class SchedulerService:
                 await loop.run_in_executor(
                     None, self.binder.bind, namespace, name, uid, node, annotations
                 )
-            except BaseException as exc:  # whatever failed, the devices must not stay booked
-                if alloc is not None and alloc.state == "assumed":
-                    self.ledger.release(uid)
-                if locked:
-                    await loop.run_in_executor(None, self.binder.unlock, node, uid)
-                if isinstance(exc, NodeBusyError):
-                    log.info("bind pod=%s/%s node=%s waits: %s", namespace, name, node, exc)
-                    return {"Error": _message(exc)}
-                if not isinstance(exc, Exception):
-                    raise  # cancelled (shutdown): released above; the watch restores a landed bind
-                if not isinstance(exc, BindError):
-                    log.exception(
-                        "bind pod=%s/%s node=%s: unexpected failure", namespace, name, node
-                    )
-                log.warning("bind pod=%s/%s node=%s failed: %s", namespace, name, node, exc)
-                return {"Error": f"BindFailed: {exc}"}
+            except BaseException as exc:
+                kept = await self._after_failed_bind(
+                    exc, alloc, locked, namespace=namespace, name=name, node=node
+                )
+                if kept is None:
+                    raise  # cancelled (shutdown): released; the watch restores a landed bind
+                if kept != "bound":
+                    return {"Error": kept}
         if alloc is not None:
             alloc = self.ledger.confirm(uid)
             log.info(
@@ -338,6 +349,86 @@ class SchedulerService:
                 alloc.score,
             )
         return {"Error": ""}
+
+    async def _after_failed_bind(
+        self,
+        exc: BaseException,
+        alloc: Allocation | None,
+        locked: bool,
+        *,
+        namespace: str,
+        name: str,
+        node: str,
+    ) -> str | None:
+        """Settle the books after the lock or the Binding failed: "bound" when the pod turns
+        out to be bound here after all, else the Error to answer (None: re-raise `exc`).
+
+        Only a refusal (4xx, or nothing sent) returns the devices. After a timeout, a reset or
+        a 5xx the Binding may have committed: the pod is read back; bound here -> confirmed,
+        bound elsewhere or gone -> returned, otherwise kept booked (assumed) until the watch
+        shows the pod or the allocation expires. Devices are returned only while the ledger's
+        record is still this bind's (a retry may have confirmed it meanwhile)."""
+        assert self.binder is not None
+        uid = alloc.uid if alloc is not None else ""
+        loop = asyncio.get_running_loop()
+
+        async def give_back() -> None:
+            # Only while the record is still this bind's: a retry may have confirmed it, and
+            # then the node's lock is the retry's too.
+            ours = self.ledger.release_assumed(alloc) if alloc is not None else True
+            if locked and ours:
+                await loop.run_in_executor(None, self.binder.unlock, node, uid)  # type: ignore[union-attr]
+
+        if isinstance(exc, NodeBusyError):
+            await give_back()
+            log.info("bind pod=%s/%s node=%s waits: %s", namespace, name, node, exc)
+            return _message(exc)
+        if not isinstance(exc, Exception):
+            await give_back()
+            return None
+        if not isinstance(exc, BindError):
+            log.exception("bind pod=%s/%s node=%s: unexpected failure", namespace, name, node)
+            await give_back()
+            return f"BindFailed: {exc}"
+        log.warning("bind pod=%s/%s node=%s failed: %s", namespace, name, node, exc)
+        if exc.refused or alloc is None:
+            await give_back()
+            return f"BindFailed: {exc}"
+        try:
+            pod = await loop.run_in_executor(None, self.binder.get_pod, namespace, name)
+        except Exception as read_exc:
+            pod, unread = None, f"; reading the pod back failed: {read_exc}"
+        else:
+            unread = ""
+            spec, meta = (pod or {}).get("spec") or {}, (pod or {}).get("metadata") or {}
+            if pod is None or meta.get("uid") != uid:
+                await give_back()
+                return f"BindFailed: {exc}; the pod is gone"
+            if spec.get("nodeName") == node:
+                return "bound"
+            if spec.get("nodeName"):
+                await give_back()
+                return f"BindFailed: {exc}; the pod is bound to {spec['nodeName']}"
+        return (
+            f"BindFailed: {exc}{unread}; the Binding may have committed, so its devices stay "
+            f"booked until the pod is seen bound, or for {ASSUMED_MAX_AGE_S:g} s"
+        )
+
+    async def expire_assumed(self, max_age_s: float = ASSUMED_MAX_AGE_S) -> list[Allocation]:
+        """Return the devices of binds whose outcome stayed unknown for `max_age_s`, and free
+        their nodes' locks (the extender calls this periodically)."""
+        expired = self.ledger.expire_assumed(max_age_s)
+        loop = asyncio.get_running_loop()
+        for a in expired:
+            log.warning(
+                "bind of pod %s/%s to %s never confirmed: devices returned",
+                a.namespace,
+                a.name,
+                a.node,
+            )
+            if self.binder is not None:
+                await loop.run_in_executor(None, self.binder.unlock, a.node, a.uid)
+        return expired
 
     async def _demand_for_bind(self, namespace: str, name: str, uid: str) -> PodDemand | None:
         seen = self._seen.get(uid)

@@ -56,6 +56,11 @@ class FakeApiServer:
             QUOTAS: set(),
             LEASES: set(),
         }
+        self.hanging: dict[str, asyncio.Event] = {}
+        """Kinds whose list requests get no answer until the event is set (`hang`)."""
+        self.bind_failures: list[tuple[int, bool, float]] = []
+        """The next Bindings answer these (status, after committing?, after how many seconds)
+        instead of 201."""
         self.delay_s = 0.0
         """Every answer waits this long first (a slow or distant API server)."""
 
@@ -87,6 +92,13 @@ class FakeApiServer:
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.rv)
         self._emit(kind, "DELETED", obj)
+
+    def hang(self, kind: str) -> None:
+        """List requests of `kind` get no answer until `answer(kind)`."""
+        self.hanging[kind] = asyncio.Event()
+
+    def answer(self, kind: str) -> None:
+        self.hanging.pop(kind).set()
 
     def drop_watches(self) -> None:
         """End every open watch stream, as an API server restart or a load balancer would."""
@@ -222,6 +234,8 @@ class FakeApiServer:
             if request.query.get("watch") in ("true", "1", "True"):
                 return await self._watch(kind, request)
             self.list_calls[kind] += 1
+            if kind in self.hanging:
+                await self.hanging[kind].wait()
             if self.fail_lists:
                 self.fail_lists -= 1
                 return _status(500, "InternalError", "injected failure")
@@ -359,11 +373,18 @@ class FakeApiServer:
                 "Conflict",
                 f"pod {key} is already assigned to node {pod['spec']['nodeName']!r}",
             )
+        failure = self.bind_failures.pop(0) if self.bind_failures else None
+        if failure is not None and not failure[1]:
+            await asyncio.sleep(failure[2])
+            return _status(failure[0], "InternalError", "injected failure before the Binding")
         pod = copy.deepcopy(pod)
         pod["spec"]["nodeName"] = body["target"]["name"]
         annotations = pod["metadata"].setdefault("annotations", {})
         annotations.update((body.get("metadata") or {}).get("annotations") or {})
         self.put(PODS, pod)
+        if failure is not None:  # committed, but the caller hears of a failure
+            await asyncio.sleep(failure[2])
+            return _status(failure[0], "InternalError", "injected failure after the Binding")
         return web.json_response(
             {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201
         )
