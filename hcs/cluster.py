@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from kubernetes import client, watch
 from kubernetes import config as kube_config
@@ -288,6 +289,10 @@ class ClusterSync:
 
     def _run_feed(self, feed: _Feed) -> None:
         while not self._stop.is_set():
+            if feed is self.pods and not self.nodes.synced:
+                # Pods are charged to their nodes' devices: list them once the nodes are known.
+                self._stop.wait(0.05)
+                continue
             try:
                 items, version = feed.list()
                 self._hand_over(self._replace, feed, items)
@@ -418,6 +423,8 @@ class ClusterSync:
             )
             return
         if alloc is None:
+            alloc = unplaced_holding(pod, self.service.state, self.service.vendors)
+        if alloc is None:
             return
         ledger = self.service.ledger
         existing = self.service.state.allocations.get(uid)
@@ -428,6 +435,58 @@ class ClusterSync:
                 return
             ledger.release(uid)  # the API server's record wins over ours
         ledger.restore(alloc, force=True)
+
+
+def unplaced_holding(
+    pod: Mapping[str, Any], state: ClusterState, vendors: VendorTable | None = None
+) -> Allocation | None:
+    """A pod HCS did not place (another scheduler, a preset nodeName, a legacy resource in an
+    excluded namespace) that holds devices on a node without saying which: charged as holding
+    that many whole devices, the node's idle devices from the highest slot down, so the node's
+    free devices are right. When the device plugin writes the pod's assignment, the watch
+    replaces this with the real devices."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if not node or annotations.get(A_ASSIGNED_DEVICES):
+        return None
+    try:
+        demand = parse_pod(pod, vendors)
+    except HcsError:
+        return None
+    row = state.index.get(node)
+    if not demand.asks_for_compute or row is None or not demand.uid:
+        return None
+    present = state.dev_present_mask[row]
+    idle = np.flatnonzero(state.dev_idle_mask[row])[::-1].tolist()
+    busy = [s for s in np.flatnonzero(present)[::-1].tolist() if s not in idle]
+    slots = (idle + busy)[: demand.total_devices]
+    ids = state.device_ids[row]
+    charges = tuple(
+        DeviceCharge(
+            ids[s],
+            c.name,
+            int(state.dev_vram_cap_mib[row, s]),
+            int(state.dev_fp16_cap_mtf[row, s]),
+            int(state.dev_fp32_cap_mtf[row, s]),
+        )
+        for c, s in zip(
+            (c for c in sorted(demand.containers, key=lambda c: c.index) for _ in range(c.devices)),
+            slots,
+            strict=False,
+        )
+    )
+    log.info(
+        "pod %s holds %d devices on %s without an HCS assignment: counted as %s",
+        demand.key,
+        demand.total_devices,
+        node,
+        ",".join(c.device_id for c in charges),
+    )
+    vendor = VENDOR_NAMES[int(state.node_vendor[row])]
+    return Allocation(
+        demand.uid, demand.namespace, demand.name, node, vendor, charges, "confirmed", time.time()
+    )
 
 
 def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:

@@ -152,3 +152,38 @@ async def test_a_late_failure_never_releases_what_a_retry_confirmed(start: Start
     assert (await first).startswith("BindFailed")
     assert c.service.state.allocations["uid-a"].state == "confirmed"
     assert fake.lease_holder("n1") == "uid-a"  # still the pod's, until its Allocate
+
+
+async def test_pods_placed_without_hcs_count_against_their_node(start: Start) -> None:
+    """Pins: a pod on a node holding the vendor's resource without HCS's assignment reduces the
+    node's free devices by that many; its real devices replace the guess once written."""
+    fake = FakeApiServer()
+    fake.put("computenodes", fresh_node("n1", n_devices=4))
+    stray = pod("stray", {"nvidia.com/gpu": "3"}, node="n1", phase="Running")
+    stray["metadata"]["namespace"] = "kube-system"
+    fake.put(PODS, stray)  # default-scheduler placed it; nobody told HCS which GPUs
+    c = await start(fake)
+    await c.ready()
+    await until(lambda: "uid-stray" in c.service.state.allocations)
+    two = pod("two", {"ai.compute/vram": "8Gi", "ai.compute/devices": "2"})
+    one = pod("one", {"ai.compute/vram": "8Gi"})
+    for p in (two, one):
+        fake.put(PODS, p)
+    assert not (await c.filter(two, ["n1"]))["NodeNames"]  # 4 - 3 = 1 device left
+    assert (await c.filter(one, ["n1"]))["NodeNames"] == ["n1"]
+    guessed = c.service.state.allocations["uid-stray"].device_ids
+    assert len(guessed) == 3
+    # The device plugin (or an operator) writes the real assignment: the ledger follows it.
+    stray = fake.objects[PODS]["kube-system/stray"]
+    annotated = {
+        **stray,
+        "metadata": {
+            **stray["metadata"],
+            "annotations": {
+                "hcs.io/assigned-devices": "0,1,2",
+                "hcs.io/assigned-node": "n1",
+            },
+        },
+    }
+    fake.put(PODS, annotated)
+    await until(lambda: c.service.state.allocations["uid-stray"].device_ids == ("0", "1", "2"))

@@ -172,7 +172,7 @@ async def start_extender(
     )
     sync = ClusterSync(service, api_client(url), watch_timeout_s=1, backoff=(0.05, 0.2))
     http = await aiohttp_client(create_extender(service, sync=sync))
-    await wait_for(lambda: service.state.n_nodes == n_nodes)
+    await wait_for(lambda: service.state.n_nodes == n_nodes and sync.readiness()[0])
     return http, service, url
 
 

@@ -157,10 +157,10 @@ class Sim:
                 ],
             },
         }
-        current = self.fake.put(PODS, pod)
         await wait_for(lambda: set(self.service.state.allocations) == set(self.live))
         row = self.service.state.index[node]
         idle = int(self.service.state.dev_idle_mask[row].sum())
+        current = self.fake.put(PODS, pod)
         if idle == 0:  # nothing free in HCS's books: refused, never a device someone holds
             with pytest.raises(AdmissionError, match="not free in HCS's books"):
                 await asyncio.to_thread(sim.admit, current)
