@@ -50,7 +50,7 @@ def _devices(state: ClusterState, node: ComputeNode) -> list[_Dev]:
             _Dev(
                 slot,
                 d,
-                d.vram_allocatable_mib - d.vram_allocated_mib - v,
+                d.vram_allocatable_mib - max(d.vram_allocated_mib, v),
                 d.fp16_milli_tflops - f16,
                 d.fp32_milli_tflops - f32,
                 holders,

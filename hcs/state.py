@@ -418,12 +418,18 @@ class ClusterState:
         self._refresh_free(row)
 
     def _refresh_free(self, row: int) -> None:
-        np.subtract(
-            self.dev_vram_cap_mib[row],
+        # Free = allocatable - max(reported in use, charged by HCS): the agent's `memory.used`
+        # already includes what HCS's pods use, so subtracting both would count them twice.
+        # What the device reports beyond HCS's charges (processes HCS did not place) still
+        # counts.
+        np.maximum(
             self.dev_vram_reported_mib[row],
+            self.dev_vram_hcs_mib[row],
             out=self.dev_vram_free_mib[row],
         )
-        self.dev_vram_free_mib[row] -= self.dev_vram_hcs_mib[row]
+        np.subtract(
+            self.dev_vram_cap_mib[row], self.dev_vram_free_mib[row], out=self.dev_vram_free_mib[row]
+        )
         np.subtract(
             self.dev_fp16_cap_mtf[row], self.dev_fp16_hcs_mtf[row], out=self.dev_fp16_free_mtf[row]
         )

@@ -427,3 +427,19 @@ def test_a_shared_device_takes_no_more_containers_than_its_slots() -> None:
     raw["metadata"]["labels"]["hcs.io/device-slots"] = "zero"
     with pytest.raises(ValidationError, match="device-slots"):
         ComputeNode.from_dict(raw)
+
+
+def test_vram_in_use_is_not_counted_twice_on_a_shared_device() -> None:
+    """The agent reports `memory.used`, which includes the HCS pod already there: free is
+    allocatable - max(reported, charged), so an 80Gi GPU with one 40Gi pod takes a second."""
+    st = state_of(make_node("s", n_devices=1, shared=True))
+    ledger = Ledger(st)
+    ledger.assume(demand({"ai.compute/vram": "40Gi"}, uid="first"), "s")
+    st.upsert_node(make_node("s", n_devices=1, shared=True, allocated_gi=[40]))  # agent's view
+    second = compile_request(demand({"ai.compute/vram": "40Gi"}, uid="second"))
+    assert filter_nodes(st, second, ["s"], CFG).passed_names() == ["s"]
+    third = compile_request(demand({"ai.compute/vram": "41Gi"}, uid="third"))
+    assert filter_nodes(st, third, ["s"], CFG).passed_names() == []
+    # What the device reports beyond HCS's charges (a process HCS did not place) still counts.
+    st.upsert_node(make_node("s", n_devices=1, shared=True, allocated_gi=[70]))
+    assert filter_nodes(st, second, ["s"], CFG).passed_names() == []
