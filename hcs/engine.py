@@ -596,8 +596,36 @@ def prioritize(
 ) -> IntArray:
     """Scores 0..MAX_SCORE per candidate name (0 for nodes that do not fit)."""
     ev = evaluate(state, req, state.lookup(names), config, now)
-    scores: IntArray = score_percent(state, req, ev, config) // (100 // MAX_SCORE)
-    return scores
+    return normalize_scores(score_percent(state, req, ev, config), ev.codes == 0)
+
+
+def normalize_scores(percent: IntArray, fit_mask: BoolArray) -> IntArray:
+    """kube-scheduler's 0..MAX_SCORE over one call's candidates, keeping the ranking.
+
+    Dividing the 0..100 score by 10 would give 69, 68 and 68 the same 6. Instead, among the
+    nodes that fit, the best gets MAX_SCORE, the worst 0 and the rest their place in proportion
+    (rounded); where rounding would merge distinct scores, they are spread so that every
+    distinct score keeps its own step, as far as MAX_SCORE + 1 steps go. Ties stay ties; nodes
+    that do not fit get 0; a single distinct score gets MAX_SCORE.
+
+    percent : ndarray of shape (n_nodes,); fit_mask : ndarray of shape (n_nodes,).
+    """
+    out = np.zeros(len(percent), np.int64)
+    if not fit_mask.any():
+        return out
+    distinct = np.unique(percent[fit_mask])  # sorted ascending
+    k = len(distinct)
+    if k == 1:
+        out[fit_mask] = MAX_SCORE
+        return out
+    span = int(distinct[-1] - distinct[0])
+    ideal = np.rint((distinct - distinct[0]) * MAX_SCORE / span).astype(np.int64)
+    if k <= MAX_SCORE + 1:
+        steps = np.arange(k)
+        ideal = np.maximum.accumulate(ideal - steps) + steps  # each above the one below
+        ideal = np.minimum(ideal, MAX_SCORE - (k - 1 - steps))  # room left for those above
+    out[fit_mask] = ideal[np.searchsorted(distinct, percent[fit_mask])]
+    return out
 
 
 def select_devices(

@@ -201,9 +201,26 @@ def prioritize_reference(
     config: EngineConfig,
     now: float | None = None,
 ) -> list[int]:
-    """Scores 0..MAX_SCORE, as kube-scheduler receives them."""
+    """Scores 0..MAX_SCORE, as kube-scheduler receives them: normalized over the candidates
+    that fit (best MAX_SCORE, worst 0, the rest in proportion, each distinct score its own step
+    while there are enough steps)."""
     percents = score_percent_reference(state, demand, names, config, now)
-    return [p // (100 // MAX_SCORE) for p in percents]
+    fits = [_node_reason(state, demand, n, config, now)[0] is Reason.Fits for n in names]
+    values = sorted({p for p, f in zip(percents, fits, strict=True) if f})
+    if not values:
+        return [0] * len(names)
+    if len(values) == 1:
+        return [MAX_SCORE if f else 0 for f in fits]
+    low, high = values[0], values[-1]
+    step: dict[int, int] = {}
+    below = -1
+    for i, v in enumerate(values):
+        s = round((v - low) * MAX_SCORE / (high - low))
+        if len(values) <= MAX_SCORE + 1:
+            s = min(max(s, below + 1), MAX_SCORE - (len(values) - 1 - i))
+        step[v] = s
+        below = s
+    return [step[p] if f else 0 for p, f in zip(percents, fits, strict=True)]
 
 
 def score_percent_reference(

@@ -32,7 +32,6 @@ from hcs.demand import (
     parse_pod,
 )
 from hcs.engine import (
-    MAX_SCORE,
     UNRESOLVABLE,
     EngineConfig,
     Reason,
@@ -40,6 +39,7 @@ from hcs.engine import (
     compile_request,
     evaluate,
     filter_nodes,
+    normalize_scores,
     score_percent,
 )
 from hcs.errors import HcsError
@@ -287,7 +287,8 @@ class SchedulerService:
             raise WireError("ExtenderArgs.NodeNames: expected a list of node names") from None
         _check_unknown_names(found.names[found.rows < 0])
         ev = evaluate(self.state, seen.request, found.rows, self.config)
-        scores = score_percent(self.state, seen.request, ev, self.config) // (100 // MAX_SCORE)
+        percent = score_percent(self.state, seen.request, ev, self.config)
+        scores = normalize_scores(percent, ev.codes == 0)
         return encode_host_scores(
             [(found.names[scores == s].tolist(), s) for s in np.unique(scores).tolist()]
         )

@@ -10,9 +10,11 @@ from hcs.engine import (
     EngineConfig,
     Reason,
     compile_request,
+    evaluate,
     filter_nodes,
     prioritize,
     route_vendor,
+    score_percent,
     select_devices,
 )
 from hcs.errors import PlacementError, ValidationError
@@ -298,7 +300,10 @@ def test_preferred_vendor_gets_a_bonus() -> None:
         annotations={"hcs.io/vendor-preference": "huawei", "hcs.io/allow-downgrade": "true"},
     )
     scores = prioritize(st, compile_request(d), ["gpu", "npu"], CFG)
-    assert scores[1] > scores[0] > 0
+    assert scores.tolist() == [0, 10]  # normalized over the call: best 10, worst 0
+    ev = evaluate(st, compile_request(d), st.lookup(["gpu", "npu"]), CFG)
+    percent = score_percent(st, compile_request(d), ev, CFG)
+    assert percent[1] > percent[0] > 0  # the absolute scores (hcs.io/scheduling-score)
 
 
 def test_select_devices_keeps_a_container_inside_one_clique() -> None:
