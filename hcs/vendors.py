@@ -96,7 +96,19 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         name="huawei",
         resource="huawei.com/Ascend910",
         # `huawei.com/ascend` is the spelling of the API reference's compatibility example.
-        aliases=("huawei.com/Ascend910B*", "huawei.com/Ascend310P", "huawei.com/ascend"),
+        # Exact names, not a pattern: `Ascend910B*` would also match HAMi's `…-memory`
+        # resources, and kube-scheduler's managedResources take exact names only.
+        aliases=(
+            "huawei.com/Ascend910B",
+            "huawei.com/Ascend910B1",
+            "huawei.com/Ascend910B2",
+            "huawei.com/Ascend910B3",
+            "huawei.com/Ascend910B4",
+            "huawei.com/Ascend910C",
+            "huawei.com/Ascend310P",
+            "huawei.com/Ascend310",
+            "huawei.com/ascend",
+        ),
         device_env="ASCEND_VISIBLE_DEVICES",
         logical_env="ASCEND_RT_VISIBLE_DEVICES",
         guard_env=("ASCEND_VISIBLE_DEVICES", ""),
@@ -167,6 +179,16 @@ class VendorTable:
 
     def all_link_types(self) -> frozenset[str]:
         return frozenset(t for p in self.profiles.values() for t in p.high_bandwidth_links)
+
+
+def managed_resources(table: VendorTable) -> list[str]:
+    """Every whole-device resource name of the table, for kube-scheduler's `managedResources`
+    (a pod asking only for an alias must still reach the extender). Patterns in a site's
+    aliases cannot be listed there: name those resources exactly."""
+    names = []
+    for profile in table.profiles.values():
+        names += [profile.resource, *profile.aliases]
+    return [n for n in dict.fromkeys(names) if not any(ch in n for ch in "*?[")]
 
 
 _OVERRIDABLE: Final = {

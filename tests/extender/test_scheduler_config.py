@@ -7,7 +7,7 @@ import yaml
 
 from extender.app import VERBS
 from hcs.demand import ABSTRACT_RESOURCES
-from hcs.vendors import VendorTable
+from hcs.vendors import VendorTable, managed_resources
 from hcs_cli.main import build_parser
 
 CONFIG = (
@@ -47,3 +47,14 @@ def test_managed_resources_cover_abstract_and_vendor_resources() -> None:
         assert managed[resource] is True, resource
     for profile in VendorTable().profiles.values():
         assert managed[profile.resource] is False, profile.resource
+
+
+def test_managed_resources_are_exactly_the_vendor_tables_names() -> None:
+    """A pod asking only for an alias (huawei.com/Ascend910B3, hygon.com/dcunum, …) must reach
+    the extender: kube-scheduler's IsInterested looks at managedResources only."""
+    (ext,) = config()["extenders"]
+    listed = [m["name"] for m in ext["managedResources"] if not m["name"].startswith("ai.compute/")]
+    assert listed == managed_resources(VendorTable())
+    assert {"huawei.com/Ascend910B3", "huawei.com/Ascend310P", "hygon.com/dcunum"} <= set(listed)
+    assert "cambricon.com/vmlu" in listed
+    assert all(m["ignoredByScheduler"] is False for m in ext["managedResources"][4:])
