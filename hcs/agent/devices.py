@@ -4,10 +4,13 @@ Every parser returns `RawDevice`s and a `Topology`; nothing here knows a tool's 
 shared by all tools live here: number and unit reading, PCI address normalisation, the health
 score, and the link matrix that `nvidia-smi topo -m` and `npu-smi info -t topo` both print.
 
-Health score (0-100), from what the tool reports:
+Health score (0-100), from what the tool reports; the scheduler uses devices scoring at least
+60 (`--min-health`):
 - start at 100;
-- uncorrected ECC errors (volatile) > 0: -40;  retired pages pending > 0: -30;
-- temperature >= 85 °C: -30, >= 80 °C: -15;
+- uncorrected ECC errors (volatile) > 0: -60; retired pages pending: -60. Either alone takes
+  the device out (40): its memory is corrupting or about to lose pages;
+- temperature >= 85 °C: -30, >= 80 °C: -15. Alone it never takes a device out (70 at worst): a
+  busy device runs hot;
 - the tool's own health column: Warning -30, anything else but OK (Alarm, Critical): -60;
 - never below 0. Unknown fields (`[N/A]`) count as fine.
 """
@@ -55,9 +58,9 @@ class RawDevice:
     def health_score(self) -> int:
         score = 100
         if self.ecc_errors:
-            score -= 40
+            score -= 60
         if self.retired_pending:
-            score -= 30
+            score -= 60
         if self.temperature_c is not None:
             if self.temperature_c >= 85:
                 score -= 30

@@ -106,7 +106,7 @@ def test_nvml_reads_devices_health_and_links_to_gpus_and_switches() -> None:
         ("0", "GPU-0a", 81559, 512, "0000:18:00.0"),
         ("1", "GPU-0b", 81559, 0, "0000:2A:00.0"),
     ]
-    assert [d.health_score for d in devices] == [100, 60, 100, 70]
+    assert [d.health_score for d in devices] == [100, 40, 100, 70]  # ECC out, 86 °C stays
     # 0 and 1 share an NVSwitch; 2 has a direct link to 0 (its own row, so only 2 lists it).
     assert topology.links == {
         "GPU0": {"GPU1": "nvlink"},
