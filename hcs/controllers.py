@@ -36,7 +36,7 @@ from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.errors import HcsError
 from hcs.ledger import Ledger
-from hcs.models import API_GROUP, ComputeNode, ComputeQuota, parse_time
+from hcs.models import API_GROUP, HEARTBEAT_TIMEOUT_S, ComputeNode, ComputeQuota, parse_time
 from hcs.quota import RESOURCES, applies, demand_amounts, render
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
@@ -232,7 +232,7 @@ class ControllerRunner:
         self,
         api: client.ApiClient,
         *,
-        heartbeat_timeout_s: float = 90.0,
+        heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
         vendors: VendorTable | None = None,
         wait_event_after_s: float = 60.0,
         wait_event_every_s: float = 300.0,

@@ -28,6 +28,13 @@ API_GROUP: Final = "hcs.io"
 API_VERSION: Final = "hcs.io/v1alpha1"
 SHARING_LABEL: Final = "hcs.io/device-sharing"
 SLOTS_LABEL: Final = "hcs.io/device-slots"
+HEARTBEAT_INTERVAL_S: Final = 30.0
+"""How often the agent publishes its ComputeNode's status (`hcs agent --interval`)."""
+CLOCK_SKEW_S: Final = 30.0
+"""How far the agent's clock (it writes lastHeartbeat) may be from the reader's."""
+HEARTBEAT_TIMEOUT_S: Final = 3 * HEARTBEAT_INTERVAL_S + CLOCK_SKEW_S
+"""A node is AgentNotConnected only after two missed beats (the third is due 3 intervals after
+the last one seen) plus clock skew: one failed publish never marks it."""
 """Shared nodes: how many containers one device may serve (the device plugin's replicas)."""
 LINK_TYPES: Final = ("nvlink", "hccs", "sio", "pcie", "roce", "xgmi", "mlulink")
 PHASES: Final = ("Ready", "NotReady", "Draining")

@@ -42,7 +42,7 @@ from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents, load_inventory
-from hcs.models import ComputeNode, ComputeQuota
+from hcs.models import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S, ComputeNode, ComputeQuota
 from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.simulate import Placement, explain, pods_from_paths, simulate
@@ -70,10 +70,10 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=60.0,
+        default=HEARTBEAT_TIMEOUT_S,
         metavar="SECONDS",
         help="cluster mode: a ComputeNode whose agent heartbeat is older is "
-        "AgentNotConnected (default %(default)s)",
+        "AgentNotConnected (default %(default)s: two missed 30 s beats plus 30 s of clock skew)",
     )
 
 
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval",
         type=float,
-        default=30.0,
+        default=HEARTBEAT_INTERVAL_S,
         metavar="SECONDS",
         help="heartbeat period (default %(default)s)",
     )
@@ -267,13 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
     )
-    p.add_argument("--interval", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often to check heartbeats and recount quotas (default %(default)s)",
+    )
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=90.0,
+        default=HEARTBEAT_TIMEOUT_S,
         metavar="SECONDS",
-        help="a ComputeNode silent longer is AgentConnected=False (default %(default)s)",
+        help="a ComputeNode silent longer is AgentConnected=False (default %(default)s: two "
+        "missed 30 s beats plus 30 s of clock skew)",
     )
     p.add_argument(
         "--lease",

@@ -187,3 +187,40 @@ async def test_pods_placed_without_hcs_count_against_their_node(start: Start) ->
     }
     fake.put(PODS, annotated)
     await until(lambda: c.service.state.allocations["uid-stray"].device_ids == ("0", "1", "2"))
+
+
+def test_heartbeats_tolerate_two_missed_beats_and_clock_skew() -> None:
+    """Pins the boundary: a node whose last beat is just within two missed 30 s beats plus 30 s
+    of skew is still connected for the extender and the controller; just past it, it is not."""
+    import time as _time
+
+    from hcs.controllers import expire_heartbeats
+    from hcs.demand import parse_pod
+    from hcs.engine import EngineConfig, Reason, compile_request, evaluate
+    from hcs.models import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S, ComputeNode
+    from hcs.state import ClusterState
+    from hcs.synthetic import node_dict
+
+    assert HEARTBEAT_TIMEOUT_S >= 3 * HEARTBEAT_INTERVAL_S + 30  # two misses + skew
+    now = 1_800_000_000.0
+    config = EngineConfig(heartbeat_max_age_s=HEARTBEAT_TIMEOUT_S)
+    req = compile_request(
+        parse_pod(
+            {
+                "metadata": {"name": "p", "uid": "u"},
+                "spec": {
+                    "containers": [
+                        {"name": "c", "resources": {"requests": {"ai.compute/vram": "1Gi"}}}
+                    ]
+                },
+            }
+        )
+    )
+    for age, connected in ((HEARTBEAT_TIMEOUT_S - 1, True), (HEARTBEAT_TIMEOUT_S + 1, False)):
+        beat = _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(now - age))
+        raw = node_dict("n1", heartbeat=beat, conditions={"AgentConnected": "True"})
+        state = ClusterState.from_nodes([ComputeNode.from_dict(raw)])
+        code = Reason(int(evaluate(state, req, state.lookup(["n1"]), config, now).codes[0]))
+        assert (code is Reason.Fits) is connected, (age, code)
+        updates = expire_heartbeats([raw], now, HEARTBEAT_TIMEOUT_S)
+        assert (updates == []) is connected, (age, updates)
