@@ -25,12 +25,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict
 
-from hcs.assignment import container_key, logical_ids
+from hcs.assignment import CONTAINER_PREFIX, container_key, logical_ids
 from hcs.demand import (
     A_ASSIGNED_VENDOR,
     A_REQUEST,
     ABSTRACT_RESOURCES,
     DEVICES,
+    OUTPUT_ANNOTATIONS,
     PodDemand,
     parse_pod,
 )
@@ -83,6 +84,22 @@ def parse_review(body: Any) -> AdmissionRequest:
     request = body.get("request")
     if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
         raise ReviewError("AdmissionReview.request with a uid is required")
+    for key, kinds, what in (
+        ("kind", (dict,), "an object {group, version, kind}"),
+        ("resource", (dict,), "an object {group, version, resource}"),
+        ("operation", (str,), "CREATE, UPDATE, DELETE or CONNECT"),
+        ("namespace", (str,), "a namespace name"),
+        ("object", (dict,), "the object (a Pod)"),
+        ("oldObject", (dict,), "the previous object"),
+        ("dryRun", (bool,), "true or false"),
+        ("userInfo", (dict,), "an object {username, groups}"),
+    ):
+        value = request.get(key)
+        if value is not None and not isinstance(value, kinds):
+            raise ReviewError(
+                f"AdmissionReview.request.{key}: expected {what}, got {type(value).__name__} "
+                f"{str(value)[:40]!r}"
+            )
     return request  # type: ignore[return-value]
 
 
@@ -182,9 +199,23 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
     if not isinstance(pod, dict):
         return _deny(uid, 400, "InvalidRequest: request.object: expected the Pod")
     meta = pod.get("metadata") or {}
-    if (meta.get("annotations") or {}).get(A_ASSIGNED_VENDOR):
-        return {"uid": uid, "allowed": True}  # admitted before (reinvocation, or by hand)
     namespace = request.get("namespace") or meta.get("namespace") or "default"
+    # What HCS writes is HCS's: a pod created carrying it would be neither charged nor patched
+    # (the webhook runs once per CREATE: reinvocationPolicy Never).
+    annotations = meta.get("annotations") or {}
+    written = sorted(
+        k
+        for k in (annotations if isinstance(annotations, dict) else {})
+        if k in OUTPUT_ANNOTATIONS or str(k).startswith(CONTAINER_PREFIX)
+    )
+    if written:
+        return _deny(
+            uid,
+            403,
+            f"InvalidAnnotation: metadata.annotations[{written[0]}]: set by HCS when it admits "
+            "and binds a pod, never by its creator; remove "
+            + ("it" if len(written) == 1 else f"it and {', '.join(written[1:])}"),
+        )
     try:
         demand = parse_pod(pod, ctx.vendors, namespace=namespace)
     except HcsError as exc:
@@ -195,7 +226,39 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
         route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
     except HcsError as exc:
         return _deny(uid, 403, str(exc))
+    wrong = _visibility_env(pod, demand, ctx.vendors[route.vendor], ctx.vendors)
+    if wrong is not None:
+        return _deny(uid, 400, wrong)
     return Plan(uid, pod, demand, route, bool(request.get("dryRun")))
+
+
+def _visibility_env(
+    pod: Mapping[str, Any], demand: PodDemand, profile: VendorProfile, vendors: VendorTable
+) -> str | None:
+    """A container may not choose its own devices: a requesting container setting the
+    vendor's device or logical env, or any container asking to see `all` devices, is refused
+    (before any quota is charged)."""
+    spec = pod.get("spec") or {}
+    asking = {c.index for c in demand.containers}
+    owned = {profile.device_env, profile.logical_env} - {"", None}
+    device_envs = {p.device_env for p in vendors.profiles.values()} - {""}
+    for kind in ("containers", "initContainers"):
+        for i, c in enumerate(spec.get(kind) or []):
+            for e in c.get("env") or []:
+                name = e.get("name") if isinstance(e, dict) else None
+                at = f"spec.{kind}[{i}].env[{name}]"
+                if kind == "containers" and i in asking and name in owned:
+                    return (
+                        f"InvalidRequest: {at}: set by HCS from the devices bound to this "
+                        "container; remove it"
+                    )
+                asks = kind == "containers" and i in asking
+                if not asks and name in device_envs and str(e.get("value", "")).lower() == "all":
+                    return (
+                        f'InvalidRequest: {at}: "all" would show this container every device '
+                        "of the node, though it asked for none; ask for ai.compute/* instead"
+                    )
+    return None
 
 
 def charge(plan: Plan, ctx: AdmissionContext) -> list[str] | AdmissionResponse:
@@ -262,21 +325,22 @@ def mutate(
     containers = spec.get("containers") or []
     asking = {c.index: c for c in demand.containers}
     mounts = profile.mounts if demand.inject_driver else ()
+    # Injected volumes never take a name the pod already uses (the pod's own `nvidia-driver`
+    # emptyDir must not end up mounted at the driver path): the reference's name, else suffixed.
+    taken = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    volume_of: dict[str, str] = {}
+    for m in mounts:
+        name, k = m.name, 1
+        while name in taken:
+            name, k = f"{m.name}-hcs{'' if k == 1 else k}", k + 1
+        taken.add(name)
+        volume_of[m.name] = name
     for i, container in enumerate(containers):
         c = asking.get(i)
-        env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
         if c is None:
-            if profile.guard_env and profile.guard_env[0] not in env_names:
-                name, value = profile.guard_env
-                patch.append(
-                    container.get("env"),
-                    [{"name": name, "value": value}],
-                    "spec",
-                    "containers",
-                    i,
-                    "env",
-                )
+            _guard(patch, container, profile, "containers", i)
             continue
+        env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
         _resources(patch, container, c.devices, profile, i)
         # The container's own devices (bind writes devices.hcs.io/<container>), and the logical
         # IDs 0..k-1 over them: the same entries the device plugin answers Allocate with.
@@ -305,7 +369,9 @@ def mutate(
         patch.append(
             container.get("volumeMounts"),
             [
-                {"name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only}
+                # Always read-only: /run/nvidia/driver is the node's driver root, and a
+                # writable mount would let a tenant replace libcuda for every pod on the node.
+                {"name": volume_of[m.name], "mountPath": m.mount_path, "readOnly": True}
                 for m in mounts
                 if m.mount_path not in mount_paths
             ],
@@ -314,20 +380,29 @@ def mutate(
             i,
             "volumeMounts",
         )
-    volume_names = {v.get("name") for v in spec.get("volumes") or []}
+    # Init containers and native sidecars never ask for devices: they get the guard too.
+    for i, container in enumerate(spec.get("initContainers") or []):
+        _guard(patch, container, profile, "initContainers", i)
     patch.append(
         spec.get("volumes"),
-        [
-            {"name": m.name, "hostPath": {"path": m.host_path}}
-            for m in mounts
-            if m.name not in volume_names
-        ],
+        [{"name": volume_of[m.name], "hostPath": {"path": m.host_path}} for m in mounts],
         "spec",
         "volumes",
     )
     if scheduler_name and spec.get("schedulerName") in (None, "", "default-scheduler"):
         patch.add(scheduler_name, "spec", "schedulerName")
     return patch
+
+
+def _guard(
+    patch: PatchBuilder, container: Mapping[str, Any], profile: VendorProfile, kind: str, i: int
+) -> None:
+    """The guard env on a container that asked for nothing (a CUDA base image sets
+    NVIDIA_VISIBLE_DEVICES=all and would otherwise see every GPU of the node)."""
+    env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
+    if profile.guard_env and profile.guard_env[0] not in env_names:
+        name, value = profile.guard_env
+        patch.append(container.get("env"), [{"name": name, "value": value}], "spec", kind, i, "env")
 
 
 def _resources(

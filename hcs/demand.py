@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -59,6 +60,7 @@ OUTPUT_ANNOTATIONS: Final = (
     A_ALLOCATED,
 )
 KNOWN_ANNOTATIONS: Final = INPUT_ANNOTATIONS + OUTPUT_ANNOTATIONS
+_INPUT_NAMES: Final = tuple(a.split("/", 1)[1] for a in INPUT_ANNOTATIONS)
 BOOLEAN_ANNOTATIONS: Final = (
     A_ALLOW_DOWNGRADE,
     A_INJECT_DRIVER,
@@ -292,6 +294,16 @@ def _parse_container(
         parsed_lim = quantity.parse_quantity(lim, lp) if lim is not None else None
         if parsed_req is not None and parsed_lim is not None and parsed_lim < parsed_req:
             raise QuantityError(lp, lim, f"is less than the request {req}")
+        for value, at, parsed in ((req, rp, parsed_req), (lim, lp, parsed_lim)):
+            # kube-apiserver's Pod validation: extended resources must be whole numbers. A pod
+            # admitted (and charged) with 0.5 would then be refused, its charge leaking.
+            if parsed is not None and parsed.denominator != 1:
+                raise QuantityError(
+                    at,
+                    value,
+                    "is not a whole number: Kubernetes accepts only whole quantities for "
+                    f"extended resources (ask for {math.ceil(parsed)}, or in smaller units)",
+                )
         if req is not None:
             amounts[key] = (req, rp)
         elif lim is not None:
@@ -369,16 +381,18 @@ def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
 def _parse_annotations(annotations: Mapping[str, Any]) -> _Options:
     for raw_key in annotations:
         key = str(raw_key)
-        domain, slash, _ = key.partition("/")
+        domain, slash, name = key.partition("/")
+        # A plausible typo of an HCS key (`hsc.io/vendor-preference`, `hcs.com/allow-downgrade`)
+        # would be silently ignored: say so. Other domains (`ecs.io/…`, `acs.io/…`) are not ours.
         if (
             slash
             and domain != ANNOTATION_DOMAIN
-            and difflib.SequenceMatcher(None, domain, ANNOTATION_DOMAIN).ratio() >= 0.8
-            and len(domain) <= 8
+            and difflib.SequenceMatcher(None, domain, ANNOTATION_DOMAIN).ratio() >= 0.6
+            and (close := difflib.get_close_matches(name, _INPUT_NAMES, n=1, cutoff=0.8))
         ):
             raise AnnotationError(
-                f'metadata.annotations[{key}]: unknown domain "{domain}/" (did you mean '
-                f"{ANNOTATION_DOMAIN}/?); HCS reads only {ANNOTATION_DOMAIN}/ annotations"
+                f"metadata.annotations[{key}]: not an HCS annotation (did you mean "
+                f"{ANNOTATION_DOMAIN}/{close[0]}?); HCS reads only {ANNOTATION_DOMAIN}/ annotations"
             )
         if domain == ANNOTATION_DOMAIN and slash and key not in KNOWN_ANNOTATIONS:
             raise AnnotationError(

@@ -189,7 +189,11 @@ def test_request_annotation_is_normalized_json() -> None:
         ({"hcs.io/topology-preference": "fast"}, AnnotationError, ["high-bandwidth, low-latency"]),
         ({"hcs.io/assigned-vendor": "amd"}, AnnotationError, ["hcs.io/assigned-vendor"]),
         ({"hcs.io/scheduling-score": "high"}, AnnotationError, ["non-negative integer"]),
-        ({"hsc.io/vendor-preference": "nvidia"}, AnnotationError, ["did you mean hcs.io/?"]),
+        (
+            {"hsc.io/vendor-preference": "nvidia"},
+            AnnotationError,
+            ["did you mean hcs.io/vendor-preference?"],
+        ),
     ],
 )
 def test_bad_annotations_are_errors_naming_key_and_allowed_values(

@@ -94,7 +94,7 @@ def test_the_webhook_configuration_is_safe_for_unrelated_pods() -> None:
     assert hook["sideEffects"] == "NoneOnDryRun"
     assert hook["timeoutSeconds"] == 5
     assert hook["failurePolicy"] == "Fail"
-    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["reinvocationPolicy"] == "Never"
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["clientConfig"]["service"] == {
         "namespace": "hcs-system",

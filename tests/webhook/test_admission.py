@@ -163,11 +163,20 @@ def test_reference_annotated_pod_keeps_its_annotations(ctx: AdmissionContext) ->
     assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == "nvidia"
 
 
-def test_a_second_pass_adds_nothing(ctx: AdmissionContext) -> None:
+def test_a_pod_created_with_what_hcs_writes_is_refused(ctx: AdmissionContext) -> None:
+    """An already-admitted pod re-created as is (or a hand-written assigned-vendor) would be
+    neither charged nor patched; the webhook runs once per CREATE (reinvocationPolicy Never)."""
     pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}))
     once = applied(pod, review(request_for(pod), ctx))
     again = review(request_for(once, uid="req-2"), ctx)
-    assert again == {"uid": "req-2", "allowed": True}
+    assert not again["allowed"] and again["status"]["code"] == 403
+    assert again["status"]["message"].startswith(
+        "InvalidAnnotation: metadata.annotations[hcs.io/assigned-vendor]: set by HCS"
+    )
+    for key in ("hcs.io/assigned-devices", "hcs.io/scheduling-score", "devices.hcs.io/main"):
+        forged = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), annotations={key: "0"})
+        denied = review(request_for(forged), ctx)
+        assert not denied["allowed"] and key in denied["status"]["message"]
 
 
 def test_existing_env_volumes_and_annotations_are_kept(ctx: AdmissionContext) -> None:
@@ -175,7 +184,7 @@ def test_existing_env_volumes_and_annotations_are_kept(ctx: AdmissionContext) ->
         container(
             requests={"ai.compute/vram": "8Gi"},
             env=[
-                client.V1EnvVar(name="CUDA_VISIBLE_DEVICES", value="7"),
+                client.V1EnvVar(name="NCCL_DEBUG", value="INFO"),
                 client.V1EnvVar(name="MODEL", value="llama"),
             ],
         ),
@@ -184,11 +193,17 @@ def test_existing_env_volumes_and_annotations_are_kept(ctx: AdmissionContext) ->
     )
     out = applied(pod, review(request_for(pod), ctx))
     env = out["spec"]["containers"][0]["env"]
-    assert [e["name"] for e in env].count("CUDA_VISIBLE_DEVICES") == 1
-    assert env_of(out["spec"]["containers"][0])["CUDA_VISIBLE_DEVICES"] == "7"
+    assert env_of(out["spec"]["containers"][0])["NCCL_DEBUG"] == "INFO"
     assert env[:2] == pod["spec"]["containers"][0]["env"]
     assert out["metadata"]["annotations"]["example.com/owner"] == "team-a"
-    assert [v["name"] for v in out["spec"]["volumes"]].count("nvidia-driver") == 1
+    # The pod's own `nvidia-driver` emptyDir keeps its name and is not mounted at the driver
+    # path: the injected hostPath takes another name.
+    volumes = {v["name"]: v for v in out["spec"]["volumes"]}
+    assert "emptyDir" in volumes["nvidia-driver"]
+    assert volumes["nvidia-driver-hcs"]["hostPath"] == {"path": "/usr/local/nvidia"}
+    mounts = {m["mountPath"]: m for m in out["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/usr/local/nvidia"]["name"] == "nvidia-driver-hcs"
+    assert all(m["readOnly"] for m in mounts.values())
 
 
 def test_generate_name_pods_without_a_name(ctx: AdmissionContext) -> None:

@@ -1,0 +1,128 @@
+"""What AdmissionReviews from real clusters and pods written for HAMi showed (issue 12): each
+point pinned, every allowed case applied with jsonpatch and validated as a Pod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from hcs.admission import AdmissionContext, review
+from hcs.demand import parse_pod
+from hcs.errors import HcsError
+from hcs.models import ComputeQuota
+from hcs.quota import QuotaBook
+from hcs.state import ClusterState
+from hcs.synthetic import make_node
+from tests.webhook.test_admission import applied, container, env_of, k8s_pod, request_for
+from tests.webhook.test_webhook_https import Webhook, review_body, webhook
+
+__all__ = ["webhook"]  # the HTTPS fixture
+
+
+def context(quota: dict[str, str] | None = None) -> tuple[AdmissionContext, QuotaBook]:
+    quotas = {}
+    if quota is not None:
+        quotas[("team-a", "q")] = ComputeQuota.from_dict(
+            {
+                "apiVersion": "hcs.io/v1alpha1",
+                "kind": "ComputeQuota",
+                "metadata": {"name": "q", "namespace": "team-a"},
+                "spec": {"hard": quota},
+            }
+        )
+    book = QuotaBook(quotas)
+    nodes = [make_node("g"), make_node("npu", "huawei"), make_node("dcu", "hygon")]
+    return AdmissionContext(ClusterState.from_nodes(nodes), book), book
+
+
+def test_fractional_values_are_denied_before_any_charge() -> None:
+    """kube-apiserver refuses fractional extended resources: admitting (and charging) such a
+    pod would leak the charge."""
+    ctx, book = context({"tflops-fp16": "100"})
+    pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi", "ai.compute/tflops-fp16": "0.5"}))
+    response = review(request_for(pod), ctx)
+    assert not response["allowed"] and response["status"]["code"] == 400
+    message = response["status"]["message"]
+    assert "requests[ai.compute/tflops-fp16]" in message and "whole number" in message
+    assert "ask for 1" in message
+    assert book.used[("team-a", "q")]["tflops-fp16"] == 0
+    ok = k8s_pod(container(requests={"ai.compute/vram": "1.5Gi", "ai.compute/tflops-fp16": "1"}))
+    applied(ok, review(request_for(ok, uid="r2"), ctx))  # 1.5Gi is a whole number of bytes
+
+
+def test_init_containers_and_native_sidecars_get_the_guard() -> None:
+    ctx, _ = context()
+    sidecar = client.V1Container(name="proxy", image="envoy", restart_policy="Always")
+    init = client.V1Container(name="fetch", image="curl")
+    pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), init=[init, sidecar])
+    out = applied(pod, review(request_for(pod), ctx))
+    for c in out["spec"]["initContainers"]:
+        assert env_of(c)["NVIDIA_VISIBLE_DEVICES"] == "none", c["name"]
+
+
+@pytest.mark.parametrize(
+    ("env", "where"),
+    [
+        ("NVIDIA_VISIBLE_DEVICES", "spec.containers[0].env[NVIDIA_VISIBLE_DEVICES]"),
+        ("CUDA_VISIBLE_DEVICES", "spec.containers[0].env[CUDA_VISIBLE_DEVICES]"),
+    ],
+)
+def test_a_requesting_container_cannot_choose_its_devices(env: str, where: str) -> None:
+    ctx, book = context({"vram": "100Gi"})
+    pod = k8s_pod(
+        container(
+            requests={"ai.compute/vram": "8Gi"}, env=[client.V1EnvVar(name=env, value="0,1")]
+        ),
+        annotations={"hcs.io/vendor-preference": "nvidia"},
+    )
+    response = review(request_for(pod), ctx)
+    assert not response["allowed"] and where in response["status"]["message"]
+    assert book.used[("team-a", "q")]["vram"] == 0
+
+
+def test_a_container_that_asked_for_nothing_cannot_see_all_devices() -> None:
+    ctx, _ = context()
+    greedy = container("side", env=[client.V1EnvVar(name="NVIDIA_VISIBLE_DEVICES", value="all")])
+    pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), greedy)
+    response = review(request_for(pod), ctx)
+    assert not response["allowed"]
+    assert "spec.containers[1].env[NVIDIA_VISIBLE_DEVICES]" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("domain", ["ecs.io", "gcs.io", "acs.io", "hcs.io.example.com"])
+def test_unrelated_domains_pass(domain: str) -> None:
+    pod = k8s_pod(
+        container(requests={"ai.compute/vram": "8Gi"}),
+        annotations={f"{domain}/owner": "x", f"{domain}/vendor": "y"},
+    )
+    parse_pod(pod)  # no error
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("hsc.io/vendor-preference", "hcs.io/vendor-preference"),
+        ("hcs.com/allow-downgrade", "hcs.io/allow-downgrade"),
+        ("hcs.oi/topology-preference", "hcs.io/topology-preference"),
+    ],
+)
+def test_plausible_typos_of_hcs_keys_still_get_did_you_mean(key: str, suggestion: str) -> None:
+    pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), annotations={key: "true"})
+    with pytest.raises(HcsError, match=f"did you mean {suggestion}"):
+        parse_pod(pod)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kind", "Pod"), ("object", "Pod"), ("operation", 7), ("dryRun", "yes"), ("namespace", [])],
+)
+async def test_a_malformed_review_is_400_not_500(webhook: Webhook, field: str, value: Any) -> None:
+    body = review_body("bad-1")
+    body["request"][field] = value
+    resp = await webhook.post(body)
+    assert resp.status == 400
+    assert f"request.{field}" in await resp.text()
+    good = await webhook.post(review_body("good-1"))  # still serving
+    assert good.status == 200
