@@ -62,9 +62,11 @@ async def _or_400(
     try:
         body = answer(request.app[SERVICE], await request.read())
     except orjson.JSONDecodeError as exc:
+        log.info("malformed %s call: body is not JSON: %s", request.path, exc)
         return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"}, 400)
     except (WireError, HcsError) as exc:
         message = str(exc) if isinstance(exc, HcsError) else f"InvalidRequest: {exc}"
+        log.info("malformed %s call: %s", request.path, message)
         return _json({"Error": message}, 400)
     return web.Response(body=body, content_type=JSON)
 

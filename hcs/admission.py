@@ -177,8 +177,24 @@ class Plan:
     dry_run: bool
 
 
-def _deny(uid: str, code: int, message: str) -> AdmissionResponse:
+def _deny(uid: str, code: int, message: str, pod: str = "?") -> AdmissionResponse:
+    """A denial, logged at INFO: the pod, the error code and the field are in the line."""
+    log.info(
+        "deny pod=%s request=%s code=%s reason=%s",
+        pod,
+        uid,
+        message.split(":", 1)[0],
+        message,
+    )
     return {"uid": uid, "allowed": False, "status": {"code": code, "message": message}}
+
+
+def _who(request: AdmissionRequest) -> str:
+    """`namespace/name` of the pod under review (generateName pods have no name yet)."""
+    pod = request.get("object")
+    meta = (pod.get("metadata") or {}) if isinstance(pod, dict) else {}
+    name = meta.get("name") or (meta.get("generateName") or "") + "*"
+    return f"{request.get('namespace') or meta.get('namespace') or 'default'}/{name}"
 
 
 def review(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionResponse:
@@ -197,7 +213,7 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
         return {"uid": uid, "allowed": True}
     pod = request.get("object")
     if not isinstance(pod, dict):
-        return _deny(uid, 400, "InvalidRequest: request.object: expected the Pod")
+        return _deny(uid, 400, "InvalidRequest: request.object: expected the Pod", _who(request))
     meta = pod.get("metadata") or {}
     namespace = request.get("namespace") or meta.get("namespace") or "default"
     # What HCS writes is HCS's: a pod created carrying it would be neither charged nor patched
@@ -215,20 +231,21 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
             f"InvalidAnnotation: metadata.annotations[{written[0]}]: set by HCS when it admits "
             "and binds a pod, never by its creator; remove "
             + ("it" if len(written) == 1 else f"it and {', '.join(written[1:])}"),
+            _who(request),
         )
     try:
         demand = parse_pod(pod, ctx.vendors, namespace=namespace)
     except HcsError as exc:
-        return _deny(uid, 400, str(exc))
+        return _deny(uid, 400, str(exc), _who(request))
     if not demand.asks_for_compute:
         return {"uid": uid, "allowed": True}
     try:
         route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
     except HcsError as exc:
-        return _deny(uid, 403, str(exc))
+        return _deny(uid, 403, str(exc), _who(request))
     wrong = _visibility_env(pod, demand, ctx.vendors[route.vendor], ctx.vendors)
     if wrong is not None:
-        return _deny(uid, 400, wrong)
+        return _deny(uid, 400, wrong, _who(request))
     return Plan(uid, pod, demand, route, bool(request.get("dryRun")))
 
 
@@ -266,7 +283,7 @@ def charge(plan: Plan, ctx: AdmissionContext) -> list[str] | AdmissionResponse:
     try:
         return ctx.quotas.admit(plan.demand, plan.uid, dry_run=plan.dry_run)
     except HcsError as exc:
-        return _deny(plan.uid, 403, str(exc))
+        return _deny(plan.uid, 403, str(exc), plan.demand.key)
 
 
 def finish(

@@ -210,6 +210,7 @@ class SchedulerService:
         try:
             raw = self.decode_args(body)
         except orjson.JSONDecodeError as exc:
+            log.info("filter refused: body is not JSON: %s", exc)
             return orjson.dumps(filter_error(f"InvalidRequest: body is not JSON: {exc}"))
         return self.filter(raw)
 
@@ -243,6 +244,7 @@ class SchedulerService:
             result = filter_nodes(self.state, seen.request, names, self.config)
             _check_unknown_names(result.names[result.codes == Reason.NodeNotFound])
         except (WireError, HcsError) as exc:
+            log.info("filter refused: %s", _message(exc))
             return orjson.dumps(filter_error(_message(exc)))
         codes = result.codes
         counts = np.bincount(codes, minlength=len(Reason))
@@ -305,6 +307,7 @@ class SchedulerService:
                 for key in ("podname", "podnamespace", "poduid", "node")
             )
         except WireError as exc:
+            log.info("bind refused: %s", _message(exc))
             return {"Error": _message(exc)}
         try:
             demand = await self._demand_for_bind(namespace, name, uid)

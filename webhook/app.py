@@ -45,6 +45,7 @@ async def mutate(request: web.Request) -> web.Response:
     try:
         admission = parse_review(orjson.loads(await request.read()))
     except (orjson.JSONDecodeError, ReviewError) as exc:
+        log.info("malformed review: %s", exc)
         return web.Response(status=400, text=f"not an AdmissionReview: {exc}")
     context = request.app[CONTEXT]
     try:

@@ -126,3 +126,20 @@ async def test_a_malformed_review_is_400_not_500(webhook: Webhook, field: str, v
     assert f"request.{field}" in await resp.text()
     good = await webhook.post(review_body("good-1"))  # still serving
     assert good.status == 200
+
+
+def test_every_denial_leaves_an_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    ctx, _ = context({"vram": "4Gi"})
+    caplog.set_level("INFO", logger="hcs.webhook")
+    bad = k8s_pod(
+        container(requests={"ai.compute/vram": "8Gi"}),
+        annotations={"hcs.io/topology-preference": "far"},
+    )
+    over = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}))
+    for i, pod in enumerate((bad, over)):
+        assert not review(request_for(pod, uid=f"d{i}"), ctx)["allowed"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("deny ")]
+    assert len(lines) == 2
+    assert "pod=team-a/train" in lines[0] and "code=InvalidAnnotation" in lines[0]
+    assert "topology-preference" in lines[0]
+    assert "code=QuotaExceeded" in lines[1]
