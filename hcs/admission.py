@@ -32,6 +32,8 @@ from hcs.demand import (
     ABSTRACT_RESOURCES,
     DEVICES,
     OUTPUT_ANNOTATIONS,
+    VRAM,
+    ContainerDemand,
     PodDemand,
     parse_pod,
 )
@@ -358,7 +360,7 @@ def mutate(
             _guard(patch, container, profile, "containers", i)
             continue
         env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
-        _resources(patch, container, c.devices, profile, i)
+        _resources(patch, container, c, profile, i)
         # The container's own devices (bind writes devices.hcs.io/<container>), and the logical
         # IDs 0..k-1 over them: the same entries the device plugin answers Allocate with.
         env: list[dict[str, Any]] = []
@@ -425,12 +427,15 @@ def _guard(
 def _resources(
     patch: PatchBuilder,
     container: Mapping[str, Any],
-    devices: int,
+    c: ContainerDemand,
     profile: VendorProfile,
     index: int,
 ) -> None:
     """`ai.compute/*` requests and limits made equal (request else limit), plus the vendor's
-    device-plugin resource; legacy containers already carry theirs."""
+    device-plugin resource; legacy containers already carry theirs. HAMi's memory resources
+    become `ai.compute/vram` (no node advertises them: kube-scheduler would keep the pod
+    Pending)."""
+    devices = c.devices
     resources = container.get("resources") or {}
     requests = resources.get("requests") or {}
     limits = resources.get("limits") or {}
@@ -439,6 +444,13 @@ def _resources(
         value = requests.get(key, limits.get(key))
         if value is not None:
             values[key] = str(value)
+    if c.vram_total is not None:
+        values[VRAM] = c.vram_total
+    where_res = ("spec", "containers", index, "resources")
+    for key in c.hami:
+        for section, current in (("requests", requests), ("limits", limits)):
+            if key in current:
+                patch.ops.append({"op": "remove", "path": pointer(*where_res, section, key)})
     if values and DEVICES not in values:
         values[DEVICES] = str(devices)
     legacy = [k for k in (*requests, *limits) if profile.owns_resource(str(k))]

@@ -72,6 +72,30 @@ TOPOLOGY_PREFERENCES: Final = ("high-bandwidth", "low-latency")
 Topology = Literal["high-bandwidth", "low-latency"]
 
 
+def hami_memory(resource: str) -> bool:
+    """HAMi's memory-per-device resources, in MiB: read as ai.compute/vram."""
+    return resource in ("nvidia.com/gpumem", "hygon.com/dcumem") or (
+        resource.startswith("huawei.com/Ascend") and resource.endswith("-memory")
+    )
+
+
+_HAMI_VENDOR: Final[dict[str, VendorName]] = {
+    "nvidia.com": "nvidia",
+    "huawei.com": "huawei",
+    "hygon.com": "hygon",
+}
+
+# HAMi resources HCS cannot express (a share of an unknown device, or a unit it cannot check):
+# refused naming them, never ignored and never taken for device counts.
+HAMI_REFUSED: Final = {
+    "nvidia.com/gpumem-percentage": "a percentage of each GPU's memory; ask ai.compute/vram",
+    "nvidia.com/gpucores": "a percentage of each GPU's cores; ask ai.compute/tflops-fp16",
+    "hygon.com/dcucores": "a percentage of each DCU's cores; ask ai.compute/tflops-fp16",
+    "cambricon.com/mlu.smlu.vmemory": "HAMi's MLU memory slices; ask ai.compute/vram",
+    "cambricon.com/mlu.smlu.vcore": "a percentage of each MLU's cores; ask ai.compute/tflops-fp16",
+}
+
+
 @dataclass(frozen=True)
 class ContainerDemand:
     """What one container needs, per device, in engine units."""
@@ -86,6 +110,10 @@ class ContainerDemand:
     """Whole devices (a legacy `nvidia.com/gpu` request): the device must be entirely free."""
     limits: Mapping[str, str] = field(default_factory=dict)
     """The container's original `ai.compute/*` limits, kept for `hcs.io/request`."""
+    hami: tuple[str, ...] = ()
+    """HAMi resources read as ai.compute (the webhook rewrites them: no node advertises them)."""
+    vram_total: str | None = None
+    """The VRAM those HAMi resources amount to (`8000Mi` for 2 devices x 4000), for the patch."""
 
     @property
     def total_vram_mib(self) -> int:
@@ -278,6 +306,21 @@ def _parse_container(
     limits = resources.get("limits") or {}
     if not isinstance(requests, Mapping) or not isinstance(limits, Mapping):
         raise RequestError(f"{path}.resources: requests and limits must be objects")
+    hami: list[str] = []
+    hami_mib = 0
+    for section, values in (("requests", requests), ("limits", limits)):
+        for key, value in values.items():
+            at = f"{path}.resources.{section}[{key}]"
+            if str(key) in HAMI_REFUSED:
+                raise RequestError(f"{at}: HAMi's {key} is {HAMI_REFUSED[str(key)]} instead")
+            if hami_memory(str(key)):
+                mib = quantity.whole_count(value, at)
+                if key not in hami:
+                    hami.append(str(key))
+                hami_mib = max(hami_mib, mib)
+                # HAMi's resource names its vendor, as a device resource does.
+                vendor = _HAMI_VENDOR[str(key).split("/", 1)[0]]
+                legacy_vendors.setdefault(vendor, str(key))
     for section, values in (("requests", requests), ("limits", limits)):
         for key in values:
             if str(key).startswith(PREFIX) and key not in ABSTRACT_RESOURCES:
@@ -327,6 +370,16 @@ def _parse_container(
             legacy_vendors.setdefault(profile.name, str(key))
             legacy_count = max(legacy_count, count)
             legacy_resource = str(key)
+    vram_total = None
+    if hami:
+        if VRAM in amounts:
+            raise RequestError(
+                f"{path}.resources: both {hami[0]} (HAMi) and {VRAM} ask for memory; use one"
+            )
+        # HAMi's memory resources are MiB per device: the container's total is that times
+        # its device count (HAMi's device resource, default 1).
+        vram_total = f"{hami_mib * (legacy_count or 1)}Mi"
+        amounts[VRAM] = (vram_total, f"{path}.resources.limits[{hami[0]}]")
     if not amounts and legacy_count == 0:
         return None
 
@@ -359,6 +412,8 @@ def _parse_container(
         fp32_milli_tflops=per_device(FP32, quantity.milli_tflops),
         whole=whole,
         limits={str(k): str(v) for k, v in limits.items() if str(k).startswith(PREFIX)},
+        hami=tuple(hami),
+        vram_total=vram_total,
     )
 
 

@@ -143,3 +143,72 @@ def test_every_denial_leaves_an_info_line(caplog: pytest.LogCaptureFixture) -> N
     assert "pod=team-a/train" in lines[0] and "code=InvalidAnnotation" in lines[0]
     assert "topology-preference" in lines[0]
     assert "code=QuotaExceeded" in lines[1]
+
+
+def limits_of(c: dict[str, Any]) -> dict[str, str]:
+    res = c.get("resources") or {}
+    for key, value in (res.get("requests") or {}).items():  # request == limit where both
+        assert res["limits"][key] == value
+    assert not any("mem" in k for k in (res.get("requests") or {}))  # HAMi's keys are gone
+    return dict(res["limits"])
+
+
+@pytest.mark.parametrize(
+    ("resources", "vendor", "expected"),
+    [
+        (
+            {"nvidia.com/gpu": "2", "nvidia.com/gpumem": "4000"},
+            "nvidia",
+            {"nvidia.com/gpu": "2", "ai.compute/vram": "8000Mi", "ai.compute/devices": "2"},
+        ),
+        (
+            {"huawei.com/Ascend910B3": "1", "huawei.com/Ascend910B3-memory": "2000"},
+            "huawei",
+            {
+                "huawei.com/Ascend910B3": "1",
+                "ai.compute/vram": "2000Mi",
+                "ai.compute/devices": "1",
+            },
+        ),
+        (
+            {"huawei.com/Ascend910B3-memory": "2000"},  # memory alone: one device, not 2,000
+            "huawei",
+            {"huawei.com/Ascend910": "1", "ai.compute/vram": "2000Mi", "ai.compute/devices": "1"},
+        ),
+        (
+            {"hygon.com/dcunum": "1", "hygon.com/dcumem": "16384"},
+            "hygon",
+            {"hygon.com/dcunum": "1", "ai.compute/vram": "16384Mi", "ai.compute/devices": "1"},
+        ),
+    ],
+)
+def test_hami_pods_are_read_as_ai_compute(
+    resources: dict[str, str], vendor: str, expected: dict[str, str]
+) -> None:
+    ctx, _ = context()
+    pod = k8s_pod(container("main", limits=resources))
+    out = applied(pod, review(request_for(pod), ctx))
+    assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == vendor
+    assert limits_of(out["spec"]["containers"][0]) == expected
+    demand = parse_pod(out)  # the extender reads the rewritten pod the same way
+    (c,) = demand.containers
+    per_device = int(expected["ai.compute/vram"].removesuffix("Mi")) // int(
+        expected["ai.compute/devices"]
+    )
+    assert (c.devices, c.vram_mib, c.whole) == (
+        int(expected["ai.compute/devices"]),
+        per_device,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["nvidia.com/gpucores", "nvidia.com/gpumem-percentage", "hygon.com/dcucores"],
+)
+def test_hami_shares_hcs_cannot_express_are_refused_by_name(resource: str) -> None:
+    ctx, _ = context()
+    pod = k8s_pod(container("main", limits={"nvidia.com/gpu": "1", resource: "30"}))
+    response = review(request_for(pod), ctx)
+    assert not response["allowed"]
+    assert f"limits[{resource}]: HAMi's {resource}" in response["status"]["message"]
