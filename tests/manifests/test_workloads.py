@@ -203,3 +203,28 @@ def test_hcs_containers_run_real_hcs_commands() -> None:
             args = [a.replace("$(NODE_NAME)", "n1") for a in c["args"]]
             parsed = parser.parse_args(args)
             assert parsed.command == c["args"][0], name
+
+
+def test_hcs_annotations_are_changed_only_by_hcs_service_accounts() -> None:
+    """The ValidatingAdmissionPolicy (CEL, evaluated by kube-apiserver; not run here) covers
+    pod UPDATEs, both annotation prefixes, and exempts exactly the hcs-system accounts, which
+    are the ones whose roles may patch pods."""
+    (policy,) = objects("ValidatingAdmissionPolicy")
+    (binding,) = objects("ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["operations"] == ["UPDATE"] and rule["resources"] == ["pods"]
+    text = yaml.safe_dump(policy["spec"])
+    assert "'hcs.io/'" in text and "'devices.hcs.io/'" in text
+    (validation,) = policy["spec"]["validations"]
+    assert "system:serviceaccount:hcs-system:" in validation["expression"]
+    patchers = {
+        s["name"]
+        for b in objects("ClusterRoleBinding")
+        for s in b["subjects"]
+        for r in objects("ClusterRole")
+        if r["metadata"]["name"] == b["roleRef"]["name"]
+        and any("patch" in rl["verbs"] and "pods" in rl["resources"] for rl in r["rules"])
+    }
+    assert patchers == {"hcs-agent"}  # in hcs-system, so the policy lets it record allocations
