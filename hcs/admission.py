@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict
 
@@ -157,6 +157,8 @@ class AdmissionContext:
     engine: EngineConfig = field(default_factory=EngineConfig)
     scheduler_name: str | None = None
     """Set `spec.schedulerName` of admitted pods (the `hcs-scheduler` profile), if given."""
+    namespace_labels: Callable[[str], Mapping[str, str]] | None = None
+    """A namespace's labels (cluster mode: watched), for its Pod Security level."""
 
 
 class Quotas(Protocol):
@@ -294,8 +296,18 @@ def finish(
     if isinstance(charged, dict):
         return charged
     demand, route = plan.demand, plan.route
-    patch = mutate(plan.pod, demand, ctx.vendors[route.vendor], ctx.scheduler_name)
+    labels = ctx.namespace_labels(demand.namespace) if ctx.namespace_labels else {}
+    level = labels.get(PSA_ENFORCE, "privileged")
+    hostpaths = level not in ("baseline", "restricted")
+    patch = mutate(
+        plan.pod, demand, ctx.vendors[route.vendor], ctx.scheduler_name, hostpaths=hostpaths
+    )
     warnings = []
+    if not hostpaths and demand.inject_driver and ctx.vendors[route.vendor].mounts:
+        warnings.append(
+            f"hcs: namespace {demand.namespace} enforces Pod Security {level}: no driver "
+            "hostPaths mounted; the vendor runtime supplies the driver"
+        )
     if route.downgraded and demand.preference:
         warnings.append(
             f"hcs: {demand.preference[0]} cannot hold the pod now, routed to "
@@ -323,10 +335,19 @@ def finish(
     return response
 
 
+PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+
+
 def mutate(
-    pod: Mapping[str, Any], demand: PodDemand, profile: VendorProfile, scheduler_name: str | None
+    pod: Mapping[str, Any],
+    demand: PodDemand,
+    profile: VendorProfile,
+    scheduler_name: str | None,
+    *,
+    hostpaths: bool = True,
 ) -> PatchBuilder:
-    """The JSON Patch for an admitted pod routed to `profile`'s vendor."""
+    """The JSON Patch for an admitted pod routed to `profile`'s vendor. Without `hostpaths`
+    (the namespace's Pod Security level refuses them) no driver volume is mounted."""
     patch = PatchBuilder()
     meta = pod.get("metadata") or {}
     request = json.loads(demand.request_annotation())
@@ -343,7 +364,7 @@ def mutate(
     spec = pod.get("spec") or {}
     containers = spec.get("containers") or []
     asking = {c.index: c for c in demand.containers}
-    mounts = profile.mounts if demand.inject_driver else ()
+    mounts = profile.mounts if demand.inject_driver and hostpaths else ()
     # Injected volumes never take a name the pod already uses (the pod's own `nvidia-driver`
     # emptyDir must not end up mounted at the driver path): the reference's name, else suffixed.
     taken = {v.get("name") for v in spec.get("volumes") or [] if isinstance(v, dict)}
@@ -375,7 +396,7 @@ def mutate(
         if profile.logical_env:
             env.append({"name": profile.logical_env, "value": logical_ids(c.devices)})
         if mounts and profile.ld_library_path:
-            env.append({"name": "LD_LIBRARY_PATH", "value": ":".join(profile.ld_library_path)})
+            _library_path(patch, container, profile, i, env)
         patch.append(
             container.get("env"),
             [e for e in env if e["name"] not in env_names],
@@ -411,6 +432,40 @@ def mutate(
     if scheduler_name and spec.get("schedulerName") in (None, "", "default-scheduler"):
         patch.add(scheduler_name, "spec", "schedulerName")
     return patch
+
+
+DRIVER_LIBRARY_ENV = "HCS_DRIVER_LIBRARY_PATH"
+
+
+def _library_path(
+    patch: PatchBuilder,
+    container: Mapping[str, Any],
+    profile: VendorProfile,
+    i: int,
+    env: list[dict[str, Any]],
+) -> None:
+    """The driver's library folders, without ever dropping the image's own library path.
+
+    A container env var replaces the image's ENV of the same name, and the webhook cannot see
+    the image's value (NGC's cuda/compat, CANN's folders). So: where the pod spec itself sets
+    LD_LIBRARY_PATH, the driver folders are put in front of its value; otherwise
+    LD_LIBRARY_PATH is left to the image and the folders are offered as
+    HCS_DRIVER_LIBRARY_PATH (the vendor runtime, or the entrypoint, makes them loadable)."""
+    folders = ":".join(profile.ld_library_path)
+    for j, e in enumerate(container.get("env") or []):
+        if isinstance(e, dict) and e.get("name") == "LD_LIBRARY_PATH":
+            value = e.get("value")
+            if isinstance(value, str) and not value.startswith(folders):
+                joined = f"{folders}:{value}" if value else folders
+                patch.ops.append(
+                    {
+                        "op": "replace",
+                        "path": pointer("spec", "containers", i, "env", j, "value"),
+                        "value": joined,
+                    }
+                )
+            break
+    env.append({"name": DRIVER_LIBRARY_ENV, "value": folders})
 
 
 def _guard(

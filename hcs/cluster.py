@@ -247,7 +247,12 @@ class ClusterSync:
             self.custom.list_cluster_custom_object,
             (API_GROUP, VERSION, "computequotas"),
         )
-        self.feeds = [self.nodes, self.pods] + ([self.quotas] if quota_book else [])
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        """Namespace -> labels (the webhook reads their Pod Security level)."""
+        self.namespaces = _Feed("namespaces", self.core.list_namespace, raw=True)
+        self.feeds = [self.nodes, self.pods] + (
+            [self.quotas, self.namespaces] if quota_book else []
+        )
         # Until every feed is listed (and again after a failed watch, until the re-list is
         # applied) the books are incomplete: the service refuses to place anything.
         service.gate = self.not_serving
@@ -376,11 +381,16 @@ class ClusterSync:
             self._apply_node(obj)
         elif feed is self.pods:
             self._apply_pod(obj)
+        elif feed is self.namespaces:
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            self.namespace_labels[key] = {str(k): str(v) for k, v in labels.items()}
         else:
             self._apply_quota(obj)
 
     def _forget(self, feed: _Feed, key: str) -> None:
-        if feed is self.nodes:
+        if feed is self.namespaces:
+            self.namespace_labels.pop(key, None)
+        elif feed is self.nodes:
             self.service.state.remove_node(key)
         elif feed is self.pods:
             self.service.ledger.release(key)
@@ -493,7 +503,7 @@ def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:
     """ComputeNodes by name (the Kubernetes Node they describe), Pods by UID, ComputeQuotas by
     namespace/name."""
     meta = obj.get("metadata") or {}
-    if feed.name == "computenodes":
+    if feed.name in ("computenodes", "namespaces"):
         return str(meta.get("name"))
     if feed.name == "pods":
         return str(meta.get("uid"))

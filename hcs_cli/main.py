@@ -573,6 +573,9 @@ def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: Vendor
         sync = ClusterSync(service, api, quota_book=book, stale_after_s=args.stale_after)
         state, quotas = service.state, book
     context = AdmissionContext(state, quotas, vendors, config, args.scheduler_name)
+    if sync is not None:
+        labels = sync.namespace_labels
+        context = replace(context, namespace_labels=lambda ns: labels.get(ns, {}))
     webhook = create_webhook_app(context, sync=sync)
     webhook.cleanup_ctx.append(cert_reloader(tls, certs))
     gc.collect()

@@ -17,6 +17,7 @@ NODES = "computenodes"
 PODS = "pods"
 QUOTAS = "computequotas"
 LEASES = "leases"
+NAMESPACES = "namespaces"
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -28,12 +29,14 @@ class FakeApiServer:
             PODS: {},
             QUOTAS: {},
             LEASES: {},
+            NAMESPACES: {},
         }
         self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {
             NODES: [],
             PODS: [],
             QUOTAS: [],
             LEASES: [],
+            NAMESPACES: [],
         }
         self.status_conflicts = 0
         """The next N status updates answer 409 Conflict (another writer got there first)."""
@@ -46,7 +49,7 @@ class FakeApiServer:
         """Watches from a resourceVersion below this get 410 Gone."""
         self.fail_lists = 0
         """The next N list calls answer 500."""
-        self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0, LEASES: 0}
+        self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0, LEASES: 0, NAMESPACES: 0}
         self.bindings: list[dict[str, Any]] = []
         self.calls: list[tuple[str, str, dict[str, str]]] = []
         """Every request as (method, path, query), for RBAC checks."""
@@ -55,6 +58,7 @@ class FakeApiServer:
             PODS: set(),
             QUOTAS: set(),
             LEASES: set(),
+            NAMESPACES: set(),
         }
         self.hanging: dict[str, asyncio.Event] = {}
         """Kinds whose list requests get no answer until the event is set (`hang`)."""
@@ -68,7 +72,9 @@ class FakeApiServer:
 
     def _key(self, kind: str, obj: dict[str, Any]) -> str:
         meta = obj["metadata"]
-        return meta["name"] if kind == NODES else f"{meta['namespace']}/{meta['name']}"
+        if kind in (NODES, NAMESPACES):
+            return str(meta["name"])
+        return f"{meta['namespace']}/{meta['name']}"
 
     def lease_holder(self, node: str, namespace: str = "hcs-system") -> str:
         lease = self.objects[LEASES].get(f"{namespace}/hcs-node-{node}") or {}
@@ -134,6 +140,7 @@ class FakeApiServer:
         app = web.Application(middlewares=[record])
         app.router.add_get("/apis/hcs.io/v1alpha1/computenodes", self._list_or_watch(NODES))
         app.router.add_get("/api/v1/pods", self._list_or_watch(PODS))
+        app.router.add_get("/api/v1/namespaces", self._list_or_watch(NAMESPACES))
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._read_pod)
         app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
         lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
@@ -244,8 +251,8 @@ class FakeApiServer:
             if field == "spec.nodeName":  # the agent's; other selectors are not applied
                 items = [o for o in items if (o.get("spec") or {}).get("nodeName") == wanted]
             body = {
-                "apiVersion": "v1" if kind == PODS else "hcs.io/v1alpha1",
-                "kind": "PodList" if kind == PODS else "ComputeNodeList",
+                "apiVersion": "v1" if kind in (PODS, NAMESPACES) else "hcs.io/v1alpha1",
+                "kind": {PODS: "PodList", NAMESPACES: "NamespaceList"}.get(kind, "ComputeNodeList"),
                 "metadata": {"resourceVersion": str(self.rv)},
                 "items": items,
             }

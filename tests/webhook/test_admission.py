@@ -142,7 +142,8 @@ def test_reference_pod_is_routed_and_mutated(ctx: AdmissionContext) -> None:
         "fieldRef": {"fieldPath": "metadata.annotations['devices.hcs.io/trainer']"}
     }
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
-    assert env["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
+    assert "LD_LIBRARY_PATH" not in env  # left to the image (docs/webhook.md)
+    assert env["HCS_DRIVER_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
     assert {v["name"] for v in out["spec"]["volumes"]} == {"nvidia-driver", "nvidia-libraries"}
     assert {m["mountPath"] for m in main["volumeMounts"]} == {
         "/usr/local/nvidia",
@@ -230,6 +231,7 @@ def test_inject_driver_false_skips_mounts(ctx: AdmissionContext) -> None:
     out = applied(pod, review(request_for(pod), ctx))
     assert "volumes" not in out["spec"]
     assert "LD_LIBRARY_PATH" not in env_of(out["spec"]["containers"][0])
+    assert "HCS_DRIVER_LIBRARY_PATH" not in env_of(out["spec"]["containers"][0])
 
 
 def test_ascend_routing_uses_the_ascend_profile(ctx: AdmissionContext) -> None:

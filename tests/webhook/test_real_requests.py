@@ -212,3 +212,24 @@ def test_hami_shares_hcs_cannot_express_are_refused_by_name(resource: str) -> No
     response = review(request_for(pod), ctx)
     assert not response["allowed"]
     assert f"limits[{resource}]: HAMi's {resource}" in response["status"]["message"]
+
+
+def test_the_images_library_path_is_never_dropped() -> None:
+    """A container env var would replace the image's LD_LIBRARY_PATH (NGC's cuda/compat), and
+    the webhook cannot see the image's value: it extends one the spec sets and otherwise
+    leaves the variable alone, offering the driver folders as HCS_DRIVER_LIBRARY_PATH."""
+    ctx, _ = context()
+    plain = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}))
+    env = env_of(applied(plain, review(request_for(plain), ctx))["spec"]["containers"][0])
+    assert "LD_LIBRARY_PATH" not in env
+    assert env["HCS_DRIVER_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
+    own = k8s_pod(
+        container(
+            requests={"ai.compute/vram": "8Gi"},
+            env=[client.V1EnvVar(name="LD_LIBRARY_PATH", value="/usr/local/cuda/compat/lib")],
+        )
+    )
+    out = applied(own, review(request_for(own, uid="r2"), ctx))
+    assert env_of(out["spec"]["containers"][0])["LD_LIBRARY_PATH"] == (
+        "/usr/local/nvidia/lib64:/usr/local/cuda/compat/lib"
+    )

@@ -19,7 +19,7 @@ from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
-from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+from tests.fake_apiserver import NAMESPACES, NODES, PODS, QUOTAS, FakeApiServer
 from tests.webhook.reviews import admission_review, generated_pod
 from webhook.app import create_app
 
@@ -88,7 +88,12 @@ def _start(
         service = SchedulerService(ClusterState(), config)
         book = KubeQuotaBook(api)
         sync = ClusterSync(service, api, quota_book=book, watch_timeout_s=2, backoff=(0.05, 0.2))
-        context = AdmissionContext(service.state, book, engine=config)
+        context = AdmissionContext(
+            service.state,
+            book,
+            engine=config,
+            namespace_labels=lambda ns: sync.namespace_labels.get(ns, {}),
+        )
         webhook = Webhook(fake, await aiohttp_client(create_app(context, sync=sync)))
         await webhook.ready()
         return webhook
@@ -198,3 +203,35 @@ async def test_a_denial_by_a_later_quota_returns_the_earlier_charge(
     big = fake.objects[QUOTAS]["team-a/a-big"]["status"]["used"]
     assert big["vram"] == "0Mi"
     assert fake.status_updates == 2  # charged, then returned
+
+
+async def test_namespaces_that_refuse_hostpaths_get_no_driver_mounts(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """Pod Security baseline/restricted refuse hostPath volumes: the pod would be refused after
+    its quota was charged. There the driver mounts are skipped, with a warning."""
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", heartbeat=now()))
+    fake.put(QUOTAS, quota({"vram": "20Gi"}))
+    fake.put(
+        NAMESPACES,
+        {
+            "metadata": {
+                "name": "team-a",
+                "labels": {"pod-security.kubernetes.io/enforce": "baseline"},
+            }
+        },
+    )
+    webhook = await _start(aiohttp_server, aiohttp_client)(fake)
+    body = review("a", {"ai.compute/vram": "8Gi"})
+    response = await webhook.admit(body)
+    assert response["allowed"]
+    ops = json.loads(base64.b64decode(response["patch"]))
+    assert not any("volume" in op["path"].lower() for op in ops)
+    assert any("Pod Security baseline" in w for w in response["warnings"])
+    fake.put(NAMESPACES, {"metadata": {"name": "team-a", "labels": {}}})  # privileged again
+    await asyncio.sleep(0.3)  # the watch delivers it
+    again = await webhook.admit(review("b", {"ai.compute/vram": "8Gi"}))
+    ops = json.loads(base64.b64decode(again["patch"]))
+    mounts = [op for op in ops if op["path"].endswith("/volumeMounts")]
+    assert mounts and all(m["readOnly"] for m in mounts[0]["value"])
