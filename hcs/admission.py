@@ -22,7 +22,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypedDict
 
 from hcs.assignment import CONTAINER_PREFIX, container_key, logical_ids
@@ -299,8 +299,18 @@ def finish(
     labels = ctx.namespace_labels(demand.namespace) if ctx.namespace_labels else {}
     level = labels.get(PSA_ENFORCE, "privileged")
     hostpaths = level not in ("baseline", "restricted")
+    profile = ctx.vendors[route.vendor]
+    # The resource the routed vendor's nodes advertise (their models decide: 310P nodes
+    # advertise huawei.com/Ascend310P, not Ascend910).
+    resource = ctx.state.vendor_resource(profile)
+    if resource != profile.resource:
+        profile = replace(profile, resource=resource, aliases=(profile.resource, *profile.aliases))
     patch = mutate(
-        plan.pod, demand, ctx.vendors[route.vendor], ctx.scheduler_name, hostpaths=hostpaths
+        plan.pod,
+        demand,
+        profile,
+        ctx.scheduler_name,
+        hostpaths=hostpaths,
     )
     warnings = []
     if not hostpaths and demand.inject_driver and ctx.vendors[route.vendor].mounts:

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from hcs.errors import PlacementError
 from hcs.models import ComputeNode
-from hcs.vendors import VENDOR_CODES, VendorName, VendorTable
+from hcs.vendors import VENDOR_CODES, VendorName, VendorProfile, VendorTable
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -113,6 +113,8 @@ class ClusterState:
         self.layout_version = 0
         """Bumped when nodes are added, changed or removed (not by allocations)."""
         self._vendor_masks: dict[tuple[int, ...], BoolArray] = {}
+        self.resource_names: list[str] = []
+        """Device-plugin resource names seen on nodes; node_resource indexes into it."""
         self._vendor_masks_version = -1
         self.node_valid_mask: BoolArray = np.zeros(n, np.bool_)
         self.node_vendor: npt.NDArray[np.int8] = np.full(n, -1, np.int8)
@@ -121,6 +123,8 @@ class ClusterState:
         self.node_heartbeat_s: npt.NDArray[np.float64] = np.full(n, NO_HEARTBEAT, np.float64)
         self.node_shared_mask: BoolArray = np.zeros(n, np.bool_)
         self.node_slots: npt.NDArray[np.int32] = np.full(n, UNLIMITED_SLOTS, np.int32)
+        self.node_resource: npt.NDArray[np.int32] = np.zeros(n, np.int32)
+        """Index into resource_names: the resource the node's device model is advertised as."""
         """Containers a device may serve on a shared node (the plugin's replicas)."""
         # Per-node VRAM figures for scoring, kept with the free amounts: total allocatable, used
         # (a held device on an exclusive node counts as fully used) and the mean device size.
@@ -182,6 +186,16 @@ class ClusterState:
             mask = np.isin(self.node_vendor, codes)
             self._vendor_masks[codes] = mask
         return mask
+
+    def vendor_resource(self, profile: VendorProfile) -> str:
+        """The device-plugin resource most of `profile`'s nodes advertise (their models decide:
+        Ascend 310P nodes advertise huawei.com/Ascend310P). A count over one array."""
+        rows = self.node_valid_mask & (self.node_vendor == VENDOR_CODES[profile.name])
+        if not rows.any():
+            return profile.resource
+        counts = np.bincount(self.node_resource[rows], minlength=len(self.resource_names))
+        best = self.resource_names[int(np.argmax(counts))]
+        return best if counts.max() > 0 else profile.resource
 
     def kernel_cache(self) -> dict[object, object]:
         """A scratch dict for the engine, emptied whenever the state changes."""
@@ -331,6 +345,11 @@ class ClusterState:
         self.node_heartbeat_s[row] = hb.timestamp() if hb is not None else NO_HEARTBEAT
         self.node_shared_mask[row] = node.shared
         self.node_slots[row] = node.device_slots or UNLIMITED_SLOTS
+        profile = self.vendors[node.vendor]
+        resource = profile.resource_for(node.devices[0].model) if node.devices else profile.resource
+        if resource not in self.resource_names:
+            self.resource_names.append(resource)
+        self.node_resource[row] = self.resource_names.index(resource)
         self.device_ids[row] = tuple(d.id for d in node.devices)
         present = np.zeros(w, np.bool_)
         present[:n] = True

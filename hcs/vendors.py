@@ -68,6 +68,17 @@ class VendorProfile:
     cdi_kind: str | None = None
     """CDI kind of the devices (`nvidia.com/gpu` -> `nvidia.com/gpu=<uuid>`), where a site
     runs CDI; the plugin names them with `--cdi`."""
+    model_resources: tuple[tuple[str, str], ...] = ()
+    """(model pattern, resource): models whose nodes advertise another resource than
+    `resource` (Ascend 310P nodes: `huawei.com/Ascend310P`). The device plugin registers it,
+    and the webhook adds it for pods routed to such nodes."""
+
+    def resource_for(self, model: str) -> str:
+        """The device-plugin resource that nodes of `model` advertise."""
+        for pattern, resource in self.model_resources:
+            if fnmatch.fnmatchcase(model, pattern):
+                return resource
+        return self.resource
 
     def owns_resource(self, resource: str) -> bool:
         """Whether `resource` is this vendor's whole-device resource (the default or an alias)."""
@@ -126,6 +137,10 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         high_bandwidth_links=("hccs", "sio"),
         device_nodes=("/dev/davinci{id}",),
         control_nodes=("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
+        model_resources=(
+            ("Ascend310P*", "huawei.com/Ascend310P"),
+            ("Ascend310", "huawei.com/Ascend310"),
+        ),
     ),
     "hygon": VendorProfile(
         name="hygon",
@@ -187,7 +202,7 @@ def managed_resources(table: VendorTable) -> list[str]:
     aliases cannot be listed there: name those resources exactly."""
     names = []
     for profile in table.profiles.values():
-        names += [profile.resource, *profile.aliases]
+        names += [profile.resource, *profile.aliases, *(r for _, r in profile.model_resources)]
     return [n for n in dict.fromkeys(names) if not any(ch in n for ch in "*?[")]
 
 
@@ -204,6 +219,7 @@ _OVERRIDABLE: Final = {
     "deviceNodes",
     "controlNodes",
     "cdiKind",
+    "modelResources",
 }
 
 
@@ -267,6 +283,12 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
             if value not in ("ids", "identities"):
                 raise ConfigError(f"{at}: expected ids or identities")
             changes["device_env_form"] = value
+        elif key == "modelResources":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
+            ):
+                raise ConfigError(f"{at}: expected a mapping of model pattern to resource name")
+            changes["model_resources"] = tuple(value.items())
         elif key == "cdiKind":
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")

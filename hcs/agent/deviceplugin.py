@@ -77,6 +77,7 @@ class PluginDevice:
     healthy: bool
     numa: int | None = None
     identity: str | None = None
+    model: str = ""
 
 
 def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[PluginDevice]:
@@ -89,6 +90,7 @@ def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[Pl
                 healthy=int(d.get("healthScore", 0)) >= min_health and not d.get("unschedulable"),
                 numa=(d.get("topology") or {}).get("numaNode"),
                 identity=d.get("identity"),
+                model=str(d.get("model") or ""),
             )
         )
     return out
@@ -160,6 +162,13 @@ class Allocator:
 
     # ---------------------------------------------------------------- devices
 
+    @property
+    def resource(self) -> str:
+        """The resource this node's devices are advertised as (the vendor table, by model:
+        the webhook adds the same name to pods routed here)."""
+        model = self.devices[0].model if self.devices else ""
+        return self.profile.resource_for(model)
+
     def kubelet_devices(self) -> list[tuple[str, PluginDevice]]:
         """(kubelet device ID, device): the device itself, or its replicas when shared."""
         if self.replicas <= 1:
@@ -200,7 +209,7 @@ class Allocator:
                 why = "several pods could be" if same else "no pending pod asks for that many"
                 raise AllocateError(
                     f"{self.node}: cannot tell for certain which pod kubelet is admitting with "
-                    f"{self.profile.resource} {list(kubelet_ids)}: {why} (pending: {pending})"
+                    f"{self.resource} {list(kubelet_ids)}: {why} (pending: {pending})"
                 )
             if want.assigned is not None and sorted(want.assigned) != sorted(device_ids):
                 raise AllocateError(
@@ -263,7 +272,7 @@ class Allocator:
             done = allocated(pod)
             annotations = (pod.get("metadata") or {}).get("annotations") or {}
             assigned = container_devices(annotations)
-            for name, count in requesting(pod, self.profile.resource):
+            for name, count in requesting(pod, self.resource):
                 if name not in done:
                     out.append(_Want(pod, name, count, assigned.get(name)))
                     break
@@ -332,7 +341,7 @@ class Allocator:
                 ",".join(devices),
             )
         self.api.annotate(str(meta.get("namespace")), str(meta.get("name")), annotations)
-        names = {n for n, _ in requesting(want.pod, self.profile.resource)}
+        names = {n for n, _ in requesting(want.pod, self.resource)}
         if names <= set(done):
             self.api.release(self.node, str(meta.get("uid")))
 
@@ -483,7 +492,7 @@ class DevicePlugin:
                 api_pb2.RegisterRequest(
                     version=API_VERSION,
                     endpoint=self.socket_name,
-                    resource_name=self.allocator.profile.resource,
+                    resource_name=self.allocator.resource,
                     options=api_pb2.DevicePluginOptions(get_preferred_allocation_available=True),
                 ),
                 timeout=5.0,
@@ -491,7 +500,7 @@ class DevicePlugin:
         self.registrations += 1
         log.info(
             "registered %s on %s as %s",
-            self.allocator.profile.resource,
+            self.allocator.resource,
             target,
             self.socket_name,
         )

@@ -11,7 +11,7 @@ from kubernetes import client
 from hcs.admission import AdmissionContext, review
 from hcs.demand import parse_pod
 from hcs.errors import HcsError
-from hcs.models import ComputeQuota
+from hcs.models import ComputeNode, ComputeQuota
 from hcs.quota import QuotaBook
 from hcs.state import ClusterState
 from hcs.synthetic import make_node
@@ -233,3 +233,35 @@ def test_the_images_library_path_is_never_dropped() -> None:
     assert env_of(out["spec"]["containers"][0])["LD_LIBRARY_PATH"] == (
         "/usr/local/nvidia/lib64:/usr/local/cuda/compat/lib"
     )
+
+
+def test_the_resource_added_is_the_one_the_vendors_nodes_advertise() -> None:
+    """A fleet of Ascend 310P nodes advertises huawei.com/Ascend310P: the webhook adds that,
+    and the device plugin registers the same name (one table, by model)."""
+    from hcs.agent.deviceplugin import Allocator, PluginDevice
+    from hcs.synthetic import node_dict
+    from hcs.vendors import VendorTable
+
+    nodes = []
+    for i in range(3):
+        raw = node_dict(f"p{i}", "huawei", 4)
+        for dev in raw["spec"]["devices"]:
+            dev["model"] = "Ascend310P3"
+        nodes.append(ComputeNode.from_dict(raw))
+    ctx = AdmissionContext(ClusterState.from_nodes(nodes), QuotaBook({}))
+    pod = k8s_pod(
+        container(requests={"ai.compute/vram": "8Gi"}),
+        annotations={"hcs.io/vendor-preference": "huawei"},
+    )
+    out = applied(pod, review(request_for(pod), ctx))
+    assert limits_of(out["spec"]["containers"][0])["huawei.com/Ascend310P"] == "1"
+    assert "huawei.com/Ascend910" not in out["spec"]["containers"][0]["resources"]["limits"]
+    plugin = Allocator("p0", VendorTable()["huawei"], api=None)  # type: ignore[arg-type]
+    plugin.devices = [PluginDevice("0", True, model="Ascend310P3")]
+    assert plugin.resource == "huawei.com/Ascend310P"
+    plugin.devices = [PluginDevice("0", True, model="Ascend910B3")]
+    assert plugin.resource == "huawei.com/Ascend910"
+    # A legacy pod asking the default name is not given a second resource.
+    legacy = k8s_pod(container(limits={"huawei.com/Ascend910": "1"}))
+    legacy_out = applied(legacy, review(request_for(legacy, uid="r2"), ctx))
+    assert "huawei.com/Ascend310P" not in legacy_out["spec"]["containers"][0]["resources"]["limits"]
