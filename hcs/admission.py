@@ -441,6 +441,8 @@ def mutate(
     )
     if scheduler_name and spec.get("schedulerName") in (None, "", "default-scheduler"):
         patch.add(scheduler_name, "spec", "schedulerName")
+    if demand.inject_runtime and profile.runtime_class and not spec.get("runtimeClassName"):
+        patch.add(profile.runtime_class, "spec", "runtimeClassName")
     return patch
 
 

@@ -68,6 +68,9 @@ class VendorProfile:
     cdi_kind: str | None = None
     """CDI kind of the devices (`nvidia.com/gpu` -> `nvidia.com/gpu=<uuid>`), where a site
     runs CDI; the plugin names them with `--cdi`."""
+    runtime_class: str | None = None
+    """RuntimeClass set on pods routed to this vendor (`hcs.io/inject-runtime`, default true),
+    unless the pod names one: the vendor's container runtime then supplies the driver."""
     model_resources: tuple[tuple[str, str], ...] = ()
     """(model pattern, resource): models whose nodes advertise another resource than
     `resource` (Ascend 310P nodes: `huawei.com/Ascend310P`). The device plugin registers it,
@@ -102,6 +105,7 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         high_bandwidth_links=("nvlink",),
         device_env_form="identities",
         cdi_kind="nvidia.com/gpu",
+        runtime_class="nvidia",
     ),
     "huawei": VendorProfile(
         name="huawei",
@@ -220,6 +224,7 @@ _OVERRIDABLE: Final = {
     "controlNodes",
     "cdiKind",
     "modelResources",
+    "runtimeClass",
 }
 
 
@@ -289,10 +294,10 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
             ):
                 raise ConfigError(f"{at}: expected a mapping of model pattern to resource name")
             changes["model_resources"] = tuple(value.items())
-        elif key == "cdiKind":
+        elif key in ("cdiKind", "runtimeClass"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")
-            changes["cdi_kind"] = value
+            changes["cdi_kind" if key == "cdiKind" else "runtime_class"] = value
         elif key == "logicalEnv":
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")

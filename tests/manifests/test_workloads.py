@@ -30,7 +30,7 @@ DOCS = documents()
 BUILT_IN = [
     (place, doc)
     for place, doc in DOCS
-    if doc.get("kind") not in ("Kustomization", "KubeSchedulerConfiguration")
+    if doc.get("kind") not in ("Kustomization", "Component", "KubeSchedulerConfiguration")
 ]
 
 
@@ -46,7 +46,11 @@ def test_every_built_in_object_validates_strictly(place: str, doc: dict[str, Any
 def test_the_kustomization_lists_every_manifest_and_they_exist() -> None:
     (kustomization,) = objects("Kustomization")
     listed = set(kustomization["resources"])
-    on_disk = {str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml")}
+    on_disk = {
+        str(p.relative_to(MANIFESTS))
+        for p in MANIFESTS.rglob("*.yaml")
+        if "components" not in p.parts  # optional components are listed by their own file
+    }
     on_disk -= {"kustomization.yaml", "scheduler/kube-scheduler-config.yaml"}
     assert listed == on_disk
     for generator in kustomization["configMapGenerator"]:
@@ -228,3 +232,13 @@ def test_hcs_annotations_are_changed_only_by_hcs_service_accounts() -> None:
         and any("patch" in rl["verbs"] and "pods" in rl["resources"] for rl in r["rules"])
     }
     assert patchers == {"hcs-agent"}  # in hcs-system, so the policy lets it record allocations
+
+
+def test_optional_components_list_files_that_exist() -> None:
+    for kustomization in (MANIFESTS / "components").rglob("kustomization.yaml"):
+        doc = yaml.safe_load(kustomization.read_text())
+        assert doc["kind"] == "Component"
+        for resource in doc["resources"]:
+            assert (kustomization.parent / resource).exists(), resource
+    (runtime_class,) = objects("RuntimeClass")
+    assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia"

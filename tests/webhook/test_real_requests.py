@@ -265,3 +265,23 @@ def test_the_resource_added_is_the_one_the_vendors_nodes_advertise() -> None:
     legacy = k8s_pod(container(limits={"huawei.com/Ascend910": "1"}))
     legacy_out = applied(legacy, review(request_for(legacy, uid="r2"), ctx))
     assert "huawei.com/Ascend310P" not in legacy_out["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_inject_runtime_sets_the_vendors_runtime_class() -> None:
+    ctx, _ = context()
+    pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}))
+    assert applied(pod, review(request_for(pod), ctx))["spec"]["runtimeClassName"] == "nvidia"
+    off = k8s_pod(
+        container(requests={"ai.compute/vram": "8Gi"}),
+        annotations={"hcs.io/inject-runtime": "false"},
+    )
+    assert "runtimeClassName" not in applied(off, review(request_for(off, uid="r2"), ctx))["spec"]
+    own = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}))
+    own["spec"]["runtimeClassName"] = "kata-nvidia"
+    out = applied(own, review(request_for(own, uid="r3"), ctx))
+    assert out["spec"]["runtimeClassName"] == "kata-nvidia"  # the pod's choice is kept
+    npu = k8s_pod(
+        container(requests={"ai.compute/vram": "8Gi"}),
+        annotations={"hcs.io/vendor-preference": "huawei"},
+    )
+    assert "runtimeClassName" not in applied(npu, review(request_for(npu, uid="r4"), ctx))["spec"]
