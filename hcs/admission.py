@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol, TypedDict
 from hcs.assignment import CONTAINER_PREFIX, container_key, logical_ids
 from hcs.demand import (
     A_ASSIGNED_VENDOR,
+    A_ORIGINAL_IMAGES,
     A_REQUEST,
     ABSTRACT_RESOURCES,
     DEVICES,
@@ -243,6 +244,7 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
         return _deny(uid, 400, str(exc), _who(request))
     if not demand.asks_for_compute:
         return {"uid": uid, "allowed": True}
+    demand = _implied_preference(pod, demand, ctx.vendors)
     try:
         route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
     except HcsError as exc:
@@ -251,6 +253,66 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
     if wrong is not None:
         return _deny(uid, 400, wrong, _who(request))
     return Plan(uid, pod, demand, route, bool(request.get("dryRun")))
+
+
+def _images(pod: Mapping[str, Any], demand: PodDemand) -> dict[int, str]:
+    """The image of each requesting container, by container index."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return {
+        c.index: str(containers[c.index].get("image") or "")
+        for c in demand.containers
+        if c.index < len(containers)
+    }
+
+
+def _implied_preference(
+    pod: Mapping[str, Any], demand: PodDemand, vendors: VendorTable
+) -> PodDemand:
+    """A pod that names no vendor goes where its images were built for (a CUDA image to
+    NVIDIA), else to the configured default preference; downgrade only if the pod allows it."""
+    if demand.preference or demand.fixed_vendor is not None:
+        return demand
+    implied = {
+        rule.vendor
+        for image in _images(pod, demand).values()
+        if (rule := vendors.image_rule(image))
+    }
+    if len(implied) == 1:
+        return replace(demand, preference=(implied.pop(),))
+    if vendors.default_preference:
+        return replace(demand, preference=vendors.default_preference)
+    return demand
+
+
+def _rebind_images(
+    patch: PatchBuilder,
+    pod: Mapping[str, Any],
+    demand: PodDemand,
+    vendor: str,
+    vendors: VendorTable,
+) -> tuple[dict[str, str], list[str]]:
+    """`hcs.io/image-rebinding`: requesting containers whose image was built for another
+    vendor get the routed vendor's build (imageRules); (originals, warnings). Without a build,
+    or without rebinding, a warning says the image would not run there."""
+    originals: dict[str, str] = {}
+    warnings: list[str] = []
+    names = {c.index: c.name for c in demand.containers}
+    for i, image in _images(pod, demand).items():
+        rule = vendors.image_rule(image)
+        if rule is None or rule.vendor == vendor:
+            continue
+        build = rule.build_for(vendor, image) if demand.image_rebinding else None
+        if build is None:
+            warnings.append(
+                f"hcs: {names[i]}: {image} is built for {rule.vendor}; it would not run on "
+                f"{vendor}" + ("" if demand.image_rebinding else " (hcs.io/image-rebinding is off)")
+            )
+            continue
+        patch.ops.append(
+            {"op": "replace", "path": pointer("spec", "containers", i, "image"), "value": build}
+        )
+        originals[names[i]] = image
+    return originals, warnings
 
 
 def _visibility_env(
@@ -313,6 +375,11 @@ def finish(
         hostpaths=hostpaths,
     )
     warnings = []
+    originals, image_warnings = _rebind_images(patch, plan.pod, demand, route.vendor, ctx.vendors)
+    if originals:  # mutate has made the annotations map exist: add the one key
+        value = json.dumps(originals, separators=(",", ":"), sort_keys=True)
+        patch.add(value, "metadata", "annotations", A_ORIGINAL_IMAGES)
+    warnings += image_warnings
     if not hostpaths and demand.inject_driver and ctx.vendors[route.vendor].mounts:
         warnings.append(
             f"hcs: namespace {demand.namespace} enforces Pod Security {level}: no driver "

@@ -41,6 +41,8 @@ A_ASSIGNED_DEVICES: Final = "hcs.io/assigned-devices"
 A_ASSIGNED_NODE: Final = "hcs.io/assigned-node"
 A_SCHEDULING_SCORE: Final = "hcs.io/scheduling-score"
 A_REQUEST: Final = "hcs.io/request"
+A_ORIGINAL_IMAGES: Final = "hcs.io/original-images"
+"""Written by the webhook when it rebinds images: container -> the image it asked for."""
 A_ALLOCATED: Final = "hcs.io/allocated"
 """Written by the device plugin: container -> kubelet device IDs allocated (hcs.assignment)."""
 INPUT_ANNOTATIONS: Final = (
@@ -58,6 +60,7 @@ OUTPUT_ANNOTATIONS: Final = (
     A_SCHEDULING_SCORE,
     A_REQUEST,
     A_ALLOCATED,
+    A_ORIGINAL_IMAGES,
 )
 KNOWN_ANNOTATIONS: Final = INPUT_ANNOTATIONS + OUTPUT_ANNOTATIONS
 _INPUT_NAMES: Final = tuple(a.split("/", 1)[1] for a in INPUT_ANNOTATIONS)

@@ -179,12 +179,55 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
 
 
 @dataclass(frozen=True)
+class ImageRule:
+    """An image built for one vendor, and its builds for others (`imageRules`). `image` is an
+    exact name or a prefix ending in `*` (or any fnmatch pattern); a build ending in `*` takes
+    what the prefix matched the rest of (the tag)."""
+
+    image: str
+    vendor: VendorName
+    builds: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, image: str) -> bool:
+        return fnmatch.fnmatchcase(image, self.image)
+
+    def build_for(self, vendor: str, image: str) -> str | None:
+        build = self.builds.get(vendor)
+        if build is None or not build.endswith("*"):
+            return build
+        prefix = self.image.removesuffix("*")
+        rest = image[len(prefix) :] if self.image.endswith("*") and image.startswith(prefix) else ""
+        return build.removesuffix("*") + rest
+
+
+# Images whose name says which vendor's software they carry: a pod without a preference goes
+# to that vendor (a CUDA image does not land on Cambricon while GPUs are free).
+DEFAULT_IMAGE_RULES: Final[tuple[ImageRule, ...]] = (
+    ImageRule("nvcr.io/nvidia/*", "nvidia"),
+    ImageRule("*cuda*", "nvidia"),
+    ImageRule("*ascend*", "huawei"),
+    ImageRule("*cann*", "huawei"),
+    ImageRule("*torch_npu*", "huawei"),
+    ImageRule("*dtk*", "hygon"),
+    ImageRule("*neuware*", "cambricon"),
+    ImageRule("*cambricon*", "cambricon"),
+)
+
+
+@dataclass(frozen=True)
 class VendorTable:
     """The profiles in force; look-ups by vendor name or by device-plugin resource name."""
 
     profiles: Mapping[VendorName, VendorProfile] = field(
         default_factory=lambda: dict(DEFAULT_PROFILES)
     )
+    default_preference: tuple[VendorName, ...] = ()
+    """Vendors for pods that name none and whose images imply none (`defaultVendorPreference`);
+    empty: any vendor."""
+    image_rules: tuple[ImageRule, ...] = field(default_factory=lambda: DEFAULT_IMAGE_RULES)
+
+    def image_rule(self, image: str) -> ImageRule | None:
+        return next((r for r in self.image_rules if r.matches(image)), None)
 
     def __getitem__(self, vendor: str) -> VendorProfile:
         return self.profiles[vendor]  # type: ignore[index]
@@ -242,8 +285,14 @@ def load_vendor_table(path: str | Path | None) -> VendorTable:
 def vendor_table_from_dict(data: Any, source: str = "vendor config") -> VendorTable:
     if data is None:
         return VendorTable()
-    if not isinstance(data, dict) or set(data) - {"vendors"}:
-        raise ConfigError(f"{source}: expected a mapping with the single key `vendors`")
+    if not isinstance(data, dict) or set(data) - {
+        "vendors",
+        "defaultVendorPreference",
+        "imageRules",
+    }:
+        raise ConfigError(
+            f"{source}: expected a mapping of `vendors`, `defaultVendorPreference`, `imageRules`"
+        )
     vendors = data.get("vendors") or {}
     if not isinstance(vendors, dict):
         raise ConfigError(f"{source}: vendors: expected a mapping of vendor name to overrides")
@@ -255,7 +304,31 @@ def vendor_table_from_dict(data: Any, source: str = "vendor config") -> VendorTa
                 f"{', '.join(VENDOR_NAMES)})"
             )
         profiles[name] = _apply_overrides(profiles[name], overrides, f"{source}: vendors.{name}")
-    return VendorTable(profiles)
+    default = data.get("defaultVendorPreference") or []
+    if not isinstance(default, list) or any(v not in VENDOR_NAMES for v in default):
+        raise ConfigError(
+            f"{source}: defaultVendorPreference: expected a list of {', '.join(VENDOR_NAMES)}"
+        )
+    rules: tuple[ImageRule, ...] = DEFAULT_IMAGE_RULES
+    if "imageRules" in data:
+        rules = tuple(
+            _image_rule(r, f"{source}: imageRules[{i}]")
+            for i, r in enumerate(data["imageRules"] or [])
+        )
+    return VendorTable(profiles, tuple(default), rules)
+
+
+def _image_rule(raw: Any, where: str) -> ImageRule:
+    if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
+        raise ConfigError(f"{where}: expected {{image, vendor, builds}}")
+    if raw.get("vendor") not in VENDOR_NAMES:
+        raise ConfigError(f"{where}.vendor: expected one of {', '.join(VENDOR_NAMES)}")
+    builds = raw.get("builds") or {}
+    if not isinstance(builds, dict) or any(
+        k not in VENDOR_NAMES or not isinstance(v, str) for k, v in builds.items()
+    ):
+        raise ConfigError(f"{where}.builds: expected a mapping of vendor to image")
+    return ImageRule(raw["image"], raw["vendor"], dict(builds))
 
 
 def _str_list(value: Any, where: str) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ def test_a_config_file_overrides_only_what_it_names(tmp_path: Path) -> None:
         ("vendors:\n  nvidia: {resourse: x}\n", "unknown field(s) resourse"),
         ("vendors:\n  nvidia: {aliases: nvidia.com/gpu}\n", "aliases: expected a list of strings"),
         ("vendors:\n  nvidia: {resource: ''}\n", "resource: expected a non-empty string"),
-        ("vendor: {}\n", "single key `vendors`"),
+        ("vendor: {}\n", "a mapping of `vendors`"),
         ("vendors: [\n", "vendors.yaml"),
     ],
 )

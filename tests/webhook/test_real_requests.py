@@ -285,3 +285,67 @@ def test_inject_runtime_sets_the_vendors_runtime_class() -> None:
         annotations={"hcs.io/vendor-preference": "huawei"},
     )
     assert "runtimeClassName" not in applied(npu, review(request_for(npu, uid="r4"), ctx))["spec"]
+
+
+def image_pod(image: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), annotations=annotations)
+    pod["spec"]["containers"][0]["image"] = image
+    return pod
+
+
+def test_a_cuda_image_goes_to_nvidia_even_where_others_have_more_room() -> None:
+    """Routing without a preference once took the vendor with most free VRAM: a CUDA image on
+    Cambricon. The image's rule implies NVIDIA; downgrade stays off unless the pod allows it."""
+    nodes = [make_node("g", vram_gi=16, n_devices=1), make_node("m", "cambricon", n_devices=8)]
+    ctx = AdmissionContext(ClusterState.from_nodes(nodes), QuotaBook({}))
+    cuda = image_pod("nvcr.io/nvidia/pytorch:24.05-py3")
+    out = applied(cuda, review(request_for(cuda), ctx))
+    assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == "nvidia"
+    plain = image_pod("python:3.12")  # says nothing: most free VRAM, as before
+    out = applied(plain, review(request_for(plain, uid="r2"), ctx))
+    assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == "cambricon"
+
+
+def test_the_default_preference_comes_from_config() -> None:
+    from hcs.vendors import vendor_table_from_dict
+
+    vendors = vendor_table_from_dict({"defaultVendorPreference": ["huawei"]})
+    nodes = [make_node("g"), make_node("npu", "huawei")]
+    ctx = AdmissionContext(ClusterState.from_nodes(nodes), QuotaBook({}), vendors)
+    pod = image_pod("python:3.12")
+    out = applied(pod, review(request_for(pod), ctx))
+    assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == "huawei"
+
+
+def test_image_rebinding_swaps_in_the_routed_vendors_build() -> None:
+    from hcs.vendors import vendor_table_from_dict
+
+    vendors = vendor_table_from_dict(
+        {
+            "imageRules": [
+                {
+                    "image": "nvcr.io/nvidia/pytorch:*",
+                    "vendor": "nvidia",
+                    "builds": {"huawei": "ascendhub.huawei.com/public-ascendhub/pytorch:*"},
+                }
+            ]
+        }
+    )
+    nodes = [make_node("npu", "huawei")]  # no GPU at all: the pod is downgraded to Ascend
+    ctx = AdmissionContext(ClusterState.from_nodes(nodes), QuotaBook({}), vendors)
+    allow = {"hcs.io/allow-downgrade": "true", "hcs.io/image-rebinding": "true"}
+    pod = image_pod("nvcr.io/nvidia/pytorch:24.05-py3", allow)
+    response = review(request_for(pod), ctx)
+    out = applied(pod, response)
+    assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == "huawei"
+    assert out["spec"]["containers"][0]["image"] == (
+        "ascendhub.huawei.com/public-ascendhub/pytorch:24.05-py3"
+    )
+    assert out["metadata"]["annotations"]["hcs.io/original-images"] == (
+        '{"main":"nvcr.io/nvidia/pytorch:24.05-py3"}'
+    )
+    # Without a build for the routed vendor, or without rebinding, the pod is told.
+    off = image_pod("nvcr.io/nvidia/pytorch:24.05-py3", {"hcs.io/allow-downgrade": "true"})
+    warned = review(request_for(off, uid="r2"), ctx)
+    assert any("would not run on huawei" in w for w in warned.get("warnings", []))
+    assert applied(off, warned)["spec"]["containers"][0]["image"].startswith("nvcr.io")
