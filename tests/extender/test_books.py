@@ -4,11 +4,24 @@ outcome (issue 11), each behaviour pinned against the in-test API server."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from tests.extender.test_cluster_mode import Start, fresh_node, pod, start, until
+from tests.extender.test_cluster_mode import Cluster, Start, fresh_node, pod, start, until
 from tests.fake_apiserver import PODS, FakeApiServer
 
 __all__ = ["start"]  # the fixture, shared with test_cluster_mode
+
+
+async def one_pod_filtered(start: Start) -> tuple[FakeApiServer, Cluster, dict[str, Any]]:
+    """A one-device node, the extender in step with it, and pod `a` seen by filter."""
+    fake = FakeApiServer()
+    fake.put("computenodes", fresh_node("n1", n_devices=1))
+    c = await start(fake)
+    await c.ready()
+    p = pod("a", {"ai.compute/vram": "8Gi"})
+    fake.put(PODS, p)
+    await c.filter(p, ["n1"])
+    return fake, c, p
 
 
 async def test_nothing_is_placed_while_the_pod_list_never_answers(start: Start) -> None:
@@ -105,13 +118,7 @@ async def test_an_unknown_outcome_keeps_the_devices_booked_until_resolved(start:
 async def test_an_unresolved_bind_expires_and_frees_the_node(start: Start) -> None:
     """Pins: an allocation whose bind never resolved is returned after a bounded time, with the
     node's lock (Ledger.expire_assumed is called)."""
-    fake = FakeApiServer()
-    fake.put("computenodes", fresh_node("n1", n_devices=1))
-    c = await start(fake)
-    await c.ready()
-    p = pod("a", {"ai.compute/vram": "8Gi"})
-    fake.put(PODS, p)
-    await c.filter(p, ["n1"])
+    fake, c, p = await one_pod_filtered(start)
     fake.bind_failures.append((503, False, 0.0))
     assert (await c.bind(p, "n1")).startswith("BindFailed")
     assert fake.lease_holder("n1") == "uid-a"
@@ -122,13 +129,7 @@ async def test_an_unresolved_bind_expires_and_frees_the_node(start: Start) -> No
 
 async def test_a_refused_binding_returns_the_devices(start: Start) -> None:
     """Pins: a 4xx is a refusal (nothing committed): devices and lock are returned at once."""
-    fake = FakeApiServer()
-    fake.put("computenodes", fresh_node("n1", n_devices=1))
-    c = await start(fake)
-    await c.ready()
-    p = pod("a", {"ai.compute/vram": "8Gi"})
-    fake.put(PODS, p)
-    await c.filter(p, ["n1"])
+    fake, c, p = await one_pod_filtered(start)
     fake.bind_failures.append((422, False, 0.0))
     assert (await c.bind(p, "n1")).startswith("BindFailed")
     assert not c.service.state.allocations and fake.lease_holder("n1") == ""
@@ -138,13 +139,7 @@ async def test_a_late_failure_never_releases_what_a_retry_confirmed(start: Start
     """Pins: a first bind whose refusal arrives after a retry of the same pod confirmed it
     leaves the confirmed allocation and the node's lock alone (the ledger's current record is
     checked)."""
-    fake = FakeApiServer()
-    fake.put("computenodes", fresh_node("n1", n_devices=1))
-    c = await start(fake)
-    await c.ready()
-    p = pod("a", {"ai.compute/vram": "8Gi"})
-    fake.put(PODS, p)
-    await c.filter(p, ["n1"])
+    fake, c, p = await one_pod_filtered(start)
     fake.bind_failures.append((422, False, 0.5))  # the first Binding is refused, late
     first = asyncio.create_task(c.bind(p, "n1"))
     await until(lambda: len(fake.bindings) == 1)
