@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
+EXTENDER_PORT ?= 8888
+WEBHOOK_PORT  ?= 8443
 
 .PHONY: run test lint bench clean proto
 
@@ -21,14 +23,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/hcs simulate --inventory examples/inventory --pods examples/pods
 	@echo
-	@echo "Starting the extender on http://127.0.0.1:8888 and the webhook on https://127.0.0.1:8443"
-	@echo "(certificates in .hcs/certs; Ctrl-C stops both). Try:"
-	@echo "  curl -s -XPOST localhost:8888/filter -d @examples/requests/filter.json"
-	@echo "  curl -s -XPOST localhost:8888/prioritize -d @examples/requests/prioritize.json"
-	@echo "  curl -s -XPOST localhost:8888/bind -d @examples/requests/bind.json"
-	@echo "  curl -s --cacert .hcs/certs/ca.crt https://localhost:8443/mutate -d @examples/requests/admission-review.json"
-	@echo "  curl -s localhost:8888/metrics | grep ^hcs_"
-	$(BIN)/hcs serve --inventory examples/inventory --cert-dir .hcs/certs
+	@echo "Starting the extender on http://127.0.0.1:$(EXTENDER_PORT) and the webhook on https://127.0.0.1:$(WEBHOOK_PORT)"
+	@echo "(certificates in .hcs/certs; Ctrl-C stops both; other ports: make run EXTENDER_PORT=... WEBHOOK_PORT=...)."
+	@echo "The hcs command is $(BIN)/hcs (or: . $(BIN)/activate). Try:"
+	@echo "  curl -s -XPOST localhost:$(EXTENDER_PORT)/filter -d @examples/requests/filter.json"
+	@echo "  curl -s -XPOST localhost:$(EXTENDER_PORT)/prioritize -d @examples/requests/prioritize.json"
+	@echo "  curl -s -XPOST localhost:$(EXTENDER_PORT)/bind -d @examples/requests/bind.json"
+	@echo "  curl -s --cacert .hcs/certs/ca.crt https://localhost:$(WEBHOOK_PORT)/mutate -d @examples/requests/admission-review.json \\"
+	@echo "    | $(BIN)/python -c 'import base64,json,sys; r=json.load(sys.stdin)[\"response\"]; print(json.dumps(json.loads(base64.b64decode(r.get(\"patch\",\"W10=\"))), indent=1))'"
+	@echo "  curl -s localhost:$(EXTENDER_PORT)/metrics | grep ^hcs_"
+	$(BIN)/hcs serve --inventory examples/inventory --cert-dir .hcs/certs \
+		--extender-port $(EXTENDER_PORT) --webhook-port $(WEBHOOK_PORT)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

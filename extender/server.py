@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 
-from aiohttp import web
-
 from extender.app import DEFAULT_MAX_BODY, create_app
 from hcs.cluster import ClusterSync, KubeBinder, load_api
 from hcs.engine import EngineConfig
@@ -14,6 +12,7 @@ from hcs.inventory import load_inventory
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
+from serving import serve_apps
 
 log = logging.getLogger("hcs.extender")
 
@@ -58,7 +57,5 @@ def serve(
     gc.freeze()
     app = create_app(service, max_body=max_body, sync=sync)
     mode = "cluster mode" if sync else "local mode"
-    log.info("extender serving on http://%s:%d (%s)", host, port, mode)
-    web.run_app(
-        app, host=host, port=port, access_log=None, print=None, shutdown_timeout=shutdown_timeout
-    )
+    log.info("extender starting on http://%s:%d (%s)", host, port, mode)
+    serve_apps([(app, host, port, None)], shutdown_timeout=shutdown_timeout)

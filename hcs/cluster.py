@@ -510,7 +510,9 @@ def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
-def load_api(kubeconfig: str | None = None) -> client.ApiClient:
+def load_api(
+    kubeconfig: str | None = None, hint: str = "pass --inventory DIR for local mode"
+) -> client.ApiClient:
     """An API client from `kubeconfig`, else the in-cluster service account, else the default
     kubeconfig (~/.kube/config or $KUBECONFIG)."""
     if kubeconfig is None:
@@ -523,8 +525,7 @@ def load_api(kubeconfig: str | None = None) -> client.ApiClient:
         kube_config.load_kube_config(config_file=kubeconfig)
     except (kube_config.ConfigException, OSError) as exc:
         raise HcsError(
-            f"no cluster to talk to: not in a pod, and no usable kubeconfig "
-            f"({exc}); pass --inventory DIR for local mode",
+            f"no cluster to talk to: not in a pod, and no usable kubeconfig ({exc}); {hint}",
             code="InvalidConfig",
         ) from None
     return client.ApiClient()

@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from hcs.demand import ContainerDemand, PodDemand
 from hcs.errors import ConfigError, ErrorCode, PlacementError
+from hcs.quantity import format_mib
 from hcs.state import Allocation, BoolArray, ClusterState, DeviceCharge, IndexArray, IntArray
 from hcs.vendors import VENDOR_CODES, VENDOR_NAMES, VendorName
 
@@ -182,7 +183,7 @@ class Request:
             return f"fewer than {self.total_devices} free devices"
         parts = []
         for g in self.groups:
-            need = [f"≥ {g.vram_mib} MiB"] if g.vram_mib else []
+            need = [f"≥ {format_mib(g.vram_mib)}"] if g.vram_mib else []
             if reason is Reason.InsufficientTFLOPS:
                 if g.fp16_milli_tflops:
                     need.append(f"≥ {_tflops(g.fp16_milli_tflops)} TFLOPS FP16")

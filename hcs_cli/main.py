@@ -77,9 +77,47 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _configure_logging(level: str) -> None:
-    """One line per decision: time, level, component, message."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line (`--log-format json`), for log pipelines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+_LOG_FORMAT: list[str] = ["text"]
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="least severe level logged (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line for log pipelines (default %(default)s)",
+    )
+
+
+def _configure_logging(level: str, fmt: str | None = None) -> None:
+    """One line per decision: time, level, component, message (text or JSON)."""
+    handler = logging.StreamHandler()
+    if (fmt or _LOG_FORMAT[0]) == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _webhook_args(p: argparse.ArgumentParser) -> None:
@@ -95,7 +133,7 @@ def _webhook_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="set spec.schedulerName of admitted pods (e.g. hcs-scheduler)",
     )
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _log_args(p)
 
 
 def _engine_args(
@@ -185,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="largest request body accepted (default %(default)s)",
     )
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _log_args(p)
 
     p = sub.add_parser(
         "webhook",
@@ -255,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
     )
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _log_args(p)
 
     p = sub.add_parser(
         "controller",
@@ -292,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-leader-elect", action="store_true", help="run without a Lease (a single replica)"
     )
     p.add_argument("--once", action="store_true", help="one round, then exit")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _log_args(p)
 
     p = sub.add_parser(
         "serve",
@@ -315,7 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", default="hcs-webhook", help="(default %(default)s)")
     p.add_argument("--namespace", default="hcs-system", help="(default %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
-    p.add_argument("--days", type=int, default=365, help="serving certificate validity")
+    p.add_argument(
+        "--days",
+        type=int,
+        default=365,
+        metavar="N",
+        help="serving certificate validity in days (default %(default)s)",
+    )
     p.add_argument(
         "--print-ca-bundle",
         action="store_true",
@@ -414,12 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
     )
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    _log_args(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _LOG_FORMAT[0] = getattr(args, "log_format", "text")
     try:
         vendors = load_vendor_table(getattr(args, "vendor_config", None))
         if args.command == "validate":
@@ -470,7 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
     _configure_logging(args.log_level)
     runner = ControllerRunner(
-        load_api(args.kubeconfig), heartbeat_timeout_s=args.heartbeat_timeout, vendors=vendors
+        load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the controller needs a cluster)"),
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        vendors=vendors,
     )
     if args.once or args.no_leader_elect:
         run_controllers(runner, args.interval, once=args.once)
@@ -500,7 +547,8 @@ def _agent(args: argparse.Namespace) -> int:
         node, _ = desired_node(opts)
         print(dump(node), end="")
         return 0
-    run_agent(opts, Publisher(load_api(args.kubeconfig)), args.interval, once=args.once)
+    api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE, or --dry-run to print only")
+    run_agent(opts, Publisher(api), args.interval, once=args.once)
     return 0
 
 
@@ -517,7 +565,10 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     allocator = Allocator(
         args.node_name,
         vendors[args.vendor],
-        KubeNodeApi(load_api(args.kubeconfig), args.lock_namespace),
+        KubeNodeApi(
+            load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the plugin reads pods)"),
+            args.lock_namespace,
+        ),
         replicas=args.replicas,
         cdi=args.cdi,
     )
@@ -633,9 +684,8 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _print_placements(placements: list[Placement], *, as_json: bool) -> None:
-    if as_json:
-        for p in placements:
-            print(json.dumps(p.__dict__))
+    if as_json:  # one document
+        print(json.dumps([p.__dict__ for p in placements], indent=2))
         return
     rows = [["POD", "VENDOR", "NODE", "DEVICES", "SCORE", "OUTCOME"]]
     for p in placements:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from hcs import __version__
 from hcs.cluster import ClusterSync
+from hcs.errors import ConfigError
 
 log = logging.getLogger("hcs.serving")
 
@@ -76,11 +77,20 @@ def serve_apps(
     """Run several apps in one process until SIGINT / SIGTERM."""
 
     async def main() -> None:
-        runners = []
+        runners: list[web.AppRunner] = []
         for app, host, port, tls in sites:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
             await runner.setup()
-            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            try:
+                await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            except OSError as exc:
+                for started in [*runners, runner]:
+                    await started.cleanup()
+                raise ConfigError(
+                    f"cannot listen on {host}:{port} for {app[COMPONENT]}: {exc.strerror} "
+                    "(another process has the port? choose another with --port, "
+                    "--extender-port or --webhook-port)"
+                ) from None
             runners.append(runner)
             log.info(
                 "serving %s on %s://%s:%d", app[COMPONENT], "https" if tls else "http", host, port

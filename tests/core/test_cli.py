@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ PODS = str(ROOT / "examples" / "pods")
 
 def test_simulate_places_the_example_pods(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--inventory", INVENTORY, "--pods", PODS, "--json"]) == 0
-    rows = {r["pod"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    rows = {r["pod"]: r for r in json.loads(capsys.readouterr().out)}  # one JSON document
     assert rows["team-a/ascend-inference"]["vendor"] == "huawei"
     assert rows["team-a/llm-finetune"]["node"].startswith("gpu-")
     assert len(rows["team-a/llm-finetune"]["devices"].split(",")) == 4
@@ -85,3 +86,55 @@ def test_core_never_imports_the_http_layers() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path} imports {name}"
+
+
+def test_a_port_in_use_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["extender", "--inventory", INVENTORY, "--port", str(port)])
+    err = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
+    assert code == 2 and len(err) == 1  # no traceback: one line, besides the INFO log
+    assert err[0].startswith(f"error: InvalidConfig: cannot listen on 127.0.0.1:{port}")
+    assert "--port" in err[0]
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from hcs_cli.main import _configure_logging
+
+    _configure_logging("INFO", "json")
+    logging.getLogger("hcs.test").info("placed pod=%s", "a/b")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(line)
+    assert entry["level"] == "INFO" and entry["logger"] == "hcs.test"
+    assert entry["message"] == "placed pod=a/b"
+    _configure_logging("INFO", "text")
+
+
+def test_cluster_commands_say_what_they_need(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    assert main(["controller", "--once", "--no-leader-elect"]) == 2
+    err = capsys.readouterr().err
+    assert "--kubeconfig" in err and "--inventory" not in err
+    assert main(["agent", "--node-name", "n1", "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "--dry-run" in err and "--inventory" not in err
+
+
+def test_every_flag_says_what_it_does() -> None:
+    from hcs_cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    choices: Any = sub.choices
+    for name, command in choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"hcs {name} {action.option_strings[0]} has no help"

@@ -133,7 +133,7 @@ def test_insufficient_vram_message_matches_the_issue() -> None:
     result = filter_nodes(st, compile_request(d), ["a"], CFG)
     assert Reason(int(result.codes[0])) is Reason.InsufficientVRAM
     assert result.message(int(result.codes[0])) == (
-        "InsufficientVRAM: fewer than 2 free devices with ≥ 40960 MiB"
+        "InsufficientVRAM: fewer than 2 free devices with ≥ 40Gi"  # the user's units
     )
 
 

@@ -144,10 +144,7 @@ async def test_filter_sorts_every_reason_into_the_right_list(
         "npu": "VendorNotSupported",
         "ghost": "NodeNotFound",
     }
-    assert (
-        body["FailedNodes"]["small"] == "InsufficientVRAM: fewer than 1 free device with ≥ "
-        "32768 MiB"
-    )
+    assert body["FailedNodes"]["small"] == "InsufficientVRAM: fewer than 1 free device with ≥ 32Gi"
 
 
 async def test_nodes_failing_the_same_way_share_one_message(http: Client) -> None:
