@@ -501,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             placements = simulate(state, pods_from_paths(args.pods), config, vendors)
             _print_placements(placements, as_json=args.json)
             return 0
+        if not Path(args.pod).is_file():
+            raise ConfigError(f"--pod {args.pod}: no such file (expected a YAML file of Pods)")
         for place, pod in pods_from_paths([args.pod]):
             name = (pod.get("metadata") or {}).get("name") or place
             if not args.json:
@@ -645,7 +647,14 @@ def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: Vendor
 
 def _validate(files: Sequence[str], vendors: VendorTable) -> int:
     bad = 0
-    for file in files:
+    expanded: list[str] = []
+    for file in files:  # a folder means its YAML files, recursively
+        path = Path(file)
+        if path.is_dir():
+            expanded += sorted(str(p) for p in path.rglob("*.y*ml") if p.is_file())
+        else:
+            expanded.append(file)
+    for file in expanded:
         try:
             docs = load_documents(Path(file))
         except HcsError as exc:

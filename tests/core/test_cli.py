@@ -22,7 +22,6 @@ def test_simulate_places_the_example_pods(capsys: pytest.CaptureFixture[str]) ->
     assert len(rows["team-a/llm-finetune"]["devices"].split(",")) == 4
     assert rows["research/mlu-serving"]["vendor"] == "cambricon"
     assert rows["team-a/too-big"]["outcome"].startswith("denied at admission: InsufficientVRAM")
-    assert "did you mean hcs.io/vendor-preference?" in rows["team-a/typo"]["outcome"]
     placed = [r for r in rows.values() if not r["outcome"]]
     taken = [(r["node"], d) for r in placed for d in r["devices"].split(",")]
     exclusive = [t for t in taken if not t[0].startswith("gpu-l40s")]
@@ -138,3 +137,14 @@ def test_every_flag_says_what_it_does() -> None:
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"hcs {name} {action.option_strings[0]} has no help"
+
+
+def test_validate_takes_folders_and_the_invalid_examples_say_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = Path(__file__).resolve().parents[2] / "examples"
+    assert main(["validate", str(root / "pods"), str(root / "inventory")]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(root / "invalid")]) == 1
+    out = capsys.readouterr().out
+    assert "INVALID typo.yaml#1" in out and "did you mean hcs.io/vendor-preference?" in out

@@ -11,7 +11,7 @@ from hcs.inventory import load_documents
 from hcs.simulate import pods_from_paths
 
 ROOT = Path(__file__).resolve().parents[2]
-BAD_ON_PURPOSE = {"team-a/typo"}  # the pod that shows a misspelled annotation being refused
+BAD_ON_PURPOSE: set[str] = set()  # examples/invalid/ holds the deliberately bad ones
 
 
 def workloads() -> list[tuple[str, dict[str, Any]]]:
@@ -28,7 +28,7 @@ def test_example_workloads_are_valid_kubernetes_objects(place: str, doc: dict[st
     kubernetes_validate.validate(doc, "1.37.0", strict=True)
 
 
-def test_example_pods_are_valid_hcs_requests_but_the_typo() -> None:
+def test_example_pods_are_valid_hcs_requests() -> None:
     for place, pod in pods_from_paths([ROOT / "examples" / "pods"]):
         meta = pod["metadata"]
         key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
