@@ -649,9 +649,9 @@ def _validate(files: Sequence[str], vendors: VendorTable) -> int:
     bad = 0
     expanded: list[str] = []
     for file in files:  # a folder means its YAML files, recursively
-        path = Path(file)
-        if path.is_dir():
-            expanded += sorted(str(p) for p in path.rglob("*.y*ml") if p.is_file())
+        folder = Path(file)
+        if folder.is_dir():
+            expanded += sorted(str(f) for f in folder.rglob("*.y*ml") if f.is_file())
         else:
             expanded.append(file)
     for file in expanded:
