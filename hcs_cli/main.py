@@ -117,7 +117,7 @@ def _configure_logging(level: str, fmt: str | None = None) -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])  # no-op where logging is set up
 
 
 def _webhook_args(p: argparse.ArgumentParser) -> None:

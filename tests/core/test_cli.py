@@ -101,18 +101,17 @@ def test_a_port_in_use_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> 
     assert "--port" in err[0]
 
 
-def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_logs_are_one_object_per_line() -> None:
     import logging
 
-    from hcs_cli.main import _configure_logging
+    from hcs_cli.main import _JsonFormatter
 
-    _configure_logging("INFO", "json")
-    logging.getLogger("hcs.test").info("placed pod=%s", "a/b")
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    entry = json.loads(line)
+    record = logging.LogRecord(
+        "hcs.test", logging.INFO, __file__, 1, "placed pod=%s", ("a/b",), None
+    )
+    entry = json.loads(_JsonFormatter().format(record))
     assert entry["level"] == "INFO" and entry["logger"] == "hcs.test"
-    assert entry["message"] == "placed pod=a/b"
-    _configure_logging("INFO", "text")
+    assert entry["message"] == "placed pod=a/b" and entry["time"]
 
 
 def test_cluster_commands_say_what_they_need(
