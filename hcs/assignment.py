@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hcs.demand import A_ALLOCATED
+from hcs.demand import A_ALLOCATED, A_ASSIGNED_DEVICES
 from hcs.vendors import VendorProfile
 
 __all__ = ["A_ALLOCATED", "CONTAINER_PREFIX", "ContainerDevices", "allocation"]
@@ -38,6 +38,16 @@ def container_devices(annotations: Mapping[str, str]) -> dict[str, tuple[str, ..
         for key, value in annotations.items()
         if key.startswith(CONTAINER_PREFIX)
     }
+
+
+def held_ids(annotations: Mapping[str, str]) -> set[str]:
+    """Every device ID a pod holds in HCS's books: the per-container annotations and
+    `hcs.io/assigned-devices`."""
+    held = {d.strip() for d in str(annotations.get(A_ASSIGNED_DEVICES) or "").split(",")}
+    for ids in container_devices(annotations).values():
+        held |= set(ids)
+    held.discard("")
+    return held
 
 
 def container_annotations(per_container: Sequence[tuple[str, Sequence[str]]]) -> dict[str, str]:

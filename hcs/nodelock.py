@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from hcs.assignment import A_ALLOCATED, container_devices
 from hcs.errors import HcsError
-from hcs.kubeio import CALL_TIMEOUT_S, read_pod
+from hcs.kubeio import CALL_TIMEOUT_S, read_json, read_pod
 
 A_LOCK_POD = "hcs.io/pod"
 LEASE_PREFIX = "hcs-node-"
@@ -78,19 +78,7 @@ class NodeLock:
         self.namespace = namespace
 
     def read(self, node: str) -> dict[str, Any] | None:
-        try:
-            raw: Any = self.leases.read_namespaced_lease(
-                lease_name(node),
-                self.namespace,
-                _preload_content=False,
-                _request_timeout=CALL_TIMEOUT_S,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        lease: dict[str, Any] = orjson.loads(raw.data)
-        return lease
+        return read_json(self.leases.read_namespaced_lease, lease_name(node), self.namespace)
 
     def holder(self, node: str) -> tuple[str, str] | None:
         """(pod UID, `namespace/name`) of the pod holding `node`, None when free."""

@@ -34,7 +34,6 @@ from hcs.agent.devices import (
     read_matrix,
 )
 
-HEALTH_WORDS: Final = ("OK", "Warning", "Alarm", "Critical", "Unknown", "NA")
 _BUS: Final = re.compile(r"[0-9A-Fa-fx]{4,8}:[0-9A-Fa-fx]{2}:[0-9A-Fa-fx]{2}\.[0-7x]")
 
 

@@ -50,6 +50,7 @@ from hcs.assignment import (
     allocation,
     container_annotations,
     container_devices,
+    held_ids,
 )
 from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR
 from hcs.errors import HcsError
@@ -281,10 +282,7 @@ class Allocator:
     def _held(self, pods: list[dict[str, Any]]) -> set[str]:
         held: set[str] = set()
         for pod in pods:
-            annotations = (pod.get("metadata") or {}).get("annotations") or {}
-            for ids in container_devices(annotations).values():
-                held |= set(ids)
-            held |= {d for d in (annotations.get(A_ASSIGNED_DEVICES) or "").split(",") if d}
+            held |= held_ids((pod.get("metadata") or {}).get("annotations") or {})
         return held
 
     def _free(self, pods: list[dict[str, Any]]) -> set[str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from hcs.agent.devices import RawDevice
+from hcs.assignment import held_ids
 from hcs.demand import A_ASSIGNED_DEVICES
 
 
@@ -60,9 +61,8 @@ def held_device_ids(
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        assigned = annotations.get(A_ASSIGNED_DEVICES)
-        if assigned:
-            held |= {d.strip() for d in str(assigned).split(",") if d.strip()}
+        if annotations.get(A_ASSIGNED_DEVICES):
+            held |= held_ids(annotations)
             continue
         for c in (pod.get("spec") or {}).get("containers") or []:
             limits = ((c.get("resources") or {}).get("limits")) or {}

@@ -28,13 +28,6 @@ from hcs.vendors import VendorName
 
 log = logging.getLogger("hcs.agent")
 
-LINK_OF: dict[VendorName, str] = {
-    "nvidia": "nvlink",
-    "huawei": "hccs",
-    "hygon": "xgmi",
-    "cambricon": "mlulink",
-}
-
 
 @dataclass(frozen=True)
 class ModelFigures:

@@ -12,15 +12,24 @@ from tests.fake_apiserver import PODS, FakeApiServer
 __all__ = ["start"]  # the fixture, shared with test_cluster_mode
 
 
-async def one_pod_filtered(start: Start) -> tuple[FakeApiServer, Cluster, dict[str, Any]]:
-    """A one-device node, the extender in step with it, and pod `a` seen by filter."""
+async def pods_filtered(
+    start: Start, *names: str
+) -> tuple[FakeApiServer, Cluster, list[dict[str, Any]]]:
+    """A one-device node, the extender in step with it, and an 8Gi pod per name seen by filter."""
     fake = FakeApiServer()
     fake.put("computenodes", fresh_node("n1", n_devices=1))
     c = await start(fake)
     await c.ready()
-    p = pod("a", {"ai.compute/vram": "8Gi"})
-    fake.put(PODS, p)
-    await c.filter(p, ["n1"])
+    pods = [pod(name, {"ai.compute/vram": "8Gi"}) for name in names]
+    for p in pods:
+        fake.put(PODS, p)
+        await c.filter(p, ["n1"])
+    return fake, c, pods
+
+
+async def one_pod_filtered(start: Start) -> tuple[FakeApiServer, Cluster, dict[str, Any]]:
+    """A one-device node, the extender in step with it, and pod `a` seen by filter."""
+    fake, c, (p,) = await pods_filtered(start, "a")
     return fake, c, p
 
 
@@ -78,14 +87,7 @@ async def test_after_410_gone_nothing_is_placed_until_the_relist_is_applied(
 async def test_a_binding_that_committed_before_a_5xx_is_kept(start: Start) -> None:
     """Pins: on a non-4xx error the allocation stays booked and is resolved by reading the pod;
     the devices are never handed to the next pod."""
-    fake = FakeApiServer()
-    fake.put("computenodes", fresh_node("n1", n_devices=1))
-    c = await start(fake)
-    await c.ready()
-    first, second = pod("a", {"ai.compute/vram": "8Gi"}), pod("b", {"ai.compute/vram": "8Gi"})
-    for p in (first, second):
-        fake.put(PODS, p)
-        await c.filter(p, ["n1"])
+    fake, c, (first, second) = await pods_filtered(start, "a", "b")
     fake.bind_failures.append((503, True, 0.0))  # the Binding lands, the answer is lost
     assert await c.bind(first, "n1") == ""  # read back: it is bound here
     assert c.service.state.allocations["uid-a"].state == "confirmed"
@@ -97,14 +99,7 @@ async def test_a_binding_that_committed_before_a_5xx_is_kept(start: Start) -> No
 async def test_an_unknown_outcome_keeps_the_devices_booked_until_resolved(start: Start) -> None:
     """Pins: after a 5xx with the pod still unbound the Binding may yet commit, so the
     allocation stays assumed (no second holder); a retry to the same node completes it."""
-    fake = FakeApiServer()
-    fake.put("computenodes", fresh_node("n1", n_devices=1))
-    c = await start(fake)
-    await c.ready()
-    first, second = pod("a", {"ai.compute/vram": "8Gi"}), pod("b", {"ai.compute/vram": "8Gi"})
-    for p in (first, second):
-        fake.put(PODS, p)
-        await c.filter(p, ["n1"])
+    fake, c, (first, second) = await pods_filtered(start, "a", "b")
     fake.bind_failures.append((500, False, 0.0))
     error = await c.bind(first, "n1")
     assert error.startswith("BindFailed") and "stay booked" in error

@@ -9,7 +9,6 @@ kubelet's checkpoint does; a restart re-creates `kubelet.sock` and deletes every
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -179,7 +178,3 @@ def short_dir() -> Path:
     import tempfile
 
     return Path(tempfile.mkdtemp(prefix="hcs-dp-", dir="/tmp"))
-
-
-def exists(path: Path) -> bool:
-    return os.path.exists(path)
