@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 EXTENDER_PORT ?= 8888
 WEBHOOK_PORT  ?= 8443
+# make image: docker or podman, whichever is present; the tag is the package version.
+ENGINE ?= $(shell command -v docker || command -v podman)
+IMAGE  ?= hcs:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' hcs/__init__.py)
 
-.PHONY: run test lint bench clean proto
+.PHONY: run test lint bench clean proto image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +42,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+image:
+	@test -n "$(ENGINE)" || { echo "make image: needs docker or podman on PATH" >&2; exit 1; }
+	$(ENGINE) build -t $(IMAGE) .
 
 test: lint
 	$(BIN)/python -m pytest
