@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -157,6 +158,55 @@ def issue(
     return CertFiles(out)
 
 
+def renewal_reason(
+    folder: str | Path,
+    service: str,
+    namespace: str,
+    renew_before: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> str | None:
+    """Why the serving certificate in `folder` must be issued again (missing, unreadable, not
+    signed by ca.crt, missing one of the service's names, or expiring within `renew_before`);
+    None when it can stay."""
+    files = CertFiles(Path(folder))
+    if not (files.tls_cert.exists() and files.tls_key.exists() and files.ca_cert.exists()):
+        return "no certificate yet"
+    try:
+        cert = x509.load_pem_x509_certificate(files.tls_cert.read_bytes())
+        ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        return f"{files.tls_cert} is unreadable or not signed by {files.ca_cert} ({exc})"
+    try:
+        sans = set(
+            cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value.get_values_for_type(x509.DNSName)
+        )
+    except x509.ExtensionNotFound:
+        sans = set()
+    missing = [n for n in service_names(service, namespace) if n not in sans]
+    if missing:
+        return f"{files.tls_cert} does not name {', '.join(missing)}"
+    left = cert.not_valid_after_utc - (now or dt.datetime.now(dt.UTC))
+    if left <= renew_before:
+        return f"{files.tls_cert} expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 def ca_bundle(folder: str | Path) -> str:
     """The webhook configuration's `caBundle`: base64 of the CA certificate PEM."""
     return base64.b64encode((Path(folder) / CA_CERT).read_bytes()).decode()
+
+
+WEBHOOK_COUNT = 1
+"""Webhooks in manifests/webhook-configuration.yaml (a test holds the two equal)."""
+
+
+def ca_bundle_patch(folder: str | Path) -> list[dict[str, str]]:
+    """The JSON patch that puts the CA into every webhook of the configuration."""
+    bundle = ca_bundle(folder)
+    return [
+        {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
+        for i in range(WEBHOOK_COUNT)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gc
 import json
 import logging
@@ -35,7 +36,14 @@ from hcs.agent.run import (
     parse_tool_outputs,
 )
 from hcs.agent.run import run as run_agent
-from hcs.certs import CertFiles, ca_bundle, issue, service_names
+from hcs.certs import (
+    CertFiles,
+    ca_bundle,
+    ca_bundle_patch,
+    issue,
+    renewal_reason,
+    service_names,
+)
 from hcs.cluster import ClusterSync, KubeQuotaBook, load_api
 from hcs.controllers import ControllerRunner, run_controllers, run_leader_elected
 from hcs.demand import parse_pod
@@ -361,10 +369,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving certificate validity in days (default %(default)s)",
     )
     p.add_argument(
+        "--renew-before",
+        type=int,
+        metavar="DAYS",
+        help="keep a tls.crt that is signed by ca.crt, names the service and is valid for more "
+        "than DAYS days; issue a new one otherwise (for a CronJob; default: always issue)",
+    )
+    printed = p.add_mutually_exclusive_group()
+    printed.add_argument(
         "--print-ca-bundle",
         action="store_true",
         help="print the base64 caBundle for the MutatingWebhookConfiguration "
         "(issuing the files first only if there is no CA yet)",
+    )
+    printed.add_argument(
+        "--print-ca-patch",
+        action="store_true",
+        help="print the JSON patch that puts the caBundle into every HCS webhook: "
+        'kubectl patch mutatingwebhookconfiguration hcs-webhook --type=json -p "$(hcs certs '
+        '--out DIR --print-ca-patch)"',
     )
 
     p = sub.add_parser(
@@ -590,15 +613,30 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not args.print_ca_bundle or not (out / "ca.crt").exists():
+    printing = args.print_ca_bundle or args.print_ca_patch
+    say = sys.stderr if printing else sys.stdout  # stdout carries only what was asked to print
+    if args.renew_before is not None and args.renew_before < 0:
+        raise ConfigError(f"--renew-before: {args.renew_before} must be 0 or more days")
+    if args.renew_before is not None:
+        window = dt.timedelta(days=args.renew_before)
+        reason = renewal_reason(out, args.service, args.namespace, window)
+    elif printing:
+        reason = None if (out / "ca.crt").exists() else "no CA yet"
+    else:
+        reason = "asked to issue"
+    if reason is None and args.renew_before is not None:
+        print(f"kept {out / 'tls.crt'}: valid for more than {args.renew_before} days", file=say)
+    elif reason is not None:
         files = issue(out, args.service, args.namespace, args.days)
-        if not args.print_ca_bundle:
-            print(
-                f"wrote {files.ca_cert}, {files.tls_cert}, {files.tls_key} "
-                f"(SANs: {', '.join(service_names(args.service, args.namespace))}, 127.0.0.1)"
-            )
+        print(
+            f"wrote {files.ca_cert}, {files.tls_cert}, {files.tls_key} ({reason}; SANs: "
+            f"{', '.join(service_names(args.service, args.namespace))}, 127.0.0.1)",
+            file=say,
+        )
     if args.print_ca_bundle:
         print(ca_bundle(out))
+    if args.print_ca_patch:
+        print(json.dumps(ca_bundle_patch(out)))
     return 0
 
 

@@ -17,9 +17,19 @@ MANIFESTS = ROOT / "manifests"
 K8S_VERSION = "1.37.0"
 
 
+def patch_files() -> set[Path]:
+    """Files a kustomization names as patches: partial objects, not manifests of their own."""
+    out = set()
+    for kustomization in MANIFESTS.rglob("kustomization.yaml"):
+        for patch in yaml.safe_load(kustomization.read_text()).get("patches") or []:
+            out.add(kustomization.parent / patch["path"])
+    return out
+
+
 def documents() -> list[tuple[str, dict[str, Any]]]:
     docs = []
-    for path in sorted(MANIFESTS.rglob("*.yaml")):
+    patches = patch_files()
+    for path in sorted(set(MANIFESTS.rglob("*.yaml")) - patches):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc is not None:
                 docs.append((f"{path.relative_to(MANIFESTS)}#{i + 1}", doc))
@@ -31,6 +41,7 @@ BUILT_IN = [
     (place, doc)
     for place, doc in DOCS
     if doc.get("kind") not in ("Kustomization", "Component", "KubeSchedulerConfiguration")
+    and not doc.get("apiVersion", "").startswith("cert-manager.io/")  # cert-manager's CRDs
 ]
 
 
