@@ -253,3 +253,18 @@ def test_optional_components_list_files_that_exist() -> None:
             assert (kustomization.parent / resource).exists(), resource
     (runtime_class,) = objects("RuntimeClass")
     assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia"
+
+
+def test_every_image_is_set_in_one_place_and_the_scheduler_respects_version_skew() -> None:
+    """Images are bare names the kustomization maps (one variable each); kube-scheduler defaults
+    to the oldest minor the install guide supports, never newer than the cluster."""
+    (kustomization,) = objects("Kustomization")
+    mapped = {i["name"]: i for i in kustomization["images"]}
+    for name, spec in pod_specs():
+        for c in spec["containers"]:
+            assert c["image"] in mapped, (name, c["image"])
+    scheduler = mapped["kube-scheduler"]
+    assert scheduler["newName"] == "registry.k8s.io/kube-scheduler"
+    guide = (ROOT / "docs" / "install.md").read_text()
+    minimum = guide.split("Kubernetes ", 1)[1].split(" or newer", 1)[0]
+    assert scheduler["newTag"].startswith(f"v{minimum}."), (scheduler["newTag"], minimum)
