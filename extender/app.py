@@ -25,7 +25,10 @@ from prometheus_client.registry import Collector
 from hcs.cluster import ClusterSync
 from hcs.engine import Reason
 from hcs.errors import HcsError
+from hcs.quantity import MIB
 from hcs.scheduling import SchedulerService
+from hcs.state import ClusterState
+from hcs.vendors import VENDOR_NAMES
 from hcs.wire import WireError
 from serving import add_operations
 
@@ -146,6 +149,34 @@ class _StateCollector(Collector):
         for reason in Reason:
             outcomes.add_metric([reason.name], float(self.service.filter_reasons[reason]))
         yield from (nodes, devices, allocs, outcomes)
+        yield from _node_metrics(state, self.service.config.min_health)
+
+
+def _node_metrics(state: ClusterState, min_health: int) -> Iterator[Metric]:
+    """Per node and vendor: VRAM, TFLOPS and devices by state (what dashboards chart)."""
+    rows, figures = state.node_figures(min_health)
+    labels = ["node", "vendor", "state"]
+    vram = GaugeMetricFamily("hcs_node_vram_bytes", "VRAM per node, by state", labels=labels)
+    tflops = GaugeMetricFamily(
+        "hcs_node_tflops",
+        "TFLOPS per node, by precision and state",
+        labels=[*labels[:2], "precision", "state"],
+    )
+    devices = GaugeMetricFamily("hcs_node_devices", "Devices per node, by state", labels=labels)
+    names = [state.node_names[r] or "" for r in rows.tolist()]
+    vendors = [VENDOR_NAMES[v] for v in state.node_vendor[rows].tolist()]
+    columns = {key: value.tolist() for key, value in figures.items()}
+    for i, (node, vendor) in enumerate(zip(names, vendors, strict=True)):
+        for kind in ("allocatable", "allocated", "free"):
+            vram.add_metric([node, vendor, kind], columns[f"vram_{kind}"][i] * MIB)
+            for precision in ("fp16", "fp32"):
+                tflops.add_metric(
+                    [node, vendor, precision, kind], columns[f"{precision}_{kind}"][i] / 1000
+                )
+        devices.add_metric([node, vendor, "total"], columns["devices"][i])
+        devices.add_metric([node, vendor, "idle"], columns["devices_idle"][i])
+        devices.add_metric([node, vendor, "unhealthy"], columns["devices_unhealthy"][i])
+    yield from (vram, tflops, devices)
 
 
 async def _expire_unknown_binds(app: web.Application) -> AsyncIterator[None]:

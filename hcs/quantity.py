@@ -39,7 +39,7 @@ _QUANTITY_RE: Final = re.compile(
     r"^(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?:(?P<exp>[eE][+-]?[0-9]+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$"
 )
-_MIB: Final = 2**20
+MIB: Final = 2**20
 _INT64_MAX: Final = 2**63 - 1
 EXPECTED: Final = "a Kubernetes quantity such as 80Gi, 16384Mi, 312, 19.5, 500m or 1e3"
 # Kubernetes itself caps exponents; anything larger is a typo, and Fraction(10**huge) would hang.
@@ -124,7 +124,7 @@ def _checked_int(n: int, value: object, field: str) -> int:
 
 def vram_mib(value: object, field: str = "", *, round_up: bool = True) -> int:
     """A memory quantity in whole MiB: requests round up, capacities (`round_up=False`) down."""
-    q = _non_negative(parse_quantity(value, field), value, field) / _MIB
+    q = _non_negative(parse_quantity(value, field), value, field) / MIB
     n = math.ceil(q) if round_up else math.floor(q)
     return _checked_int(n, value, field)
 

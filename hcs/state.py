@@ -251,6 +251,34 @@ class ClusterState:
         """Rows of every node, in row order."""
         return np.flatnonzero(self.node_valid_mask)
 
+    def node_figures(self, min_health: int) -> tuple[IndexArray, dict[str, IntArray]]:
+        """Per-node sums for monitoring, one vector per figure over `all_rows()`: VRAM (MiB)
+        and TFLOPS (milli) allocatable / allocated by HCS / free, and devices present / idle /
+        below `min_health`."""
+        rows = self.all_rows()
+        present = self.dev_present_mask[rows]
+
+        def total(figure: npt.NDArray[Any], where: BoolArray = present) -> IntArray:
+            summed: IntArray = np.where(where, figure[rows], 0).sum(axis=1, dtype=np.int64)
+            return summed
+
+        return rows, {
+            "vram_allocatable": total(self.dev_vram_cap_mib),
+            "vram_allocated": total(self.dev_vram_hcs_mib),
+            "vram_free": total(self.dev_vram_free_mib),
+            "fp16_allocatable": total(self.dev_fp16_cap_mtf),
+            "fp16_allocated": total(self.dev_fp16_hcs_mtf),
+            "fp16_free": total(self.dev_fp16_free_mtf),
+            "fp32_allocatable": total(self.dev_fp32_cap_mtf),
+            "fp32_allocated": total(self.dev_fp32_hcs_mtf),
+            "fp32_free": total(self.dev_fp32_free_mtf),
+            "devices": present.sum(axis=1, dtype=np.int64),
+            "devices_idle": (present & self.dev_idle_mask[rows]).sum(axis=1, dtype=np.int64),
+            "devices_unhealthy": (present & (self.dev_health[rows] < min_health)).sum(
+                axis=1, dtype=np.int64
+            ),
+        }
+
     # ------------------------------------------------------------------ nodes
 
     def upsert_node(self, node: ComputeNode) -> None:

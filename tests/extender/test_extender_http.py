@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from extender.app import create_app
 from hcs.engine import EngineConfig
@@ -344,6 +345,47 @@ async def test_health_readiness_version_and_metrics(http: Client) -> None:
     assert 'hcs_extender_filter_nodes_total{reason="NotReady"} 1.0' in text
     assert 'hcs_extender_request_seconds_count{verb="filter"} 1.0' in text
     assert "hcs_inventory_nodes 8.0" in text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the one series of `name` with exactly these labels."""
+    (value,) = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == labels
+    ]
+    return float(value)
+
+
+async def test_node_metrics_follow_the_books_per_node_and_vendor(
+    http: Client, service: SchedulerService
+) -> None:
+    """Pins: per-node VRAM/TFLOPS/devices series equal the ComputeNodes' figures and move with
+    a bind; unhealthy devices are counted against the engine's health threshold."""
+    p = pod("m", {"ai.compute/vram": "1Gi"})
+    await http.post("/filter", json=args(p, ["busy"]))
+    before = await (await http.get("/metrics")).text()
+    bound = await http.post(
+        "/bind", json={"PodName": "pod-m", "PodNamespace": "team-a", "PodUID": "m", "Node": "busy"}
+    )
+    assert (await bound.json())["Error"] == ""
+    after = await (await http.get("/metrics")).text()
+    for name, node in service.state.nodes.items():
+        at = {"node": name, "vendor": node.vendor}
+        vram = metric(after, "hcs_node_vram_bytes", **at, state="allocatable")
+        assert vram == sum(d.vram_allocatable_mib for d in node.devices) * 2**20
+        fp16 = metric(after, "hcs_node_tflops", **at, precision="fp16", state="allocatable")
+        assert fp16 == sum(d.fp16_milli_tflops for d in node.devices) / 1000
+        assert metric(after, "hcs_node_devices", **at, state="total") == len(node.devices)
+    sick = {"node": "sick", "vendor": "nvidia"}
+    assert metric(after, "hcs_node_devices", **sick, state="unhealthy") == 2
+    assert metric(after, "hcs_node_devices", node="npu", vendor="huawei", state="total") == 8
+    busy = {"node": "busy", "vendor": "nvidia"}
+    assert metric(before, "hcs_node_devices", **busy, state="idle") == 1
+    assert metric(after, "hcs_node_devices", **busy, state="idle") == 0
+    assert metric(before, "hcs_node_vram_bytes", **busy, state="allocated") == 0
+    assert metric(after, "hcs_node_vram_bytes", **busy, state="allocated") >= 2**30
 
 
 class ExplodingBinder:
