@@ -12,7 +12,7 @@ from hcs.inventory import load_inventory
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
-from serving import serve_apps
+from serving import serve_apps, with_metrics
 
 log = logging.getLogger("hcs.extender")
 
@@ -50,6 +50,7 @@ def serve(
     sync: ClusterSync | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     shutdown_timeout: float = 10.0,
+    metrics: tuple[str, int] = ("0.0.0.0", 0),
 ) -> None:
     # The inventory's model objects live as long as the process: keep the cyclic GC off them,
     # so collections triggered by per-request garbage stay short.
@@ -58,4 +59,4 @@ def serve(
     app = create_app(service, max_body=max_body, sync=sync)
     mode = "cluster mode" if sync else "local mode"
     log.info("extender starting on http://%s:%d (%s)", host, port, mode)
-    serve_apps([(app, host, port, None)], shutdown_timeout=shutdown_timeout)
+    serve_apps(with_metrics((app, host, port, None), *metrics), shutdown_timeout=shutdown_timeout)

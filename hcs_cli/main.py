@@ -56,7 +56,7 @@ from hcs.scheduling import SchedulerService
 from hcs.simulate import Placement, explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
-from serving import serve_apps
+from serving import serve_apps, with_metrics
 from webhook.app import cert_reloader, ssl_context
 from webhook.app import create_app as create_webhook_app
 
@@ -126,6 +126,28 @@ def _configure_logging(level: str, fmt: str | None = None) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])  # no-op where logging is set up
+
+
+def _metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="also serve GET /metrics and /healthz over plain HTTP on this port, for "
+        "Prometheus (default %(default)s: only on the main port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        help="address for --metrics-port (default %(default)s)",
+    )
+
+
+def _metrics(args: argparse.Namespace) -> tuple[str, int]:
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port {args.metrics_port}: expected a port 0-65535")
+    return args.metrics_host, args.metrics_port
 
 
 def _webhook_args(p: argparse.ArgumentParser) -> None:
@@ -224,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
+    _metrics_args(p)
     p.add_argument(
         "--max-body-mb",
         type=int,
@@ -246,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _webhook_args(p)
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8443, help="port (default %(default)s)")
+    _metrics_args(p)
 
     p = sub.add_parser(
         "agent",
@@ -510,7 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 service, sync = cluster_service(
                     config, vendors, args.kubeconfig, stale_after_s=args.stale_after
                 )
-            serve(service, args.host, args.port, sync=sync, max_body=args.max_body_mb * 2**20)
+            serve(
+                service,
+                args.host,
+                args.port,
+                sync=sync,
+                max_body=args.max_body_mb * 2**20,
+                metrics=_metrics(args),
+            )
             return 0
         if args.command in ("webhook", "serve"):
             _configure_logging(args.log_level)
@@ -672,7 +703,7 @@ def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: Vendor
     gc.collect()
     gc.freeze()
     if args.command == "webhook":
-        serve_apps([(webhook, args.host, args.port, tls)])
+        serve_apps(with_metrics((webhook, args.host, args.port, tls), *_metrics(args)))
         return
     extender = create_extender_app(SchedulerService(state, config, vendors))
     serve_apps(

@@ -70,8 +70,30 @@ def add_operations(
     app.router.add_get("/version", version)
 
 
+def metrics_app(source: web.Application) -> web.Application:
+    """GET /metrics and /healthz of `source` over plain HTTP, on a port of their own: the
+    extender's API stays on loopback and the webhook's behind TLS, while Prometheus scrapes the
+    pod's IP."""
+    app = web.Application()
+    app[COMPONENT] = f"{source[COMPONENT]}-metrics"
+    app[REGISTRY] = source[REGISTRY]
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+Site = tuple[web.Application, str, int, ssl.SSLContext | None]
+
+
+def with_metrics(site: Site, metrics_host: str, metrics_port: int) -> list[Site]:
+    """`site`, plus its metrics on `metrics_host:metrics_port` when the port is not 0."""
+    if not metrics_port:
+        return [site]
+    return [site, (metrics_app(site[0]), metrics_host, metrics_port, None)]
+
+
 def serve_apps(
-    sites: list[tuple[web.Application, str, int, ssl.SSLContext | None]],
+    sites: list[Site],
     shutdown_timeout: float = 10.0,
 ) -> None:
     """Run several apps in one process until SIGINT / SIGTERM."""
@@ -89,7 +111,7 @@ def serve_apps(
                 raise ConfigError(
                     f"cannot listen on {host}:{port} for {app[COMPONENT]}: {exc.strerror} "
                     "(another process has the port? choose another with --port, "
-                    "--extender-port or --webhook-port)"
+                    "--extender-port, --webhook-port or --metrics-port)"
                 ) from None
             runners.append(runner)
             log.info(
