@@ -1,6 +1,7 @@
 """The deployable manifests: they parse, every built-in object is valid for a current
 Kubernetes, and they say what the issue asks (security settings, webhook configuration)."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,11 +38,20 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
 
 
 DOCS = documents()
+
+
+def is_built_in(api_version: str) -> bool:
+    """Kubernetes' own groups (core, `apps`, `*.k8s.io`), not an add-on's CRDs (cert-manager,
+    Prometheus Operator) the optional components use."""
+    group = api_version.rpartition("/")[0]
+    return "." not in group or group.endswith(".k8s.io")
+
+
 BUILT_IN = [
     (place, doc)
     for place, doc in DOCS
     if doc.get("kind") not in ("Kustomization", "Component", "KubeSchedulerConfiguration")
-    and not doc.get("apiVersion", "").startswith("cert-manager.io/")  # cert-manager's CRDs
+    and is_built_in(doc.get("apiVersion", ""))
 ]
 
 
@@ -268,3 +278,19 @@ def test_every_image_is_set_in_one_place_and_the_scheduler_respects_version_skew
     guide = (ROOT / "docs" / "install.md").read_text()
     minimum = guide.split("Kubernetes ", 1)[1].split(" or newer", 1)[0]
     assert scheduler["newTag"].startswith(f"v{minimum}."), (scheduler["newTag"], minimum)
+
+
+def test_every_optional_component_renders_with_the_base(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    components = sorted(p.parent for p in (MANIFESTS / "components").rglob("kustomization.yaml"))
+    assert {c.name for c in components} >= {"cert-manager", "monitoring", "runtimeclass"}
+    if kubectl is None:  # test_optional_components_list_files_that_exist checks the files
+        return
+    base = os.path.relpath(MANIFESTS, tmp_path)
+    listed = ", ".join(os.path.relpath(c, tmp_path) for c in components)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\ncomponents: [{listed}]\n")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
+    assert {"ServiceMonitor", "Certificate", "RuntimeClass", "Deployment"} <= kinds
