@@ -11,6 +11,7 @@ COPY hcs_cli ./hcs_cli
 COPY extender ./extender
 COPY webhook ./webhook
 COPY serving ./serving
+COPY certs ./certs
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[nvml]"
 
 # Stage 2: the runtime. Nothing is written to the root filesystem at run time (the manifests

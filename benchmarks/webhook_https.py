@@ -77,8 +77,8 @@ def _serve(port: int, n_nodes: int, cert_dir: str, ready: Any) -> None:
     import gc
     import logging
 
+    from certs import issue
     from hcs.admission import AdmissionContext
-    from hcs.certs import issue
     from hcs.models import ComputeQuota
     from hcs.quota import QuotaBook
     from hcs.state import ClusterState

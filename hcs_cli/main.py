@@ -15,6 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from certs import (
+    CertFiles,
+    ca_bundle,
+    ca_bundle_patch,
+    issue,
+    renewal_reason,
+    service_names,
+)
 from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
 from hcs import __version__
@@ -36,14 +44,6 @@ from hcs.agent.run import (
     parse_tool_outputs,
 )
 from hcs.agent.run import run as run_agent
-from hcs.certs import (
-    CertFiles,
-    ca_bundle,
-    ca_bundle_patch,
-    issue,
-    renewal_reason,
-    service_names,
-)
 from hcs.cluster import ClusterSync, KubeQuotaBook, load_api
 from hcs.controllers import ControllerRunner, run_controllers, run_leader_elected
 from hcs.demand import parse_pod

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from certs import CertFiles
 from hcs.admission import (
     AdmissionContext,
     Plan,
@@ -28,7 +29,6 @@ from hcs.admission import (
     parse_review,
     prepare,
 )
-from hcs.certs import CertFiles
 from hcs.cluster import ClusterSync
 from serving import add_operations
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from hcs.certs import service_names
+from certs import service_names
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 COMPONENT = MANIFESTS / "components" / "cert-manager"

@@ -12,7 +12,7 @@ import pytest
 import trustme
 import yaml
 
-from hcs.certs import ca_bundle, issue, renewal_reason
+from certs import ca_bundle, issue, renewal_reason
 from hcs_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ import trustme
 from aiohttp import web
 from cryptography import x509
 
+from certs import CertFiles, ca_bundle, issue
 from hcs.admission import AdmissionContext
-from hcs.certs import CertFiles, ca_bundle, issue
 from hcs.errors import ConfigError
 from hcs.quota import QuotaBook
 from hcs.state import ClusterState
