@@ -12,6 +12,8 @@ COPY extender ./extender
 COPY webhook ./webhook
 COPY serving ./serving
 COPY certs ./certs
+COPY cluster ./cluster
+COPY node ./node
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[nvml]"
 
 # Stage 2: the runtime. Nothing is written to the root filesystem at run time (the manifests

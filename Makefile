@@ -55,12 +55,12 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/extender_http.py
 	$(BIN)/python benchmarks/webhook_https.py
-	$(BIN)/python benchmarks/node.py
+	$(BIN)/python benchmarks/device_plugin.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# Kubelet's device plugin API: regenerate the Python modules from hcs/agent/v1beta1/api.proto.
+# Kubelet's device plugin API: regenerate the Python modules from node/v1beta1/api.proto.
 proto: $(VENV)/.installed-dev
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
-		hcs/agent/v1beta1/api.proto
+		node/v1beta1/api.proto

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hcs.cluster import ClusterSync
+from cluster.sync import ClusterSync
 from hcs.engine import Reason
 from hcs.errors import HcsError
 from hcs.quantity import MIB

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 
+from cluster.sync import ClusterSync, KubeBinder, load_api
 from extender.app import DEFAULT_MAX_BODY, create_app
-from hcs.cluster import ClusterSync, KubeBinder, load_api
 from hcs.engine import EngineConfig
 from hcs.inventory import load_inventory
 from hcs.scheduling import SchedulerService

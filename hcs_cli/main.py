@@ -23,29 +23,12 @@ from certs import (
     renewal_reason,
     service_names,
 )
+from cluster.controllers import ControllerRunner, run_controllers, run_leader_elected
+from cluster.sync import ClusterSync, KubeQuotaBook, load_api
 from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
 from hcs import __version__
 from hcs.admission import AdmissionContext, Quotas
-from hcs.agent.deviceplugin import (
-    Allocator,
-    DevicePlugin,
-    KubeNodeApi,
-    PluginDevice,
-    devices_of,
-)
-from hcs.agent.discovery import TOOLS
-from hcs.agent.publish import Publisher
-from hcs.agent.run import (
-    AgentOptions,
-    desired_node,
-    dump,
-    load_model_table,
-    parse_tool_outputs,
-)
-from hcs.agent.run import run as run_agent
-from hcs.cluster import ClusterSync, KubeQuotaBook, load_api
-from hcs.controllers import ControllerRunner, run_controllers, run_leader_elected
 from hcs.demand import parse_pod
 from hcs.engine import STRATEGIES, EngineConfig
 from hcs.errors import ConfigError, HcsError, ValidationError
@@ -56,6 +39,23 @@ from hcs.scheduling import SchedulerService
 from hcs.simulate import Placement, explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
+from node.agent import (
+    AgentOptions,
+    desired_node,
+    dump,
+    load_model_table,
+    parse_tool_outputs,
+)
+from node.agent import run as run_agent
+from node.deviceplugin import (
+    Allocator,
+    DevicePlugin,
+    KubeNodeApi,
+    PluginDevice,
+    devices_of,
+)
+from node.discovery import TOOLS
+from node.publish import Publisher
 from serving import serve_apps, with_metrics
 from webhook.app import cert_reloader, ssl_context
 from webhook.app import create_app as create_webhook_app

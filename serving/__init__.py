@@ -14,8 +14,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
+from cluster.sync import ClusterSync
 from hcs import __version__
-from hcs.cluster import ClusterSync
 from hcs.errors import ConfigError
 
 log = logging.getLogger("hcs.serving")

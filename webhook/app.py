@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from certs import CertFiles
+from cluster.sync import ClusterSync
 from hcs.admission import (
     AdmissionContext,
     Plan,
@@ -29,7 +30,6 @@ from hcs.admission import (
     parse_review,
     prepare,
 )
-from hcs.cluster import ClusterSync
 from serving import add_operations
 
 log = logging.getLogger("hcs.webhook")

@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes import client
 
-from hcs.controllers import ControllerRunner, expire_heartbeats, recount_quotas
+from cluster.controllers import ControllerRunner, expire_heartbeats, recount_quotas
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, filter_nodes
 from hcs.models import ComputeNode

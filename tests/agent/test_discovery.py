@@ -7,7 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from hcs.agent.discovery import (
+from hcs.models import ComputeNode
+from hcs_cli.main import main
+from node.computenode import ModelFigures, build_compute_node
+from node.discovery import (
     DiscoveryError,
     ToolRunner,
     Topology,
@@ -19,9 +22,6 @@ from hcs.agent.discovery import (
     parse_nvidia_smi,
     parse_nvidia_topo,
 )
-from hcs.agent.node import ModelFigures, build_compute_node
-from hcs.models import ComputeNode
-from hcs_cli.main import main
 
 FIX = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,16 +7,16 @@ from typing import Any
 import pytest
 import yaml
 
-from hcs.agent.cambricon import parse_cnmon
-from hcs.agent.devices import DiscoveryError, RawDevice, Topology, strip_ansi
-from hcs.agent.node import MODEL_TABLE, ModelFigures, build_compute_node, figures_for
-from hcs.agent.nvidia import parse_nvidia_smi, parse_nvidia_topo
-from hcs.agent.run import AgentOptions, desired_node, load_model_table
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, compile_request, select_devices
 from hcs.errors import ConfigError
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
+from node.agent import AgentOptions, desired_node, load_model_table
+from node.cambricon import parse_cnmon
+from node.computenode import MODEL_TABLE, ModelFigures, build_compute_node, figures_for
+from node.devices import DiscoveryError, RawDevice, Topology, strip_ansi
+from node.nvidia import parse_nvidia_smi, parse_nvidia_topo
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 
@@ -183,7 +183,7 @@ def test_cnmon_info_without_memory_names_it() -> None:
 
 
 def test_npu_usage_cells_without_a_space_and_hccs_through_a_switch() -> None:
-    from hcs.agent.ascend import parse_npu_smi, parse_npu_topo
+    from node.ascend import parse_npu_smi, parse_npu_topo
 
     text = (REAL / "ascend/npu-smi-910b3x8-24.1rc1.txt").read_text()
     devices = parse_npu_smi(text.replace("3318 / 65536", "61609/ 65536"))
@@ -195,7 +195,7 @@ def test_npu_usage_cells_without_a_space_and_hccs_through_a_switch() -> None:
 
 def test_two_chips_behind_one_pci_address_keep_distinct_identities() -> None:
     """Atlas 300I Duo style: one NPU row, then two chips on the same bus id."""
-    from hcs.agent.ascend import parse_npu_smi
+    from node.ascend import parse_npu_smi
 
     text = (REAL / "ascend/npu-smi-310p3x8-24.1.0.1-ids-0-32-32768.txt").read_text()
     duo = text.replace(

@@ -7,14 +7,14 @@ from typing import Any
 
 from kubernetes import client
 
-from hcs.agent.devices import RawDevice
-from hcs.agent.identity import held_device_ids, unschedulable_devices
-from hcs.agent.publish import Publisher
-from hcs.agent.run import AgentOptions, run
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
+from node.agent import AgentOptions, run
+from node.devices import RawDevice
+from node.identity import held_device_ids, unschedulable_devices
+from node.publish import Publisher
 from tests.agent.queries import query_csv
 from tests.fake_apiserver import NODES, PODS, FakeApiServer
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from kubernetes import client
 
-from hcs.agent.publish import Publisher
-from hcs.agent.run import AgentOptions, desired_node, run
 from hcs.models import ComputeNode
+from node.agent import AgentOptions, desired_node, run
+from node.publish import Publisher
 from tests.fake_apiserver import NODES, FakeApiServer
 
 FIX = Path(__file__).parent / "fixtures"

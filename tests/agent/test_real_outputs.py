@@ -210,7 +210,7 @@ def test_a3_two_chips_per_npu_by_physical_id(capsys: pytest.CaptureFixture[str])
 
 
 def test_a3_topology_by_physical_id_with_sio(tmp_path: Path) -> None:
-    from hcs.agent.ascend import parse_npu_topo
+    from node.ascend import parse_npu_topo
 
     text = (REAL / "ascend/topo-a3-910_9362-2chips-phyid-sio.txt").read_text()
     topo = parse_npu_topo(text)

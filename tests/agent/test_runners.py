@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from hcs.agent import nvml
-from hcs.agent.discovery import DiscoveryError, ToolRunner, detect_vendor, discover
-from hcs.agent.run import AgentOptions, desired_node
+from node import nvml
+from node.agent import AgentOptions, desired_node
+from node.discovery import DiscoveryError, ToolRunner, detect_vendor, discover
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 

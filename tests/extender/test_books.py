@@ -184,7 +184,7 @@ def test_heartbeats_tolerate_two_missed_beats_and_clock_skew() -> None:
     of skew is still connected for the extender and the controller; just past it, it is not."""
     import time as _time
 
-    from hcs.controllers import expire_heartbeats
+    from cluster.controllers import expire_heartbeats
     from hcs.demand import parse_pod
     from hcs.engine import EngineConfig, Reason, compile_request, evaluate
     from hcs.models import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S, ComputeNode

@@ -12,10 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
+from cluster.sync import ClusterSync, KubeBinder
 from extender.app import create_app
-from hcs.cluster import ClusterSync, KubeBinder, allocation_from_pod
 from hcs.engine import EngineConfig
 from hcs.errors import HcsError
+from hcs.podbooks import allocation_from_pod
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import make_node, node_dict

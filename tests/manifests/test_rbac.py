@@ -10,19 +10,19 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from cluster.controllers import ControllerRunner
+from cluster.sync import ClusterSync, KubeBinder, KubeQuotaBook
 from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext
-from hcs.agent.deviceplugin import Allocator, KubeNodeApi, PluginDevice
-from hcs.agent.publish import Publisher
-from hcs.agent.run import AgentOptions, desired_node
-from hcs.agent.run import run as run_agent
-from hcs.cluster import ClusterSync, KubeBinder, KubeQuotaBook
-from hcs.controllers import ControllerRunner
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
 from hcs.vendors import VendorTable
+from node.agent import AgentOptions, desired_node
+from node.agent import run as run_agent
+from node.deviceplugin import Allocator, KubeNodeApi, PluginDevice
+from node.publish import Publisher
 from tests.fake_apiserver import LEASES, NODES, PODS, QUOTAS, FakeApiServer
 from tests.webhook.reviews import admission_review, generated_pod
 from webhook.app import create_app as create_webhook

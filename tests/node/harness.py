@@ -18,16 +18,16 @@ from typing import Any
 import jsonpatch
 from kubernetes import client
 
+from cluster.sync import ClusterSync, KubeBinder
 from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext, parse_review, review
-from hcs.agent.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, devices_of
-from hcs.cluster import ClusterSync, KubeBinder
 from hcs.engine import EngineConfig
 from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
 from hcs.vendors import VendorTable
+from node.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, devices_of
 from tests.fake_apiserver import NODES, PODS, FakeApiServer
 from tests.node.kubelet import Admitted, FakeKubelet, short_dir
 from tests.webhook.reviews import admission_review

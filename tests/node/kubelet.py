@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 
-from hcs.agent.deviceplugin import requesting
-from hcs.agent.v1beta1 import api_pb2, api_pb2_grpc
+from node.deviceplugin import requesting
+from node.v1beta1 import api_pb2, api_pb2_grpc
 
 
 class AdmissionError(Exception):

@@ -238,9 +238,9 @@ def test_the_images_library_path_is_never_dropped() -> None:
 def test_the_resource_added_is_the_one_the_vendors_nodes_advertise() -> None:
     """A fleet of Ascend 310P nodes advertises huawei.com/Ascend310P: the webhook adds that,
     and the device plugin registers the same name (one table, by model)."""
-    from hcs.agent.deviceplugin import Allocator, PluginDevice
     from hcs.synthetic import node_dict
     from hcs.vendors import VendorTable
+    from node.deviceplugin import Allocator, PluginDevice
 
     nodes = []
     for i in range(3):

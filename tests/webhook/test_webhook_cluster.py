@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
+from cluster.sync import ClusterSync, KubeQuotaBook
 from hcs.admission import AdmissionContext
-from hcs.cluster import ClusterSync, KubeQuotaBook
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState

@@ -13,7 +13,7 @@ import io
 import re
 from typing import Final
 
-from hcs.agent.devices import (
+from node.devices import (
     DiscoveryError,
     RawDevice,
     Topology,

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from hcs.agent.devices import RawDevice
 from hcs.assignment import held_ids
 from hcs.demand import A_ASSIGNED_DEVICES
+from node.devices import RawDevice
 
 
 def unschedulable_devices(

@@ -28,14 +28,14 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-test API server
 
-from hcs.agent.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, PluginDevice
-from hcs.agent.v1beta1 import api_pb2, api_pb2_grpc
-from hcs.cluster import KubeBinder
+from cluster.sync import KubeBinder
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import make_node
 from hcs.vendors import VendorTable
+from node.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, PluginDevice
+from node.v1beta1 import api_pb2, api_pb2_grpc
 from tests.fake_apiserver import LEASES, PODS, FakeApiServer
 
 

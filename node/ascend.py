@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Final
 
-from hcs.agent.devices import (
+from node.devices import (
     DiscoveryError,
     RawDevice,
     Topology,

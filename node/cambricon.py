@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from hcs.agent.devices import (
+from node.devices import (
     DiscoveryError,
     RawDevice,
     check_unique,

@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
-from hcs.agent import nvml
-from hcs.agent.ascend import parse_npu_smi, parse_npu_topo
-from hcs.agent.cambricon import parse_cnmon
-from hcs.agent.devices import DiscoveryError, RawDevice, Topology
-from hcs.agent.hygon import parse_hy_smi
-from hcs.agent.nvidia import QUERY, parse_nvidia_smi, parse_nvidia_topo
 from hcs.vendors import VENDOR_NAMES, VendorName
+from node import nvml
+from node.ascend import parse_npu_smi, parse_npu_topo
+from node.cambricon import parse_cnmon
+from node.devices import DiscoveryError, RawDevice, Topology
+from node.hygon import parse_hy_smi
+from node.nvidia import QUERY, parse_nvidia_smi, parse_nvidia_topo
 
 __all__ = [
     "COMMANDS",

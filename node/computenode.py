@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
-from hcs.agent.devices import RawDevice, Topology
 from hcs.models import SHARING_LABEL, SLOTS_LABEL
 from hcs.quantity import format_milli, milli_tflops
 from hcs.vendors import VendorName
+from node.devices import RawDevice, Topology
 
 log = logging.getLogger("hcs.agent")
 

@@ -23,28 +23,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from hcs.assignment import container_devices
+from cluster.kubeio import CALL_TIMEOUT_S, read_pod
+from cluster.lease import NodeLock
 from hcs.demand import (
-    A_ASSIGNED_DEVICES,
-    A_ASSIGNED_NODE,
-    A_ASSIGNED_VENDOR,
     PodDemand,
-    parse_pod,
 )
 from hcs.errors import HcsError, ValidationError
-from hcs.kubeio import CALL_TIMEOUT_S, read_pod
 from hcs.models import API_GROUP, ComputeNode, ComputeQuota
-from hcs.nodelock import NodeLock
+from hcs.podbooks import allocation_from_pod, unplaced_holding
 from hcs.quota import QuotaExceededError, applies, demand_amounts, render
 from hcs.scheduling import BindError, SchedulerService
-from hcs.state import Allocation, ClusterState, DeviceCharge
-from hcs.vendors import VENDOR_NAMES, VendorTable
 
 log = logging.getLogger("hcs.cluster")
 VERSION = "v1alpha1"
@@ -114,68 +107,6 @@ def _status_message(exc: ApiException) -> str:
         return str(orjson.loads(exc.body or b"{}").get("message") or exc.body)
     except orjson.JSONDecodeError:
         return str(exc.body)
-
-
-# --------------------------------------------------------------------------- allocations
-
-
-def allocation_from_pod(
-    pod: Mapping[str, Any], state: ClusterState, vendors: VendorTable | None = None
-) -> Allocation | None:
-    """The allocation a bound Pod records in its annotations, or None if it holds no devices.
-
-    `hcs.io/assigned-devices` lists the devices in container order (bind writes them so), each
-    container taking as many as it asked for. Raises HcsError for annotations that do not match
-    the pod's own request.
-    """
-    meta = pod.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    devices_text = annotations.get(A_ASSIGNED_DEVICES)
-    node = annotations.get(A_ASSIGNED_NODE) or (pod.get("spec") or {}).get("nodeName")
-    if not devices_text or not node:
-        return None
-    demand = parse_pod(pod, vendors)
-    if not demand.asks_for_compute:
-        return None
-    # Per container when bind wrote devices.hcs.io/<container> (exact, also where two
-    # containers share a device); else the pod-wide list, taken in container order.
-    per_container = container_devices(annotations)
-    ordered = sorted(demand.containers, key=lambda c: c.index)
-    if all(len(per_container.get(c.name, ())) == c.devices for c in ordered):
-        devices = [d for c in ordered for d in per_container[c.name]]
-    else:
-        devices = [d.strip() for d in str(devices_text).split(",") if d.strip()]
-    if len(devices) != demand.total_devices:
-        raise HcsError(
-            f"pod {demand.key}: {A_ASSIGNED_DEVICES}={devices_text!r} names "
-            f"{len(devices)} devices, the pod asks for {demand.total_devices}"
-        )
-    row = state.index.get(node)
-    charges = []
-    cursor = iter(devices)
-    for c in ordered:
-        for _ in range(c.devices):
-            device = next(cursor)
-            vram, fp16, fp32 = c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops
-            if c.whole and row is not None and device in state.device_ids[row]:
-                slot = state.device_ids[row].index(device)
-                vram = int(state.dev_vram_cap_mib[row, slot])
-                fp16 = int(state.dev_fp16_cap_mtf[row, slot])
-                fp32 = int(state.dev_fp32_cap_mtf[row, slot])
-            charges.append(DeviceCharge(device, c.name, vram, fp16, fp32))
-    vendor = annotations.get(A_ASSIGNED_VENDOR) or demand.fixed_vendor
-    if vendor not in VENDOR_NAMES:
-        vendor = VENDOR_NAMES[int(state.node_vendor[row])] if row is not None else "nvidia"
-    return Allocation(
-        demand.uid,
-        demand.namespace,
-        demand.name,
-        node,
-        vendor,
-        tuple(charges),
-        "confirmed",
-        time.time(),
-    )
 
 
 # --------------------------------------------------------------------------- sync
@@ -445,58 +376,6 @@ class ClusterSync:
                 return
             ledger.release(uid)  # the API server's record wins over ours
         ledger.restore(alloc, force=True)
-
-
-def unplaced_holding(
-    pod: Mapping[str, Any], state: ClusterState, vendors: VendorTable | None = None
-) -> Allocation | None:
-    """A pod HCS did not place (another scheduler, a preset nodeName, a legacy resource in an
-    excluded namespace) that holds devices on a node without saying which: charged as holding
-    that many whole devices, the node's idle devices from the highest slot down, so the node's
-    free devices are right. When the device plugin writes the pod's assignment, the watch
-    replaces this with the real devices."""
-    spec = pod.get("spec") or {}
-    node = spec.get("nodeName")
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if not node or annotations.get(A_ASSIGNED_DEVICES):
-        return None
-    try:
-        demand = parse_pod(pod, vendors)
-    except HcsError:
-        return None
-    row = state.index.get(node)
-    if not demand.asks_for_compute or row is None or not demand.uid:
-        return None
-    present = state.dev_present_mask[row]
-    idle = np.flatnonzero(state.dev_idle_mask[row])[::-1].tolist()
-    busy = [s for s in np.flatnonzero(present)[::-1].tolist() if s not in idle]
-    slots = (idle + busy)[: demand.total_devices]
-    ids = state.device_ids[row]
-    charges = tuple(
-        DeviceCharge(
-            ids[s],
-            c.name,
-            int(state.dev_vram_cap_mib[row, s]),
-            int(state.dev_fp16_cap_mtf[row, s]),
-            int(state.dev_fp32_cap_mtf[row, s]),
-        )
-        for c, s in zip(
-            (c for c in sorted(demand.containers, key=lambda c: c.index) for _ in range(c.devices)),
-            slots,
-            strict=False,
-        )
-    )
-    log.info(
-        "pod %s holds %d devices on %s without an HCS assignment: counted as %s",
-        demand.key,
-        demand.total_devices,
-        node,
-        ",".join(c.device_id for c in charges),
-    )
-    vendor = VENDOR_NAMES[int(state.node_vendor[row])]
-    return Allocation(
-        demand.uid, demand.namespace, demand.name, node, vendor, charges, "confirmed", time.time()
-    )
 
 
 def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:

@@ -43,7 +43,7 @@ import grpc
 import orjson
 from kubernetes import client
 
-from hcs.agent.v1beta1 import api_pb2, api_pb2_grpc
+from cluster.lease import NodeLock
 from hcs.assignment import (
     A_ALLOCATED,
     ContainerDevices,
@@ -54,8 +54,8 @@ from hcs.assignment import (
 )
 from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR
 from hcs.errors import HcsError
-from hcs.nodelock import NodeLock
 from hcs.vendors import VendorProfile
+from node.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger("hcs.deviceplugin")
 

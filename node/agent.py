@@ -3,7 +3,7 @@ heartbeat every interval. A failed discovery, or devices that do not form a vali
 publishes DiscoveryFailed (`HardwareHealthy=False`) with the reason and keeps the last spec; it
 never stops the agent and never publishes nothing (which would look like a dead agent).
 
-Each cycle compares device identities with the ComputeNode published before (hcs.agent.identity):
+Each cycle compares device identities with the ComputeNode published before (node.identity):
 IDs that now name another physical device are published unschedulable while pods hold them."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any
 
 import yaml
 
-from hcs.agent.discovery import TOOLS, DiscoveryError, ToolRunner, detect_vendor, discover
-from hcs.agent.identity import held_device_ids, unschedulable_devices
-from hcs.agent.node import MODEL_TABLE, ModelFigures, build_compute_node, build_status
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents
 from hcs.models import ComputeNode
 from hcs.quantity import milli_tflops
 from hcs.vendors import DEFAULT_PROFILES, VendorName
+from node.computenode import MODEL_TABLE, ModelFigures, build_compute_node, build_status
+from node.discovery import TOOLS, DiscoveryError, ToolRunner, detect_vendor, discover
+from node.identity import held_device_ids, unschedulable_devices
 
 log = logging.getLogger("hcs.agent")
 

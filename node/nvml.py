@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hcs.agent.devices import RawDevice, Topology, pci_address
+from node.devices import RawDevice, Topology, pci_address
 
 log = logging.getLogger("hcs.agent")
 MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS on current drivers (H100: 18 links)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from hcs.agent.devices import (
+from node.devices import (
     DiscoveryError,
     RawDevice,
     is_unknown,

@@ -31,12 +31,12 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from hcs.cluster import allocation_from_pod
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.errors import HcsError
 from hcs.ledger import Ledger
 from hcs.models import API_GROUP, HEARTBEAT_TIMEOUT_S, ComputeNode, ComputeQuota, parse_time
+from hcs.podbooks import allocation_from_pod
 from hcs.quota import RESOURCES, applies, demand_amounts, render
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
