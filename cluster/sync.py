@@ -205,6 +205,15 @@ class ClusterSync:
     def stop(self) -> None:
         self._stop.set()
 
+    def snapshot(self) -> None:
+        """List every feed once and apply it in the calling thread, without watching: a
+        one-shot view of the books by the same rules the watches follow (`kubectl hcs`).
+        ComputeNodes come first, so every pod can be charged to its node's devices."""
+        for feed in self.feeds:
+            items, _ = feed.list()
+            self._replace(feed, items)
+            feed.last_contact = time.time()
+
     def not_serving(self) -> str | None:
         """Why filter and bind must not decide now (None: the books are complete)."""
         ready, why = self.readiness()
@@ -390,19 +399,32 @@ def _key(feed: _Feed, obj: Mapping[str, Any]) -> str:
 
 
 def load_api(
-    kubeconfig: str | None = None, hint: str = "pass --inventory DIR for local mode"
+    kubeconfig: str | None = None,
+    hint: str = "pass --inventory DIR for local mode",
+    *,
+    context: str | None = None,
+    in_cluster_first: bool = True,
 ) -> client.ApiClient:
     """An API client from `kubeconfig`, else the in-cluster service account, else the default
-    kubeconfig (~/.kube/config or $KUBECONFIG)."""
-    if kubeconfig is None:
+    kubeconfig (~/.kube/config or $KUBECONFIG). A user's tool (`kubectl hcs`) passes
+    `in_cluster_first=False`: the kubeconfig, as kubectl reads it, wins over a pod's account.
+    The configuration becomes the client's default (leader election builds its own clients)."""
+    explicit = kubeconfig is not None or context is not None
+    if in_cluster_first and not explicit:
         try:
             kube_config.load_incluster_config()
             return client.ApiClient()
         except kube_config.ConfigException:
             pass
     try:
-        kube_config.load_kube_config(config_file=kubeconfig)
+        kube_config.load_kube_config(config_file=kubeconfig, context=context)
     except (kube_config.ConfigException, OSError) as exc:
+        if not in_cluster_first and not explicit:
+            try:
+                kube_config.load_incluster_config()
+                return client.ApiClient()
+            except kube_config.ConfigException:
+                pass
         raise HcsError(
             f"no cluster to talk to: not in a pod, and no usable kubeconfig ({exc}); {hint}",
             code="InvalidConfig",

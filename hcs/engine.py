@@ -294,6 +294,20 @@ def _hall_fails(masks: Sequence[BoolArray], req: Request) -> BoolArray:
     return fails
 
 
+def node_availability(
+    state: ClusterState, sel: slice | IndexArray, config: EngineConfig, now: float | None = None
+) -> tuple[BoolArray, BoolArray]:
+    """Per selected node: `ready_mask` (Ready and Schedulable) and `agent_mask` (agent connected,
+    with a heartbeat younger than `config.heartbeat_max_age_s` when that is set); each of shape
+    (n_sel,). The node-level half of filter, also what `kubectl hcs top nodes` shows."""
+    ready = state.node_ready_mask[sel]
+    agent = state.node_agent_mask[sel]
+    if config.heartbeat_max_age_s is not None:
+        now = time.time() if now is None else now
+        agent = agent & (state.node_heartbeat_s[sel] >= now - config.heartbeat_max_age_s)
+    return ready, agent
+
+
 class _Kernel:
     """The fit rules of one request computed over a selection of state rows: every row
     (`sel` is a slice, shared by filter and prioritize of the same pod) or the gathered
@@ -333,12 +347,7 @@ class _Kernel:
             fp16_free = state.dev_fp16_cap_mtf[sel] if need_fp16 else None
             fp32_free = state.dev_fp32_cap_mtf[sel] if need_fp32 else None
         else:
-            ready = state.node_ready_mask[sel]
-            agent = state.node_agent_mask[sel]
-            if config.heartbeat_max_age_s is not None:
-                now = time.time() if now is None else now
-                fresh = state.node_heartbeat_s[sel] >= now - config.heartbeat_max_age_s
-                agent = agent & fresh
+            ready, agent = node_availability(state, sel, config, now)
             idle = state.dev_idle_mask[sel]
             open_ = state.dev_open_mask[sel]
             healthy = state.dev_health[sel] >= config.min_health

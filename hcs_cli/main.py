@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from certs import (
     CertFiles,
@@ -36,9 +35,10 @@ from hcs.inventory import load_documents, load_inventory
 from hcs.models import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S, ComputeNode, ComputeQuota
 from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
-from hcs.simulate import Placement, explain, pods_from_paths, simulate
+from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
+from hcs_cli.output import print_explanation, print_placements
 from node.agent import (
     AgentOptions,
     desired_node,
@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = ClusterState.from_nodes(inv.nodes.values(), vendors)
         if args.command == "simulate":
             placements = simulate(state, pods_from_paths(args.pods), config, vendors)
-            _print_placements(placements, as_json=args.json)
+            print_placements(placements, "json" if args.json else "table")
             return 0
         if not Path(args.pod).is_file():
             raise ConfigError(f"--pod {args.pod}: no such file (expected a YAML file of Pods)")
@@ -561,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = (pod.get("metadata") or {}).get("name") or place
             if not args.json:
                 print(f"# {name}")
-            _print_explanation(explain(state, pod, config, vendors), as_json=args.json)
+            rows = explain(state, pod, config, vendors)
+            print_explanation(rows, "json" if args.json else "table")
         return 0
     except HcsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -752,68 +753,6 @@ def _validate(files: Sequence[str], vendors: VendorTable) -> int:
                 bad += 1
                 print(f"INVALID {place}: {exc}")
     return 1 if bad else 0
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
-
-
-def _print_placements(placements: list[Placement], *, as_json: bool) -> None:
-    if as_json:  # one document
-        print(json.dumps([p.__dict__ for p in placements], indent=2))
-        return
-    rows = [["POD", "VENDOR", "NODE", "DEVICES", "SCORE", "OUTCOME"]]
-    for p in placements:
-        rows.append(
-            [
-                p.pod,
-                p.vendor,
-                p.node,
-                p.devices,
-                "" if p.score is None else str(p.score),
-                p.outcome or ("placed" + (f" ({p.note})" if p.note else "")),
-            ]
-        )
-    print(_table(rows))
-    placed = sum(1 for p in placements if not p.outcome)
-    print(f"\n{placed} of {len(placements)} pods placed")
-
-
-def _print_explanation(rows: list[dict[str, Any]], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = [
-        [
-            "NODE",
-            "FITS",
-            "SCORE",
-            "DEVICES",
-            "FREE",
-            "HEALTHY-FREE",
-            "MAX-FREE-VRAM",
-            "FITTING",
-            "REASON",
-        ]
-    ]
-    for r in rows:
-        table.append(
-            [
-                r["node"],
-                "yes" if r["fits"] else "no",
-                str(r["score"]),
-                str(r["devices"]),
-                str(r["free_devices"]),
-                str(r["healthy_free_devices"]),
-                f"{r['max_free_vram_mib']}Mi",
-                str(r["fitting_devices"]),
-                r["reason"],
-            ]
-        )
-    print(_table(table))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -149,6 +150,9 @@ class FakeApiServer:
         app.router.add_put(lease + "/{name}", self._replace_lease)
         app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
         app.router.add_get("/apis/hcs.io/v1alpha1/computequotas", self._list_or_watch(QUOTAS))
+        app.router.add_get(
+            "/apis/hcs.io/v1alpha1/namespaces/{ns}/computequotas", self._list_or_watch(QUOTAS)
+        )
         app.router.add_post("/apis/hcs.io/v1alpha1/computenodes", self._create_node)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         node = "/apis/hcs.io/v1alpha1/computenodes/{name}"
@@ -247,6 +251,9 @@ class FakeApiServer:
                 self.fail_lists -= 1
                 return _status(500, "InternalError", "injected failure")
             items = [o for o in self.objects[kind].values() if self._visible(kind, o)]
+            if "ns" in request.match_info:  # a namespaced list
+                ns = request.match_info["ns"]
+                items = [o for o in items if (o.get("metadata") or {}).get("namespace") == ns]
             field, _, wanted = request.query.get("fieldSelector", "").partition("=")
             if field == "spec.nodeName":  # the agent's; other selectors are not applied
                 items = [o for o in items if (o.get("spec") or {}).get("nodeName") == wanted]
@@ -409,3 +416,20 @@ def _status(code: int, reason: str, message: str) -> web.Response:
         },
         status=code,
     )
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
+    """A kubeconfig whose current context reaches `server` without credentials."""
+    context: dict[str, str] = {"cluster": "t", "user": "t"}
+    if namespace:
+        context["namespace"] = namespace
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "t", "cluster": {"server": server}}],
+        "users": [{"name": "t", "user": {}}],
+        "contexts": [{"name": "t", "context": context}],
+        "current-context": "t",
+    }
+    path.write_text(orjson.dumps(doc).decode())  # JSON is YAML
+    return path

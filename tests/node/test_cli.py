@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tests.fake_apiserver import LEASES, PODS, FakeApiServer
+from tests.fake_apiserver import LEASES, PODS, FakeApiServer, write_kubeconfig
 from tests.node.kubelet import FakeKubelet, short_dir
 
 REAL = Path(__file__).resolve().parents[1] / "agent" / "fixtures" / "real"
@@ -26,19 +24,7 @@ async def test_the_device_plugin_command_serves_kubelet(
 ) -> None:
     fake = FakeApiServer()
     server = await aiohttp_server(fake.app())
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "t", "cluster": {"server": str(server.make_url(""))}}],
-                "users": [{"name": "t", "user": {}}],
-                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-                "current-context": "t",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
     folder = short_dir()
     kubelet = FakeKubelet(folder)
     command = [
