@@ -23,6 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,6 +31,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Counter as PromCounter
 
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
@@ -37,6 +40,7 @@ from hcs.errors import HcsError
 from hcs.ledger import Ledger
 from hcs.models import API_GROUP, HEARTBEAT_TIMEOUT_S, ComputeNode, ComputeQuota, parse_time
 from hcs.podbooks import allocation_from_pod
+from hcs.quantity import MIB
 from hcs.quota import RESOURCES, applies, demand_amounts, render
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
@@ -74,6 +78,20 @@ def _set(
     return out
 
 
+def _heartbeat_age(node: Mapping[str, Any], now: float) -> float | None:
+    beat = (node.get("status") or {}).get("lastHeartbeat")
+    try:
+        return now - parse_time(beat, "status.lastHeartbeat").timestamp() if beat else None
+    except HcsError:
+        return None
+
+
+def agent_lost(node: Mapping[str, Any], now: float, timeout_s: float) -> bool:
+    """No heartbeat, or one older than `timeout_s`."""
+    age = _heartbeat_age(node, now)
+    return age is None or age > timeout_s
+
+
 def expire_heartbeats(
     nodes: Iterable[Mapping[str, Any]], now: float, timeout_s: float
 ) -> list[Update]:
@@ -84,12 +102,8 @@ def expire_heartbeats(
         conditions = list(status.get("conditions") or [])
         current = next((c for c in conditions if c.get("type") == "AgentConnected"), None)
         was = current is None or current.get("status") != "False"
-        beat = status.get("lastHeartbeat")
-        try:
-            age = now - parse_time(beat, "status.lastHeartbeat").timestamp() if beat else None
-        except HcsError:
-            age = None
-        connected = age is not None and age <= timeout_s
+        age = _heartbeat_age(node, now)
+        connected = not agent_lost(node, now, timeout_s)
         if connected == was:
             continue
         if connected:
@@ -123,12 +137,28 @@ def expire_heartbeats(
     return updates
 
 
-def recount_quotas(
+@dataclass(frozen=True)
+class QuotaCount:
+    """One ComputeQuota as the controller counted it from live pods."""
+
+    raw: dict[str, Any]
+    quota: ComputeQuota
+    used: dict[str, int]
+    """Resource -> amount in engine units (MiB, milli-TFLOPS, devices)."""
+    status: dict[str, Any]
+    """The status the quota should have."""
+
+    @property
+    def stale(self) -> bool:
+        return self.status != (self.raw.get("status") or {})
+
+
+def count_quotas(
     quotas: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     vendors: VendorTable | None = None,
-) -> list[Update]:
-    """Status updates for the ComputeQuotas whose used or hard figures are wrong."""
+) -> list[QuotaCount]:
+    """Every valid ComputeQuota with its use recounted from the live Pods it applies to."""
     demands = []
     for pod in pods:
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -139,7 +169,7 @@ def recount_quotas(
             continue  # never admitted; it holds nothing
         if demand.asks_for_compute:
             demands.append(demand)
-    updates = []
+    out = []
     for raw in quotas:
         try:
             quota = ComputeQuota.from_dict(raw)
@@ -154,9 +184,77 @@ def recount_quotas(
         status = dict(raw.get("status") or {})
         status["used"] = {r: render(r, v) for r, v in used.items()}
         status["hard"] = {r: render(r, v) for r, v in quota.hard.as_dict().items() if v is not None}
-        if status != (raw.get("status") or {}):
-            updates.append((dict(raw), status))
-    return updates
+        out.append(QuotaCount(dict(raw), quota, used, status))
+    return out
+
+
+def recount_quotas(
+    quotas: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    vendors: VendorTable | None = None,
+) -> list[Update]:
+    """Status updates for the ComputeQuotas whose used or hard figures are wrong."""
+    return [(c.raw, c.status) for c in count_quotas(quotas, pods, vendors) if c.stale]
+
+
+def base_units(resource: str, amount: int) -> float:
+    """Engine units to Prometheus base units: VRAM in bytes, TFLOPS, devices."""
+    if resource == "vram":
+        return float(amount * MIB)
+    if resource == "devices":
+        return float(amount)
+    return amount / 1000
+
+
+class ControllerMetrics:
+    """The controller's series, in a registry of its own (`hcs controller --metrics-port`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ["namespace", "quota", "resource"]
+        units = "(vram: bytes, tflops-fp16/-fp32: TFLOPS, devices: devices)"
+        self.quota_used = Gauge(
+            "hcs_quota_used",
+            f"ComputeQuota use recounted from live pods {units}",
+            labels,
+            registry=self.registry,
+        )
+        self.quota_hard = Gauge(
+            "hcs_quota_hard", f"ComputeQuota limit {units}", labels, registry=self.registry
+        )
+        self.rounds = PromCounter(
+            "hcs_controller_rounds",
+            "Reconcile rounds, by result (ok, failed)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "hcs_controller_leader",
+            "1 while this replica holds the Lease and reconciles",
+            registry=self.registry,
+        )
+        self.waiting_pods = Gauge(
+            "hcs_controller_waiting_pods",
+            "Admitted pods still unscheduled after the event threshold",
+            registry=self.registry,
+        )
+        self.agents_lost = Gauge(
+            "hcs_controller_agents_lost",
+            "ComputeNodes whose agent heartbeat is older than the timeout",
+            registry=self.registry,
+        )
+
+    def record_quotas(self, counts: Iterable[QuotaCount]) -> None:
+        """Replace every quota series (a deleted quota's series disappear)."""
+        self.quota_used.clear()
+        self.quota_hard.clear()
+        for c in counts:
+            key = (c.quota.namespace, c.quota.name)
+            for resource, hard in c.quota.hard.as_dict().items():
+                if hard is None:
+                    continue
+                self.quota_hard.labels(*key, resource).set(base_units(resource, hard))
+                self.quota_used.labels(*key, resource).set(base_units(resource, c.used[resource]))
 
 
 def waiting_pods(
@@ -236,6 +334,7 @@ class ControllerRunner:
         vendors: VendorTable | None = None,
         wait_event_after_s: float = 60.0,
         wait_event_every_s: float = 300.0,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
@@ -244,6 +343,7 @@ class ControllerRunner:
         self.wait_event_after_s = wait_event_after_s
         self.wait_event_every_s = wait_event_every_s
         self._reported: dict[str, float] = {}
+        self.metrics = metrics
 
     def round(self, now: float | None = None) -> tuple[int, int]:
         """Returns (ComputeNodes updated, ComputeQuotas updated)."""
@@ -255,16 +355,28 @@ class ControllerRunner:
         quotas: Any = self.custom.list_cluster_custom_object(API_GROUP, VERSION, "computequotas")
         pods: Any = self.core.list_pod_for_all_namespaces(_preload_content=False)
         pod_items = orjson.loads(pods.data).get("items") or []
-        quota_updates = recount_quotas(quotas.get("items") or [], pod_items, self.vendors)
+        counts = count_quotas(quotas.get("items") or [], pod_items, self.vendors)
+        quota_updates = [(c.raw, c.status) for c in counts if c.stale]
         for obj, status in quota_updates:
             self._write(obj, status, "computequotas")
-        for pod, message in waiting_pods(
+        waiting = waiting_pods(
             pod_items,
             nodes.get("items") or [],
             now,
             after_s=self.wait_event_after_s,
             vendors=self.vendors,
-        ):
+        )
+        if self.metrics is not None:
+            self.metrics.record_quotas(counts)
+            self.metrics.waiting_pods.set(len(waiting))
+            self.metrics.agents_lost.set(
+                sum(
+                    1
+                    for n in nodes.get("items") or []
+                    if agent_lost(n, now, self.heartbeat_timeout_s)
+                )
+            )
+        for pod, message in waiting:
             uid = str(pod["metadata"].get("uid"))
             if now - self._reported.get(uid, -1e18) >= self.wait_event_every_s:
                 self._event(pod, message, now)
@@ -331,12 +443,17 @@ class ControllerRunner:
 
 def run_controllers(runner: ControllerRunner, interval: float, *, once: bool = False) -> None:
     """Reconcile every `interval` seconds; a failed round is logged and retried next time."""
+    metrics = runner.metrics
     while True:
         try:
             nodes, quotas = runner.round()
             log.info("round done: %d ComputeNode(s), %d ComputeQuota(s) updated", nodes, quotas)
+            if metrics is not None:
+                metrics.rounds.labels("ok").inc()
         except (ApiException, OSError, HcsError) as exc:
             log.warning("round failed: %s", exc)
+            if metrics is not None:
+                metrics.rounds.labels("failed").inc()
         if once:
             return
         time.sleep(interval)
@@ -351,7 +468,19 @@ def run_leader_elected(
         lease_duration=15,
         renew_deadline=10,
         retry_period=2,
-        onstarted_leading=lambda: run_controllers(runner, interval),
-        onstopped_leading=lambda: log.warning("lost the lease %s/%s", namespace, name),
+        onstarted_leading=lambda: _lead(runner, interval),
+        onstopped_leading=lambda: _follow(runner, f"lost the lease {namespace}/{name}"),
     )
     leaderelection.LeaderElection(config).run()
+
+
+def _lead(runner: ControllerRunner, interval: float) -> None:
+    if runner.metrics is not None:
+        runner.metrics.leader.set(1)
+    run_controllers(runner, interval)
+
+
+def _follow(runner: ControllerRunner, why: str) -> None:
+    log.warning("%s", why)
+    if runner.metrics is not None:
+        runner.metrics.leader.set(0)

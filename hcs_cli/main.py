@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from certs import (
     CertFiles,
     ca_bundle,
@@ -22,7 +24,12 @@ from certs import (
     renewal_reason,
     service_names,
 )
-from cluster.controllers import ControllerRunner, run_controllers, run_leader_elected
+from cluster.controllers import (
+    ControllerMetrics,
+    ControllerRunner,
+    run_controllers,
+    run_leader_elected,
+)
 from cluster.sync import ClusterSync, KubeQuotaBook, load_api
 from extender.app import create_app as create_extender_app
 from extender.server import cluster_service, local_service, serve
@@ -40,6 +47,7 @@ from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
 from hcs_cli.output import print_explanation, print_placements
 from node.agent import (
+    AgentMetrics,
     AgentOptions,
     desired_node,
     dump,
@@ -128,13 +136,16 @@ def _configure_logging(level: str, fmt: str | None = None) -> None:
     logging.basicConfig(level=level, handlers=[handler])  # no-op where logging is set up
 
 
-def _metrics_args(p: argparse.ArgumentParser) -> None:
+def _metrics_args(p: argparse.ArgumentParser, *, standalone: bool = False) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
         default=0,
         metavar="PORT",
-        help="also serve GET /metrics and /healthz over plain HTTP on this port, for "
+        help="serve GET /metrics over plain HTTP on this port, for Prometheus (default "
+        "%(default)s: off)"
+        if standalone
+        else "also serve GET /metrics and /healthz over plain HTTP on this port, for "
         "Prometheus (default %(default)s: only on the main port)",
     )
     p.add_argument(
@@ -148,6 +159,27 @@ def _metrics(args: argparse.Namespace) -> tuple[str, int]:
     if not 0 <= args.metrics_port <= 65535:
         raise ConfigError(f"--metrics-port {args.metrics_port}: expected a port 0-65535")
     return args.metrics_host, args.metrics_port
+
+
+def _exit_on_sigterm() -> None:
+    """Blocking loops (agent, controller): the kubelet's SIGTERM ends them cleanly, exit 0."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def _serve_registry(args: argparse.Namespace, registry: CollectorRegistry, what: str) -> None:
+    """The controller's and the agent's /metrics: prometheus_client's own HTTP server, in a
+    thread (they have no other server)."""
+    host, port = _metrics(args)
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} for {what} metrics: {exc.strerror} (another "
+            "process has the port? choose another with --metrics-port)"
+        ) from None
+    logging.getLogger("hcs").info("serving %s metrics on http://%s:%d/metrics", what, host, port)
 
 
 def _webhook_args(p: argparse.ArgumentParser) -> None:
@@ -325,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
     )
+    _metrics_args(p, standalone=True)
     _log_args(p)
 
     p = sub.add_parser(
@@ -362,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-leader-elect", action="store_true", help="run without a Lease (a single replica)"
     )
     p.add_argument("--once", action="store_true", help="one round, then exit")
+    _metrics_args(p, standalone=True)
     _log_args(p)
 
     p = sub.add_parser(
@@ -571,12 +605,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
     _configure_logging(args.log_level)
+    metrics = ControllerMetrics()
     runner = ControllerRunner(
         load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the controller needs a cluster)"),
         heartbeat_timeout_s=args.heartbeat_timeout,
         vendors=vendors,
+        metrics=metrics,
     )
+    _serve_registry(args, metrics.registry, "controller")
+    _exit_on_sigterm()
     if args.once or args.no_leader_elect:
+        metrics.leader.set(1)
         run_controllers(runner, args.interval, once=args.once)
         return 0
     namespace, _, name = args.lease.partition("/")
@@ -605,7 +644,10 @@ def _agent(args: argparse.Namespace) -> int:
         print(dump(node), end="")
         return 0
     api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE, or --dry-run to print only")
-    run_agent(opts, Publisher(api), args.interval, once=args.once)
+    metrics = AgentMetrics()
+    _serve_registry(args, metrics.registry, "agent")
+    _exit_on_sigterm()
+    run_agent(opts, Publisher(api), args.interval, once=args.once, metrics=metrics)
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents
@@ -182,7 +183,86 @@ def _fake(opts: AgentOptions) -> dict[str, Any]:
     return node
 
 
-def run(opts: AgentOptions, publisher: Any, interval: float, *, once: bool = False) -> None:
+class AgentMetrics:
+    """The agent's series, in a registry of its own (`hcs agent --metrics-port`). Labelled by
+    node too, since a DaemonSet's pods are scraped one by one."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.discovery_failures = Counter(
+            "hcs_agent_discovery_failures",
+            "Cycles that published a failed discovery, by reason (DiscoveryFailed, NoVendorTool)",
+            ["node", "reason"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "hcs_agent_publish_failures",
+            "Cycles whose ComputeNode could not be written to the API server",
+            ["node"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "hcs_agent_last_success_timestamp_seconds",
+            "When a complete discovery was last published (Unix time)",
+            ["node"],
+            registry=r,
+        )
+        self.devices = Gauge(
+            "hcs_agent_devices", "Devices the last discovery found", ["node", "vendor"], registry=r
+        )
+        self.health = Gauge(
+            "hcs_device_health_score",
+            "Each device's healthScore (0-100) as published; below the extender's "
+            "--min-health (default 60) it is not used",
+            ["node", "vendor", "device", "model"],
+            registry=r,
+        )
+        self.unschedulable = Gauge(
+            "hcs_device_unschedulable",
+            "1 for a device published unschedulable (its ID moved while pods held it)",
+            ["node", "vendor", "device"],
+            registry=r,
+        )
+
+    def record(self, node: Mapping[str, Any], complete: bool) -> None:
+        """Record one cycle's ComputeNode (before it is written)."""
+        name = str(node["metadata"]["name"])
+        if not complete:
+            conditions = (node.get("status") or {}).get("conditions") or []
+            reason = next(
+                (c.get("reason") for c in conditions if c.get("type") == "HardwareHealthy"),
+                None,
+            )
+            self.discovery_failures.labels(name, str(reason or "DiscoveryFailed")).inc()
+            return
+        vendor = str(node["spec"]["vendor"])
+        devices = node["spec"].get("devices") or []
+        self.devices.labels(name, vendor).set(len(devices))
+        self.health.clear()
+        self.unschedulable.clear()
+        for dev in devices:
+            dev_id = str(dev["id"])
+            self.health.labels(name, vendor, dev_id, str(dev.get("model", ""))).set(
+                float(dev.get("healthScore", 0))
+            )
+            self.unschedulable.labels(name, vendor, dev_id).set(
+                1.0 if dev.get("unschedulable") else 0.0
+            )
+
+    def published(self, node: Mapping[str, Any], complete: bool, now: float) -> None:
+        if complete:
+            self.last_success.labels(str(node["metadata"]["name"])).set(now)
+
+
+def run(
+    opts: AgentOptions,
+    publisher: Any,
+    interval: float,
+    *,
+    once: bool = False,
+    metrics: AgentMetrics | None = None,
+) -> None:
     """Publish now and every `interval` seconds (heartbeats) until interrupted."""
     previous: dict[str, Any] | None = None
     first = True
@@ -194,12 +274,18 @@ def run(opts: AgentOptions, publisher: Any, interval: float, *, once: bool = Fal
             node, complete = desired_node(
                 opts, previous, lambda: held_ids(publisher, opts.node_name, opts.vendor)
             )
+            if metrics is not None:
+                metrics.record(node, complete)
             outcome = publisher.publish(node, status_only=not complete)
             if complete:
                 previous = node
+            if metrics is not None:
+                metrics.published(node, complete, time.time())
             log.info("ComputeNode %s %s", opts.node_name, outcome)
         except HcsError as exc:
             log.error("publishing failed: %s", exc)
+            if metrics is not None:
+                metrics.publish_failures.labels(opts.node_name).inc()
         if once:
             return
         time.sleep(interval)

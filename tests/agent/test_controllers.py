@@ -7,13 +7,20 @@ from typing import Any
 
 from kubernetes import client
 
-from cluster.controllers import ControllerRunner, expire_heartbeats, recount_quotas
+from cluster.controllers import (
+    ControllerMetrics,
+    ControllerRunner,
+    expire_heartbeats,
+    recount_quotas,
+    run_controllers,
+)
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, filter_nodes
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
 from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
+from tests.scrape import samples
 
 NOW = dt.datetime(2026, 11, 21, 8, 0, tzinfo=dt.UTC).timestamp()
 
@@ -177,3 +184,40 @@ async def test_pods_waiting_on_capacity_get_an_event_saying_why(aiohttp_server: 
     assert event["message"] == "waiting for nvidia capacity: 1 node(s) InsufficientDevices"
     await asyncio.to_thread(runner.round, NOW + 60)
     assert len(fake.events_posted) == 1  # not repeated within five minutes
+
+
+async def test_the_controller_exports_quota_use_and_limits_in_base_units(
+    aiohttp_server: Any,
+) -> None:
+    fake = FakeApiServer()
+    fake.put(NODES, node("stale", 600))
+    # run_controllers reconciles at the wall clock's now, not at NOW
+    fake.put(
+        NODES, node_dict("fresh", heartbeat=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    )
+    fake.put(QUOTAS, quota({"vram": "100Gi", "devices": "4"}, {"vram": "50Gi"}))
+    fake.put(PODS, pod("running", "8Gi"))
+    fake.put(PODS, pod("ended", "30Gi", phase="Failed"))
+    server = await aiohttp_server(fake.app())
+    cfg = client.Configuration()
+    cfg.host = str(server.make_url("")).rstrip("/")
+    metrics = ControllerMetrics()
+    runner = ControllerRunner(client.ApiClient(cfg), heartbeat_timeout_s=90, metrics=metrics)
+    await asyncio.to_thread(run_controllers, runner, 0, once=True)
+    got = samples(metrics.registry)
+    key = (("namespace", "team-a"), ("quota", "q"))
+    # The running pod's 8Gi (the failed pod holds nothing), though the status said 50Gi.
+    assert got[("hcs_quota_used", (*key, ("resource", "vram")))] == 8 * 2**30
+    assert got[("hcs_quota_hard", (*key, ("resource", "vram")))] == 100 * 2**30
+    assert got[("hcs_quota_used", (*key, ("resource", "devices")))] == 1
+    assert got[("hcs_quota_hard", (*key, ("resource", "devices")))] == 4
+    assert ("hcs_quota_hard", (*key, ("resource", "tflops-fp16"))) not in got  # not limited
+    assert got[("hcs_controller_agents_lost", ())] == 1
+    assert got[("hcs_controller_rounds_total", (("result", "ok"),))] == 1
+
+    fake.delete(QUOTAS, "team-a/q")  # a deleted quota's series go too
+    fake.fail_lists = 1
+    await asyncio.to_thread(run_controllers, runner, 0, once=True)
+    assert samples(metrics.registry)[("hcs_controller_rounds_total", (("result", "failed"),))] == 1
+    await asyncio.to_thread(run_controllers, runner, 0, once=True)
+    assert not [k for k in samples(metrics.registry) if k[0] == "hcs_quota_used"]

@@ -8,9 +8,10 @@ from typing import Any
 from kubernetes import client
 
 from hcs.models import ComputeNode
-from node.agent import AgentOptions, desired_node, run
+from node.agent import AgentMetrics, AgentOptions, desired_node, run
 from node.publish import Publisher
 from tests.fake_apiserver import NODES, FakeApiServer
+from tests.scrape import samples
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -108,3 +109,39 @@ async def test_the_agent_loop_survives_an_unreachable_api_server() -> None:
     cfg.host = "http://127.0.0.1:9"  # nothing listens on the discard port
     pub = Publisher(client.ApiClient(cfg), retries=1)
     await asyncio.to_thread(run, options(), pub, 0.01, once=True)  # logs, does not raise
+
+
+async def test_the_agent_exports_device_health_and_counts_failed_discoveries(
+    aiohttp_server: Any,
+) -> None:
+    fake = FakeApiServer()
+    pub = await publisher(aiohttp_server, fake)
+    metrics = AgentMetrics()
+    await asyncio.to_thread(run, options(), pub, 0, once=True, metrics=metrics)
+    got = samples(metrics.registry)
+    published = ComputeNode.from_dict(fake.objects[NODES]["gpu-1"])
+    health = {
+        dict(labels)["device"]: value
+        for (name, labels), value in got.items()
+        if name == "hcs_device_health_score"
+    }
+    # One series per published device, with the score the ComputeNode carries.
+    assert health == {d.id: float(d.health_score) for d in published.devices} and len(health) == 8
+    assert got[("hcs_agent_devices", (("node", "gpu-1"), ("vendor", "nvidia")))] == 8
+    assert got[("hcs_agent_last_success_timestamp_seconds", (("node", "gpu-1"),))] > 0
+    assert not [k for k in got if k[0] == "hcs_agent_discovery_failures_total"]
+
+    broken = AgentOptions("gpu-1", tool_outputs={"nvidia-smi": FIX / "nvidia-smi-malformed.csv"})
+    await asyncio.to_thread(run, broken, pub, 0, once=True, metrics=metrics)
+    await asyncio.to_thread(run, broken, pub, 0, once=True, metrics=metrics)
+    got = samples(metrics.registry)
+    failures = (("node", "gpu-1"), ("reason", "DiscoveryFailed"))
+    assert got[("hcs_agent_discovery_failures_total", failures)] == 2
+
+    cfg = client.Configuration()
+    cfg.host = "http://127.0.0.1:9"  # nothing listens: the write fails
+    gone = Publisher(client.ApiClient(cfg), retries=1)
+    await asyncio.to_thread(run, options(), gone, 0, once=True, metrics=metrics)
+    assert (
+        samples(metrics.registry)[("hcs_agent_publish_failures_total", (("node", "gpu-1"),))] == 1
+    )

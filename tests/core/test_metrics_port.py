@@ -1,8 +1,10 @@
-"""`--metrics-port`: the extender and the webhook, started as processes, serve /metrics over
-plain HTTP on a port of their own, and only the operational endpoints there."""
+"""`--metrics-port`: the extender, the webhook, the controller and the agent, started as
+processes, serve /metrics over plain HTTP on a port of their own (the extender and the webhook
+only the operational endpoints there)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -10,8 +12,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.fake_apiserver import QUOTAS, FakeApiServer, write_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = str(ROOT / "examples" / "inventory")
@@ -87,3 +92,75 @@ def test_a_port_out_of_range_is_a_clear_error(capsys: pytest.CaptureFixture[str]
 
     assert main(["extender", "--inventory", INVENTORY, "--metrics-port", "70000"]) == 2
     assert "--metrics-port 70000: expected a port 0-65535" in capsys.readouterr().err
+
+
+AGENT_FIX = ROOT / "tests" / "agent" / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("command", "series"),
+    [
+        (["controller", "--no-leader-elect"], 'hcs_quota_hard{namespace="team-a",quota="q"'),
+        (
+            [
+                "agent",
+                "--node-name",
+                "gpu-1",
+                "--vendor",
+                "nvidia",
+                "--tool-output",
+                f"nvidia-smi={AGENT_FIX / 'nvidia-smi-a100-nounits.csv'}",
+                "--tool-output",
+                f"nvidia-smi-topo={AGENT_FIX / 'nvidia-smi-topo-a100.txt'}",
+            ],
+            'hcs_device_health_score{device="0",model="A100-80G",node="gpu-1",vendor="nvidia"}',
+        ),
+    ],
+    ids=["controller", "agent"],
+)
+async def test_the_controller_and_the_agent_serve_metrics(
+    command: list[str], series: str, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """They have no HTTP server of their own: --metrics-port starts prometheus_client's."""
+    fake = FakeApiServer()
+    fake.put(
+        QUOTAS,
+        {
+            "apiVersion": "hcs.io/v1alpha1",
+            "kind": "ComputeQuota",
+            "metadata": {"name": "q", "namespace": "team-a"},
+            "spec": {"hard": {"vram": "100Gi"}},
+        },
+    )
+    server = await aiohttp_server(fake.app())
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
+    metrics = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from hcs_cli.main import main; sys.exit(main())",
+            *command,
+            *("--interval", "0.2", "--kubeconfig", str(kubeconfig)),
+            *("--metrics-host", "127.0.0.1", "--metrics-port", str(metrics)),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        text = ""
+        while series not in text:  # the first round or discovery fills the series
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, text
+            status, text = await asyncio.to_thread(
+                get, f"http://127.0.0.1:{metrics}/metrics", deadline
+            )
+            assert status == 200
+            await asyncio.sleep(0.1)
+    finally:
+        process.terminate()
+        _, err = await asyncio.to_thread(process.communicate, timeout=15)
+    assert process.returncode == 0, err  # SIGTERM ends the loop cleanly
+    assert f"serving {command[0]} metrics on http://127.0.0.1:{metrics}/metrics" in err

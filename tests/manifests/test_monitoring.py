@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.controllers import ControllerMetrics
 from extender.app import create_app as extender_app
 from hcs.admission import AdmissionContext
 from hcs.engine import EngineConfig
@@ -19,8 +19,9 @@ from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import make_node
+from node.agent import AgentMetrics
 from serving import REGISTRY
-from tests.manifests.test_workloads import pod_specs
+from tests.manifests.test_workloads import objects
 from webhook.app import create_app as webhook_app
 
 COMPONENT = Path(__file__).resolve().parents[2] / "manifests" / "components" / "monitoring"
@@ -31,13 +32,15 @@ SERIES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
 
 def exported_names() -> set[str]:
     state = ClusterState.from_nodes([make_node("g")])
-    apps = [
-        extender_app(SchedulerService(state, EngineConfig())),
-        webhook_app(AdmissionContext(state, QuotaBook())),
+    registries = [
+        extender_app(SchedulerService(state, EngineConfig()))[REGISTRY],
+        webhook_app(AdmissionContext(state, QuotaBook()))[REGISTRY],
+        ControllerMetrics().registry,
+        AgentMetrics().registry,
     ]
     names: set[str] = set()
-    for app in apps:
-        text = generate_latest(app[REGISTRY]).decode()
+    for registry in registries:
+        text = generate_latest(registry).decode()
         for family in text_string_to_metric_families(text):
             # a labelled family with no children yet prints no samples: name its series
             suffixes = SERIES.get(family.type, ("",))
@@ -56,27 +59,36 @@ def test_every_dashboard_series_is_exported() -> None:
 
 
 def test_the_services_select_pods_that_declare_the_metrics_port() -> None:
+    """Every HCS workload is scraped: each Service selects pod templates (a Deployment, or the
+    four vendors' agent DaemonSets) that declare the port and pass --metrics-port with it."""
     services = [
         d for d in yaml.safe_load_all((COMPONENT / "metrics-services.yaml").read_text()) if d
     ]
     monitor = yaml.safe_load((COMPONENT / "servicemonitor.yaml").read_text())
-    specs: dict[str, dict[str, Any]] = dict(pod_specs())
-    assert len(services) == 2
+    templates = [
+        (d["metadata"]["name"], d["spec"]["template"])
+        for d in objects("Deployment") + objects("DaemonSet")
+    ]
+    covered = set()
     for service in services:
         labels = service["metadata"]["labels"]
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
         (port,) = service["spec"]["ports"]
         assert port["name"] == monitor["spec"]["endpoints"][0]["port"]
-        workload = service["spec"]["selector"]["app.kubernetes.io/name"]  # Deployment name
-        declared = {
-            p["name"]: p["containerPort"]
-            for c in specs[workload]["containers"]
-            for p in c.get("ports", [])
-        }
-        assert declared[port["targetPort"]] == port["port"]
-        args = [c["args"] for c in specs[workload]["containers"] if c.get("image") == "hcs"]
-        assert any(
-            a[a.index("--metrics-port") + 1] == str(port["port"])
-            for a in args
-            if "--metrics-port" in a
-        )
+        selector = service["spec"]["selector"].items()
+        selected = [(n, t) for n, t in templates if selector <= t["metadata"]["labels"].items()]
+        assert selected, f"{service['metadata']['name']} selects no pods"
+        for name, template in selected:
+            covered.add(name)
+            containers = template["spec"]["containers"]
+            declared = {
+                p["name"]: p["containerPort"] for c in containers for p in c.get("ports", [])
+            }
+            assert declared[port["targetPort"]] == port["port"], name
+            args = [c["args"] for c in containers if c.get("image") == "hcs"]
+            assert any(
+                a[a.index("--metrics-port") + 1] == str(port["port"])
+                for a in args
+                if "--metrics-port" in a
+            ), name
+    assert covered == {n for n, _ in templates}
