@@ -52,6 +52,7 @@ class FakeApiServer:
         """The next N list calls answer 500."""
         self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0, LEASES: 0, NAMESPACES: 0}
         self.bindings: list[dict[str, Any]] = []
+        self.closing = False
         self.calls: list[tuple[str, str, dict[str, str]]] = []
         """Every request as (method, path, query), for RBAC checks."""
         self._queues: dict[str, set[asyncio.Queue[tuple[int, str, dict[str, Any]] | None]]] = {
@@ -113,6 +114,9 @@ class FakeApiServer:
             for q in queues:
                 q.put_nowait(None)
 
+    def open_watches(self) -> int:
+        return sum(len(queues) for queues in self._queues.values())
+
     def compact(self) -> None:
         """Forget history: watches from any earlier version get 410 Gone."""
         self.compacted = self.rv + 1
@@ -139,6 +143,14 @@ class FakeApiServer:
             return result
 
         app = web.Application(middlewares=[record])
+
+        async def end_watches(_: web.Application) -> None:
+            # A stopping server ends its watch streams at once (as kube-apiserver does), so a
+            # test's teardown does not wait out each watch's timeoutSeconds.
+            self.closing = True
+            self.drop_watches()
+
+        app.on_shutdown.append(end_watches)
         app.router.add_get("/apis/hcs.io/v1alpha1/computenodes", self._list_or_watch(NODES))
         app.router.add_get("/api/v1/pods", self._list_or_watch(PODS))
         app.router.add_get("/api/v1/namespaces", self._list_or_watch(NAMESPACES))
@@ -285,6 +297,8 @@ class FakeApiServer:
             await resp.write_eof()
             return resp
         queue: asyncio.Queue[tuple[int, str, dict[str, Any]] | None] = asyncio.Queue()
+        if self.closing:
+            queue.put_nowait(None)
         for entry in self.events[kind]:
             if entry[0] > since:
                 queue.put_nowait(entry)

@@ -44,9 +44,11 @@ async def test_first_publish_creates_then_heartbeats_write_only_the_status(
     assert await publish(pub, options()) == "created"
     stored = ComputeNode.from_dict(fake.objects[NODES]["gpu-1"])
     assert len(stored.devices) == 8 and stored.ready
-    first_transition = fake.objects[NODES]["gpu-1"]["status"]["conditions"][0]["lastTransitionTime"]
+    # Stamp the stored conditions in the past, so a rewritten time would differ.
+    first_transition = "2026-01-01T00:00:00Z"
+    for condition in fake.objects[NODES]["gpu-1"]["status"]["conditions"]:
+        condition["lastTransitionTime"] = first_transition
     writes = len(fake.node_writes)
-    await asyncio.sleep(1.1)  # so a new timestamp would differ
     assert await publish(pub, options()) == "heartbeat"
     assert [kind for kind, _ in fake.node_writes[writes:]] == ["status"]
     status = fake.objects[NODES]["gpu-1"]["status"]

@@ -75,6 +75,22 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+async def rewatched(fake: FakeApiServer) -> None:
+    """End every watch and wait until each resource is watched again: the calls a restarted
+    watch makes are recorded too."""
+
+    def watches() -> int:
+        return sum(1 for _, _, query in fake.calls if query.get("watch"))
+
+    before = watches()
+    open_streams = fake.open_watches()
+    fake.drop_watches()
+    deadline = time.monotonic() + 10
+    while watches() < before + open_streams:
+        assert time.monotonic() < deadline, "the watches did not restart"
+        await asyncio.sleep(0.02)
+
+
 async def wait_ready(http: Any) -> None:
     deadline = time.monotonic() + 10
     while (await http.get("/readyz")).status != 200:
@@ -126,7 +142,7 @@ async def test_the_extender_role_is_exactly_what_the_extender_calls(
     a = fake.objects[PODS]["ns/a"]
     fake.put(PODS, {**a, "status": {"phase": "Running"}})  # admitted: the lock is stale
     assert (await (await http.post("/bind", json=unseen)).json())["Error"] == ""
-    await asyncio.sleep(1.2)  # let a watch time out and restart
+    await rewatched(fake)
     assert used(fake.calls) == granted("hcs-extender")
 
 
@@ -157,7 +173,7 @@ async def test_the_webhook_role_is_exactly_what_the_webhook_calls(
     body = admission_review(generated_pod({"ai.compute/vram": "8Gi"}), uid="r1")
     response = (await (await http.post("/mutate", json=body)).json())["response"]
     assert response["allowed"]
-    await asyncio.sleep(1.2)
+    await rewatched(fake)
     assert used(fake.calls) == granted("hcs-webhook")
 
 
