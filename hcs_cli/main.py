@@ -1,4 +1,5 @@
-"""The `hcs` command: extender, webhook, serve, agent, certs, simulate, explain, validate."""
+"""The `hcs` command: extender, webhook, serve, agent, device-plugin, controller, certs,
+simulate, explain, validate. (The live-cluster views are `kubectl hcs`, `hcs_cli.kubectl`.)"""
 
 from __future__ import annotations
 
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hcs",
         description="HCS, the Hetero-Compute-Router: vendor-neutral accelerator scheduling "
         "for Kubernetes.",
+        epilog="On a live cluster, `kubectl hcs` (top nodes, top quota, explain pod, simulate) "
+        "shows what is used and free and why a pod waits.",
     )
     parser.add_argument("--version", action="version", version=f"hcs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
