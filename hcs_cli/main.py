@@ -14,26 +14,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
-
-from certs import (
-    CertFiles,
-    ca_bundle,
-    ca_bundle_patch,
-    issue,
-    renewal_reason,
-    service_names,
-)
-from cluster.controllers import (
-    ControllerMetrics,
-    ControllerRunner,
-    run_controllers,
-    run_leader_elected,
-)
-from cluster.sync import ClusterSync, KubeQuotaBook, load_api
-from extender.app import create_app as create_extender_app
-from extender.server import cluster_service, local_service, serve
 from hcs import __version__
 from hcs.admission import AdmissionContext, Quotas
 from hcs.demand import parse_pod
@@ -47,27 +29,10 @@ from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
 from hcs_cli.output import print_explanation, print_placements
-from node.agent import (
-    AgentMetrics,
-    AgentOptions,
-    desired_node,
-    dump,
-    load_model_table,
-    parse_tool_outputs,
-)
-from node.agent import run as run_agent
-from node.deviceplugin import (
-    Allocator,
-    DevicePlugin,
-    KubeNodeApi,
-    PluginDevice,
-    devices_of,
-)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 from node.discovery import TOOLS
-from node.publish import Publisher
-from serving import serve_apps, with_metrics
-from webhook.app import cert_reloader, ssl_context
-from webhook.app import create_app as create_webhook_app
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
@@ -170,6 +135,8 @@ def _exit_on_sigterm() -> None:
 def _serve_registry(args: argparse.Namespace, registry: CollectorRegistry, what: str) -> None:
     """The controller's and the agent's /metrics: prometheus_client's own HTTP server, in a
     thread (they have no other server)."""
+    from prometheus_client import start_http_server
+
     host, port = _metrics(args)
     if not port:
         return
@@ -563,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _controller(args, vendors)
         config = EngineConfig(min_health=args.min_health, strategy=args.strategy)
         if args.command == "extender":
+            from extender.server import cluster_service, local_service, serve
+
             _configure_logging(args.log_level)
             if args.inventory:
                 service, sync = local_service(args.inventory, config, vendors), None
@@ -607,6 +576,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
+    from cluster.controllers import (
+        ControllerMetrics,
+        ControllerRunner,
+        run_controllers,
+        run_leader_elected,
+    )
+    from cluster.sync import load_api
+
     _configure_logging(args.log_level)
     metrics = ControllerMetrics()
     runner = ControllerRunner(
@@ -631,6 +608,18 @@ def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from cluster.sync import load_api
+    from node.agent import (
+        AgentMetrics,
+        AgentOptions,
+        desired_node,
+        dump,
+        load_model_table,
+        parse_tool_outputs,
+    )
+    from node.agent import run as run_agent
+    from node.publish import Publisher
+
     _configure_logging(args.log_level)
     opts = AgentOptions(
         node_name=args.node_name,
@@ -655,6 +644,10 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
+    from cluster.sync import load_api
+    from node.agent import AgentOptions, desired_node, parse_tool_outputs
+    from node.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, PluginDevice, devices_of
+
     _configure_logging(args.log_level)
     if args.replicas < 1:
         raise ConfigError(f"--replicas {args.replicas}: expected a whole number >= 1")
@@ -689,6 +682,8 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from certs import ca_bundle, ca_bundle_patch, issue, renewal_reason, service_names
+
     out = Path(args.out)
     printing = args.print_ca_bundle or args.print_ca_patch
     say = sys.stderr if printing else sys.stdout  # stdout carries only what was asked to print
@@ -720,6 +715,13 @@ def _certs(args: argparse.Namespace) -> int:
 def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: VendorTable) -> None:
     """`hcs webhook` (local or cluster mode) and `hcs serve` (local: both servers share one
     state, so the webhook's routing sees the extender's allocations)."""
+    from certs import CertFiles, issue
+    from cluster.sync import ClusterSync, KubeQuotaBook, load_api
+    from extender.app import create_app as create_extender_app
+    from serving import serve_apps, with_metrics
+    from webhook.app import cert_reloader, ssl_context
+    from webhook.app import create_app as create_webhook_app
+
     certs = CertFiles(Path(args.cert_dir))
     if not (certs.tls_cert.exists() and certs.tls_key.exists()):
         issue(certs.folder)
