@@ -218,8 +218,21 @@ class _Books:
 def _books(api: client.ApiClient, config: EngineConfig, vendors: VendorTable) -> _Books:
     """ComputeNodes and active Pods, listed once and charged as the extender charges them."""
     service = SchedulerService(ClusterState(vendors=vendors), config, vendors)
-    ClusterSync(service, api).snapshot()
+    try:
+        ClusterSync(service, api).snapshot()
+    except ApiException as exc:
+        if exc.status == 404:
+            raise _not_installed("computenodes") from None
+        raise
     return _Books(service.state)
+
+
+def _not_installed(plural: str) -> HcsError:
+    return HcsError(
+        f"the cluster does not serve {plural}.{API_GROUP}: are HCS's CRDs installed? "
+        "(kubectl apply -k manifests/)",
+        code="InvalidConfig",
+    )
 
 
 def _context_namespace(args: argparse.Namespace) -> str:
@@ -247,8 +260,6 @@ def _api_message(exc: ApiException) -> str:
             f"forbidden: {message} (kubectl hcs reads ComputeNodes, ComputeQuotas and Pods: "
             f"bind the {VIEWER_ROLE} ClusterRole from manifests/rbac.yaml)"
         )
-    if exc.status == 404 and API_GROUP in message:
-        return f"{message}: are HCS's CRDs installed? (kubectl apply -k manifests/)"
     return f"{exc.status} {message}"
 
 
@@ -313,18 +324,23 @@ def _top_nodes(books: _Books, config: EngineConfig, args: argparse.Namespace) ->
 def _top_quota(api: client.ApiClient, args: argparse.Namespace) -> int:
     custom = client.CustomObjectsApi(api)
     listed: Any
-    if args.all_namespaces:
-        listed = custom.list_cluster_custom_object(
-            API_GROUP, VERSION, "computequotas", _request_timeout=CALL_TIMEOUT_S
-        )
-    else:
-        listed = custom.list_namespaced_custom_object(
-            API_GROUP,
-            VERSION,
-            args.namespace or _context_namespace(args),
-            "computequotas",
-            _request_timeout=CALL_TIMEOUT_S,
-        )
+    try:
+        if args.all_namespaces:
+            listed = custom.list_cluster_custom_object(
+                API_GROUP, VERSION, "computequotas", _request_timeout=CALL_TIMEOUT_S
+            )
+        else:
+            listed = custom.list_namespaced_custom_object(
+                API_GROUP,
+                VERSION,
+                args.namespace or _context_namespace(args),
+                "computequotas",
+                _request_timeout=CALL_TIMEOUT_S,
+            )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise _not_installed("computequotas") from None
+        raise
     quotas = []
     for obj in listed.get("items") or []:
         try:

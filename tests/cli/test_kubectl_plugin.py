@@ -330,6 +330,20 @@ async def test_an_unreachable_cluster_is_one_clear_line(
     assert len(err.strip().splitlines()) == 1
 
 
+async def test_a_cluster_without_the_crds_says_so(
+    aiohttp_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = await aiohttp_server(web.Application())  # answers 404 to everything
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
+    for argv, plural in ((["top", "nodes"], "computenodes"), (["top", "quota"], "computequotas")):
+        code, out, err = await run(capsys, kubeconfig, *argv)
+        assert code == 2 and out == ""
+        assert err.strip() == (
+            f"error: InvalidConfig: the cluster does not serve {plural}.hcs.io: are HCS's CRDs "
+            "installed? (kubectl apply -k manifests/)"
+        )
+
+
 async def test_kubectl_runs_it_as_a_plugin(aiohttp_server: MakeServer, tmp_path: Path) -> None:
     """`kubectl hcs` finds the console script on PATH (where kubectl is installed; else the
     console script itself, which is what kubectl would run)."""
