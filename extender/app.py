@@ -26,7 +26,7 @@ from cluster.sync import ClusterSync
 from hcs.engine import Reason
 from hcs.errors import HcsError
 from hcs.quantity import MIB
-from hcs.scheduling import SchedulerService
+from hcs.scheduling import SchedulerService, error_code
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES
 from hcs.wire import WireError
@@ -84,7 +84,7 @@ async def bind_handler(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError as exc:
         return _json({"Error": f"InvalidRequest: body is not JSON: {exc}"})
     result = await request.app[SERVICE].bind(raw)
-    request.app[BINDS].labels(result="ok" if not result["Error"] else "error").inc()
+    request.app[BINDS].labels(result=error_code(result["Error"]) if result["Error"] else "ok").inc()
     return _json(result)
 
 
@@ -148,7 +148,14 @@ class _StateCollector(Collector):
         )
         for reason in Reason:
             outcomes.add_metric([reason.name], float(self.service.filter_reasons[reason]))
-        yield from (nodes, devices, allocs, outcomes)
+        errors = CounterMetricFamily(
+            "hcs_extender_filter_errors",
+            "Filter calls answered with an Error (no node passes), by its code",
+            labels=["code"],
+        )
+        for code, n in sorted(self.service.filter_errors.items()):
+            errors.add_metric([code], float(n))
+        yield from (nodes, devices, allocs, outcomes, errors)
         yield from _node_metrics(state, self.service.config.min_health)
 
 
@@ -219,7 +226,10 @@ def create_app(
         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
     )
     app[BINDS] = Counter(
-        "hcs_extender_binds", "Bind calls by result", ["result"], registry=registry
+        "hcs_extender_binds",
+        "Bind calls by result: ok, or the Error's code",
+        ["result"],
+        registry=registry,
     )
     registry.register(_StateCollector(service))
     app.cleanup_ctx.append(_expire_unknown_binds)

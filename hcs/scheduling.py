@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -121,6 +121,8 @@ class SchedulerService:
         self._shapes: dict[bytes, _Seen] = {}
         self.filter_reasons = np.zeros(len(Reason), np.int64)
         """Cumulative per-reason node counts, for metrics."""
+        self.filter_errors: Counter[str] = Counter()
+        """Filter calls answered with an Error, by its code, for metrics."""
 
     # ----------------------------------------------------------------- pods
 
@@ -211,6 +213,7 @@ class SchedulerService:
             raw = self.decode_args(body)
         except orjson.JSONDecodeError as exc:
             log.info("filter refused: body is not JSON: %s", exc)
+            self.filter_errors["InvalidRequest"] += 1
             return orjson.dumps(filter_error(f"InvalidRequest: body is not JSON: {exc}"))
         return self.filter(raw)
 
@@ -234,6 +237,7 @@ class SchedulerService:
     def filter(self, raw: Any) -> bytes:
         """The filter reply as JSON bytes; failures are in `Error` (always HTTP 200)."""
         if self.gate is not None and (why := self.gate()) is not None:
+            self.filter_errors["NotReady"] += 1
             return orjson.dumps(filter_error(f"NotReady: HCS's books are incomplete ({why})"))
         try:
             args = normalize_keys(raw, "ExtenderArgs")
@@ -245,6 +249,7 @@ class SchedulerService:
             _check_unknown_names(result.names[result.codes == Reason.NodeNotFound])
         except (WireError, HcsError) as exc:
             log.info("filter refused: %s", _message(exc))
+            self.filter_errors[error_code(_message(exc))] += 1
             return orjson.dumps(filter_error(_message(exc)))
         codes = result.codes
         counts = np.bincount(codes, minlength=len(Reason))
@@ -477,6 +482,12 @@ class SchedulerService:
                     self.state.add_allocation(alloc)
         keep = set(result.passed_names())
         return {"NodeNameToMetaVictims": {n: v for n, v in victims.items() if n in keep}}
+
+
+def error_code(error: str) -> str:
+    """The machine code an Error string starts with (`NotReady: …` -> `NotReady`)."""
+    code, sep, _ = error.partition(":")
+    return code if sep and code.isidentifier() else "Other"
 
 
 def _message(exc: Exception) -> str:

@@ -388,6 +388,21 @@ async def test_node_metrics_follow_the_books_per_node_and_vendor(
     assert metric(after, "hcs_node_vram_bytes", **busy, state="allocated") >= 2**30
 
 
+async def test_filter_errors_and_bind_results_are_counted_by_code(http: Client) -> None:
+    await http.post("/filter", data=b"{not json")
+    await http.post("/filter", json=args(pod("q", {"ai.compute/vram": "lots"}), ["fits"]))
+    await http.post("/filter", json=args(pod("r", {"ai.compute/vram": "1Gi"}), ["fits"]))
+    unknown = {"PodName": "ghost", "PodNamespace": "team-a", "PodUID": "ghost", "Node": "nowhere"}
+    refused = (await (await http.post("/bind", json=unknown)).json())["Error"]
+    text = await (await http.get("/metrics")).text()
+    assert metric(text, "hcs_extender_filter_errors_total", code="InvalidRequest") == 1
+    assert metric(text, "hcs_extender_filter_errors_total", code="InvalidQuantity") == 1
+    # The refused bind is counted under the code its Error starts with.
+    code = refused.split(":", 1)[0]
+    assert code.isidentifier() and code != "ok"
+    assert metric(text, "hcs_extender_binds_total", result=code) == 1
+
+
 class ExplodingBinder:
     """A binder whose API call fails in a way nobody planned for."""
 
