@@ -409,27 +409,29 @@ def load_api(
     kubeconfig (~/.kube/config or $KUBECONFIG). A user's tool (`kubectl hcs`) passes
     `in_cluster_first=False`: the kubeconfig, as kubectl reads it, wins over a pod's account.
     The configuration becomes the client's default (leader election builds its own clients)."""
-    explicit = kubeconfig is not None or context is not None
-    if in_cluster_first and not explicit:
-        try:
-            kube_config.load_incluster_config()
-            return client.ApiClient()
-        except kube_config.ConfigException:
-            pass
-    try:
+
+    in_cluster = kube_config.load_incluster_config
+
+    def from_kubeconfig() -> None:
         kube_config.load_kube_config(config_file=kubeconfig, context=context)
-    except (kube_config.ConfigException, OSError) as exc:
-        if not in_cluster_first and not explicit:
-            try:
-                kube_config.load_incluster_config()
-                return client.ApiClient()
-            except kube_config.ConfigException:
-                pass
-        raise HcsError(
-            f"no cluster to talk to: not in a pod, and no usable kubeconfig ({exc}); {hint}",
-            code="InvalidConfig",
-        ) from None
-    return client.ApiClient()
+
+    if kubeconfig is not None or context is not None:  # asked for: nothing else will do
+        loaders = [from_kubeconfig]
+    else:
+        loaders = (
+            [in_cluster, from_kubeconfig] if in_cluster_first else [from_kubeconfig, in_cluster]
+        )
+    failure: Exception | None = None
+    for load in loaders:
+        try:
+            load()
+            return client.ApiClient()
+        except (kube_config.ConfigException, OSError) as exc:
+            failure = failure if load is in_cluster else exc  # the kubeconfig's reason is news
+    raise HcsError(
+        f"no cluster to talk to: not in a pod, and no usable kubeconfig ({failure}); {hint}",
+        code="InvalidConfig",
+    )
 
 
 # --------------------------------------------------------------------------- quota (cluster)

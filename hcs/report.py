@@ -44,6 +44,9 @@ class Use:
     fp32_mtf: int
     fp32_used_mtf: int
     fp32_free_mtf: int
+    nodes: int = 1
+    nodes_ready: int = 0
+    """Ready with a connected agent, of `nodes`."""
 
     def as_dict(self) -> dict[str, Any]:
         """The document form (`-o json|yaml`): quantities as Kubernetes quantity strings."""
@@ -71,20 +74,21 @@ def _triple(fmt: Any, total: int, used: int, free: int) -> dict[str, str]:
     return {"allocatable": fmt(total), "allocated": fmt(used), "free": fmt(free)}
 
 
-_FIGURES = (
-    "devices",
-    "devices_used",
-    "devices_unhealthy",
-    "vram_allocatable",
-    "vram_allocated",
-    "vram_free",
-    "fp16_allocatable",
-    "fp16_allocated",
-    "fp16_free",
-    "fp32_allocatable",
-    "fp32_allocated",
-    "fp32_free",
-)
+# `node_figures` name -> `Use` field.
+_FIGURES = {
+    "devices": "devices",
+    "devices_used": "devices_used",
+    "devices_unhealthy": "devices_unhealthy",
+    "vram_allocatable": "vram_mib",
+    "vram_allocated": "vram_used_mib",
+    "vram_free": "vram_free_mib",
+    "fp16_allocatable": "fp16_mtf",
+    "fp16_allocated": "fp16_used_mtf",
+    "fp16_free": "fp16_free_mtf",
+    "fp32_allocatable": "fp32_mtf",
+    "fp32_allocated": "fp32_used_mtf",
+    "fp32_free": "fp32_free_mtf",
+}
 
 
 def _figures(state: ClusterState, config: EngineConfig) -> tuple[Any, dict[str, IntArray]]:
@@ -106,14 +110,15 @@ def node_report(
     status = np.select([~ready, ~agent], ["NotReady", "AgentNotConnected"], "Ready")
     vendors = np.asarray(VENDOR_NAMES)[state.node_vendor[rows]]
     shared = state.node_shared_mask[rows]
-    columns = [figs[f].tolist() for f in _FIGURES]
+    columns = {field: figs[f].tolist() for f, field in _FIGURES.items()}
     out = [
         Use(
             str(state.node_names[row]),
             str(vendors[i]),
             str(status[i]),
             "shared" if shared[i] else "exclusive",
-            *(int(c[i]) for c in columns),
+            **{field: int(c[i]) for field, c in columns.items()},
+            nodes_ready=int(status[i] == "Ready"),
         )
         for i, row in enumerate(rows.tolist())
         if vendor is None or vendors[i] == vendor
@@ -144,7 +149,9 @@ def vendor_report(
             name,
             f"{ready_nodes[code]}/{nodes[code]} nodes ready",
             "",
-            *(int(sums[f][code]) for f in _FIGURES),
+            **{field: int(sums[f][code]) for f, field in _FIGURES.items()},
+            nodes=int(nodes[code]),
+            nodes_ready=int(ready_nodes[code]),
         )
         for code, name in enumerate(VENDOR_NAMES)
         if nodes[code]

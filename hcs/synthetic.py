@@ -1,8 +1,9 @@
 """Synthetic ComputeNode objects, for tests and benchmarks.
 
-`node_dict` writes one ComputeNode as Kubernetes JSON (so it goes through the same validation as
-a real one); `random_cluster` makes a mixed-vendor cluster with random health, sharing, readiness
-and reported usage from a seeded generator, so a benchmark or a failing test can be reproduced.
+`node_dict` writes one ComputeNode, `quota_dict` one ComputeQuota, as Kubernetes JSON (so they go
+through the same validation as real ones); `random_cluster` makes a mixed-vendor cluster with
+random health, sharing, readiness and reported usage from a seeded generator, so a benchmark
+or a failing test can be reproduced.
 """
 
 from __future__ import annotations
@@ -91,6 +92,26 @@ def node_dict(
         },
         "status": status,
     }
+
+
+def quota_dict(
+    hard: dict[str, str],
+    *,
+    name: str = "q",
+    namespace: str = "team-a",
+    used: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A ComputeQuota as Kubernetes JSON; `status.used` only when `used` is given."""
+    obj: dict[str, Any] = {
+        "apiVersion": "hcs.io/v1alpha1",
+        "kind": "ComputeQuota",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hard": hard, **spec},
+    }
+    if used is not None:
+        obj["status"] = {"used": used}
+    return obj
 
 
 def make_node(name: str, vendor: str = "nvidia", n_devices: int = 8, **kwargs: Any) -> ComputeNode:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,16 @@ from hcs.demand import (
     PodDemand,
     parse_pod,
 )
-from hcs.engine import STRATEGIES, EngineConfig
+from hcs.engine import EngineConfig
 from hcs.errors import ConfigError, HcsError, ValidationError
-from hcs.models import API_GROUP, HEARTBEAT_TIMEOUT_S, ComputeQuota
+from hcs.models import API_GROUP, ComputeQuota
 from hcs.quantity import format_mib
 from hcs.report import Use, documents, node_report, quota_report, vendor_report
-from hcs.scheduling import SchedulerService
+from hcs.scheduling import SchedulerService, error_code
 from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
+from hcs_cli.options import engine_options, heartbeat_option
 from hcs_cli.output import FORMATS, emit, explanation_rows, print_placements, table
 
 CALL_TIMEOUT_S = 30.0
@@ -64,30 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="table",
         help="table (default), wide (more columns), json or yaml (one document)",
     )
+    # The extender's own settings: pass the values it runs with (the defaults are its defaults).
     engine = argparse.ArgumentParser(add_help=False)
-    engine.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="binpack",
-        help="the extender's --strategy (default binpack)",
-    )
-    engine.add_argument(
-        "--min-health",
-        type=int,
-        default=60,
-        metavar="N",
-        help="the extender's --min-health: devices below it are not used (default 60)",
-    )
-    engine.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        default=HEARTBEAT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="the extender's --heartbeat-timeout (default %(default)s)",
-    )
-    engine.add_argument(
-        "--vendor-config", metavar="FILE", help="the extender's --vendor-config, if it has one"
-    )
+    engine_options(engine)
+    heartbeat_option(engine)
 
     parser = argparse.ArgumentParser(
         prog="kubectl hcs",
@@ -203,19 +184,14 @@ def _run(args: argparse.Namespace) -> int:
     for _, pod in pods:
         meta = pod.setdefault("metadata", {})
         meta.setdefault("namespace", namespace)
-    print_placements(simulate(books.state, pods, config, vendors), _doc_format(args.output))
+    print_placements(simulate(books, pods, config, vendors), _doc_format(args.output))
     return 0
 
 
 # ------------------------------------------------------------------ the books
 
 
-@dataclass
-class _Books:
-    state: ClusterState
-
-
-def _books(api: client.ApiClient, config: EngineConfig, vendors: VendorTable) -> _Books:
+def _books(api: client.ApiClient, config: EngineConfig, vendors: VendorTable) -> ClusterState:
     """ComputeNodes and active Pods, listed once and charged as the extender charges them."""
     service = SchedulerService(ClusterState(vendors=vendors), config, vendors)
     try:
@@ -224,7 +200,7 @@ def _books(api: client.ApiClient, config: EngineConfig, vendors: VendorTable) ->
         if exc.status == 404:
             raise _not_installed("computenodes") from None
         raise
-    return _Books(service.state)
+    return service.state
 
 
 def _not_installed(plural: str) -> HcsError:
@@ -288,7 +264,7 @@ def _use_rows(uses: Sequence[Use], first: str, *, wide: bool, vendor_rows: bool)
     for u in uses:
         row = [u.name] + ([] if vendor_rows else [u.vendor])
         row += [
-            u.status if not vendor_rows else u.status.removesuffix(" nodes ready") + " ready",
+            u.status if not vendor_rows else f"{u.nodes_ready}/{u.nodes} ready",
             f"{u.devices_used}/{u.devices}",
             str(u.devices_unhealthy),
             _gib(u.vram_used_mib),
@@ -304,9 +280,9 @@ def _use_rows(uses: Sequence[Use], first: str, *, wide: bool, vendor_rows: bool)
     return rows
 
 
-def _top_nodes(books: _Books, config: EngineConfig, args: argparse.Namespace) -> int:
-    nodes = node_report(books.state, config, vendor=args.vendor)
-    vendors = [v for v in vendor_report(books.state, config) if args.vendor in (None, v.vendor)]
+def _top_nodes(books: ClusterState, config: EngineConfig, args: argparse.Namespace) -> int:
+    nodes = node_report(books, config, vendor=args.vendor)
+    vendors = [v for v in vendor_report(books, config) if args.vendor in (None, v.vendor)]
     if args.output in ("json", "yaml"):
         emit({"nodes": documents(nodes), "vendors": documents(vendors)}, args.output)
         return 0
@@ -389,7 +365,7 @@ def _explain(
     fmt = _doc_format(args.output)
     if doc["state"] == "pending":
         books = _books(api, config, vendors)
-        rows = explain(books.state, pod, config, vendors)
+        rows = explain(books, pod, config, vendors)
         fitting = [r for r in rows if r["fits"]]
         doc["nodes"] = rows
         doc["verdict"] = _verdict(rows, fitting)
@@ -470,11 +446,8 @@ def _verdict(rows: list[dict[str, Any]], fitting: list[dict[str, Any]]) -> str:
             f"{best['score']}); kube-scheduler places it at its next attempt unless another "
             "pod takes the room first"
         )
-    reasons: dict[str, int] = {}
-    for r in rows:
-        code = str(r["reason"]).split(":", 1)[0]
-        reasons[code] = reasons.get(code, 0) + 1
-    counts = ", ".join(f"{n} {code}" for code, n in sorted(reasons.items(), key=lambda i: -i[1]))
+    reasons = Counter(error_code(str(r["reason"])) for r in rows)
+    counts = ", ".join(f"{n} {code}" for code, n in reasons.most_common())
     return f"0 of {len(rows)} nodes fit now: {counts}"
 
 

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING
 from hcs import __version__
 from hcs.admission import AdmissionContext, Quotas
 from hcs.demand import parse_pod
-from hcs.engine import STRATEGIES, EngineConfig
+from hcs.engine import EngineConfig
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents, load_inventory
-from hcs.models import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S, ComputeNode, ComputeQuota
+from hcs.models import HEARTBEAT_INTERVAL_S, ComputeNode, ComputeQuota
 from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
+from hcs_cli.options import engine_options, heartbeat_option
 from hcs_cli.output import print_explanation, print_placements
 
 if TYPE_CHECKING:
@@ -49,14 +50,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         help="cluster mode: /readyz fails when a watch has been silent this long "
         "(default %(default)s)",
     )
-    p.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        default=HEARTBEAT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="cluster mode: a ComputeNode whose agent heartbeat is older is "
-        "AgentNotConnected (default %(default)s: two missed 30 s beats plus 30 s of clock skew)",
-    )
+    heartbeat_option(p)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -185,24 +179,7 @@ def _engine_args(
         metavar="DIR",
         help=help_text,
     )
-    p.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="binpack",
-        help="score nodes by packing VRAM tightly or spreading it (default binpack)",
-    )
-    p.add_argument(
-        "--min-health",
-        type=int,
-        default=60,
-        metavar="N",
-        help="devices with healthScore below N are not used (default 60)",
-    )
-    p.add_argument(
-        "--vendor-config",
-        metavar="FILE",
-        help="YAML overriding vendor profiles (device-plugin names, env, mounts)",
-    )
+    engine_options(p)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -347,14 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to check heartbeats and recount quotas (default %(default)s)",
     )
-    p.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        default=HEARTBEAT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="a ComputeNode silent longer is AgentConnected=False (default %(default)s: two "
-        "missed 30 s beats plus 30 s of clock skew)",
-    )
+    heartbeat_option(p)
     p.add_argument(
         "--lease",
         default="hcs-system/hcs-controller",

@@ -18,7 +18,7 @@ from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, filter_nodes
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
-from hcs.synthetic import node_dict
+from hcs.synthetic import node_dict, quota_dict
 from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer
 from tests.scrape import samples
 
@@ -74,13 +74,9 @@ def pod(
 
 
 def quota(hard: dict[str, str], used: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "hcs.io/v1alpha1",
-        "kind": "ComputeQuota",
-        "metadata": {"name": "q", "namespace": "team-a", "resourceVersion": "1"},
-        "spec": {"hard": hard, **spec},
-        "status": {"used": used or {}},
-    }
+    obj = quota_dict(hard, used=used or {}, **spec)
+    obj["metadata"]["resourceVersion"] = "1"
+    return obj
 
 
 def test_stale_heartbeats_disconnect_and_fresh_ones_reconnect() -> None:

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from kubernetes import client
 
-from hcs.synthetic import node_dict
+from hcs.synthetic import node_dict, quota_dict
 from hcs_cli.kubectl import main
 from tests.fake_apiserver import NODES, PODS, QUOTAS, FakeApiServer, write_kubeconfig
 from tests.manifests.test_rbac import granted, used
@@ -69,14 +69,9 @@ def pod(
 
 
 def quota(name: str, namespace: str, hard: dict[str, str], used: dict[str, str] | None) -> Any:
-    obj: dict[str, Any] = {
-        "apiVersion": "hcs.io/v1alpha1",
-        "kind": "ComputeQuota",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"hard": hard},
-    }
+    obj = quota_dict(hard, name=name, namespace=namespace, used=used)
     if used is not None:
-        obj["status"] = {"used": used, "hard": hard}
+        obj["status"]["hard"] = hard
     return obj
 
 

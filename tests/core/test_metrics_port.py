@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hcs.synthetic import quota_dict
 from tests.fake_apiserver import QUOTAS, FakeApiServer, write_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,12 +126,7 @@ async def test_the_controller_and_the_agent_serve_metrics(
     fake = FakeApiServer()
     fake.put(
         QUOTAS,
-        {
-            "apiVersion": "hcs.io/v1alpha1",
-            "kind": "ComputeQuota",
-            "metadata": {"name": "q", "namespace": "team-a"},
-            "spec": {"hard": {"vram": "100Gi"}},
-        },
+        quota_dict({"vram": "100Gi"}),
     )
     server = await aiohttp_server(fake.app())
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))

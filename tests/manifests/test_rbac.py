@@ -17,7 +17,7 @@ from hcs.admission import AdmissionContext
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
-from hcs.synthetic import node_dict
+from hcs.synthetic import node_dict, quota_dict
 from hcs.vendors import VendorTable
 from node.agent import AgentOptions, desired_node
 from node.agent import run as run_agent
@@ -153,12 +153,7 @@ async def test_the_webhook_role_is_exactly_what_the_webhook_calls(
     fake.put(NODES, node_dict("n1", heartbeat=now()))
     fake.put(
         QUOTAS,
-        {
-            "apiVersion": "hcs.io/v1alpha1",
-            "kind": "ComputeQuota",
-            "metadata": {"name": "q", "namespace": "team-a"},
-            "spec": {"hard": {"vram": "100Gi"}},
-        },
+        quota_dict({"vram": "100Gi"}),
     )
     server = await aiohttp_server(fake.app())
     k8s = api(str(server.make_url("")).rstrip("/"))
@@ -242,12 +237,7 @@ async def test_the_controller_role_is_exactly_what_the_controller_calls(
     )
     fake.put(
         QUOTAS,
-        {
-            "apiVersion": "hcs.io/v1alpha1",
-            "kind": "ComputeQuota",
-            "metadata": {"name": "q", "namespace": "team-a"},
-            "spec": {"hard": {"vram": "100Gi"}},
-        },
+        quota_dict({"vram": "100Gi"}),
     )
     fake.put(
         PODS,

@@ -17,6 +17,7 @@ import pytest
 
 from hcs.assignment import container_devices
 from hcs.scheduling import SchedulerService
+from hcs.vendors import VENDOR_NAMES
 from tests.fake_apiserver import PODS, FakeApiServer
 from tests.node.harness import (
     VENDORS,
@@ -32,7 +33,6 @@ from tests.node.harness import (
 )
 from tests.node.kubelet import AdmissionError
 
-VENDOR_LIST = ("nvidia", "huawei", "hygon", "cambricon")
 REPLICAS = 4
 
 
@@ -68,10 +68,10 @@ class Sim:
         self.bypassed: list[bool] = []
 
     def shapes(self, rng: random.Random, i: int) -> dict[str, Any]:
-        vendor = rng.choice(VENDOR_LIST)
+        vendor = rng.choice(VENDOR_NAMES)
         resource = VENDORS[vendor].resource
         kind = rng.choice(("whole", "nvlink", "multi", "fraction", "fraction", "legacy"))
-        annotations = {"hcs.io/vendor-preference": vendor}
+        annotations: dict[str, str] = {"hcs.io/vendor-preference": vendor}
         limits: list[tuple[str, dict[str, str]]]
         if kind == "whole":
             limits = [("main", {"ai.compute/vram": "60Gi"})]
@@ -217,7 +217,7 @@ class Sim:
 async def sim(aiohttp_server: Any, aiohttp_client: Any) -> AsyncIterator[Sim]:
     fake = FakeApiServer()
     specs = []
-    for vendor in VENDOR_LIST:
+    for vendor in VENDOR_NAMES:
         for shared in (False, True):
             name = f"{vendor}-{'shared' if shared else 'excl'}"
             cn = compute_node(

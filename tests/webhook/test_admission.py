@@ -28,7 +28,7 @@ from hcs.ledger import Ledger
 from hcs.models import ComputeQuota
 from hcs.quota import QuotaBook
 from hcs.state import ClusterState
-from hcs.synthetic import make_node
+from hcs.synthetic import make_node, quota_dict
 from tests.webhook.reviews import admission_review
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,14 +341,7 @@ def test_vendor_not_supported_when_no_node_of_the_vendor_exists() -> None:
 
 
 def quota(hard: dict[str, str], **spec: Any) -> ComputeQuota:
-    return ComputeQuota.from_dict(
-        {
-            "apiVersion": "hcs.io/v1alpha1",
-            "kind": "ComputeQuota",
-            "metadata": {"name": "q", "namespace": "team-a"},
-            "spec": {"hard": hard, **spec},
-        }
-    )
+    return ComputeQuota.from_dict(quota_dict(hard, **spec))
 
 
 def test_quota_is_charged_and_then_exceeded() -> None:

@@ -18,7 +18,7 @@ from hcs.admission import AdmissionContext
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
-from hcs.synthetic import node_dict
+from hcs.synthetic import node_dict, quota_dict
 from tests.fake_apiserver import NAMESPACES, NODES, PODS, QUOTAS, FakeApiServer
 from tests.webhook.reviews import admission_review, generated_pod
 from webhook.app import create_app
@@ -28,15 +28,6 @@ Client = TestClient[web.Request, web.Application]
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def quota(hard: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "hcs.io/v1alpha1",
-        "kind": "ComputeQuota",
-        "metadata": {"name": "q", "namespace": "team-a"},
-        "spec": {"hard": hard},
-    }
 
 
 def review(
@@ -106,7 +97,7 @@ async def test_quota_is_charged_on_the_api_server_and_retried_on_conflict(
 ) -> None:
     fake = FakeApiServer()
     fake.put(NODES, node_dict("n1", heartbeat=now()))
-    fake.put(QUOTAS, quota({"vram": "20Gi"}))
+    fake.put(QUOTAS, quota_dict({"vram": "20Gi"}))
     webhook = await _start(aiohttp_server, aiohttp_client)(fake)
     assert (await webhook.admit(review("a", {"ai.compute/vram": "8Gi"})))["allowed"]
     assert webhook.used()["vram"] == "8Gi"
@@ -128,7 +119,7 @@ async def test_quota_is_charged_on_the_api_server_and_retried_on_conflict(
 async def test_dry_run_is_decided_but_not_written(aiohttp_server: Any, aiohttp_client: Any) -> None:
     fake = FakeApiServer()
     fake.put(NODES, node_dict("n1", heartbeat=now()))
-    fake.put(QUOTAS, quota({"vram": "8Gi"}))
+    fake.put(QUOTAS, quota_dict({"vram": "8Gi"}))
     webhook = await _start(aiohttp_server, aiohttp_client)(fake)
     assert (await webhook.admit(review("d", {"ai.compute/vram": "8Gi"}, dry_run=True)))["allowed"]
     assert fake.status_updates == 0
@@ -192,10 +183,12 @@ async def test_a_denial_by_a_later_quota_returns_the_earlier_charge(
     fake = FakeApiServer()
     fake.put(NODES, node_dict("n1", heartbeat=now()))
     fake.put(
-        QUOTAS, {**quota({"vram": "100Gi"}), "metadata": {"name": "a-big", "namespace": "team-a"}}
+        QUOTAS,
+        {**quota_dict({"vram": "100Gi"}), "metadata": {"name": "a-big", "namespace": "team-a"}},
     )
     fake.put(
-        QUOTAS, {**quota({"vram": "4Gi"}), "metadata": {"name": "b-small", "namespace": "team-a"}}
+        QUOTAS,
+        {**quota_dict({"vram": "4Gi"}), "metadata": {"name": "b-small", "namespace": "team-a"}},
     )
     webhook = await _start(aiohttp_server, aiohttp_client)(fake)
     denied = await webhook.admit(review("g", {"ai.compute/vram": "8Gi"}))
@@ -212,7 +205,7 @@ async def test_namespaces_that_refuse_hostpaths_get_no_driver_mounts(
     its quota was charged. There the driver mounts are skipped, with a warning."""
     fake = FakeApiServer()
     fake.put(NODES, node_dict("n1", heartbeat=now()))
-    fake.put(QUOTAS, quota({"vram": "20Gi"}))
+    fake.put(QUOTAS, quota_dict({"vram": "20Gi"}))
     fake.put(
         NAMESPACES,
         {
