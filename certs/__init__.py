@@ -8,6 +8,11 @@ and is signed by a CA whose PEM, base64-encoded, is the webhook configuration's 
 An existing CA is reused on renewal, so the `caBundle` already in the cluster stays valid. Files
 are written atomically (a temporary file renamed into place) so a server reloading them never
 reads half a certificate; keys get mode 0600.
+
+Nothing given is ever overwritten: a certificate without its key (or the reverse), for the CA or
+the serving pair, or a file that does not parse, is a ConfigError naming the file. Replacing it
+would make a CA the cluster's `caBundle` does not know, and with `failurePolicy: Fail` every pod
+asking for HCS would be refused. New files are made only where none of the pair exists.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hcs.errors import ConfigError
 
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+# What a serving key given by cert-manager or an operator may be (TLS server keys).
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -72,18 +79,84 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _half_pair(cert_path: Path, key_path: Path) -> None:
+    """A ConfigError when exactly one of a certificate and its key exists."""
+    if cert_path.exists() == key_path.exists():
+        return
+    have, missing = (cert_path, key_path) if cert_path.exists() else (key_path, cert_path)
+    raise ConfigError(
+        f"{missing}: missing beside {have.name}; certificates given are never replaced (restore "
+        f"{missing.name}, or remove {have.name} to have a new pair made)"
+    )
+
+
+def _read_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{path}: not a PEM certificate ({_why(exc)})") from None
+
+
+def _read_key(path: Path) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"{path}: not an unencrypted PEM private key ({_why(exc)})") from None
+    if not isinstance(key, PrivateKey):
+        raise ConfigError(f"{path}: a {type(key).__name__}, expected an EC, RSA or Ed25519 key")
+    return key
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
+
+
+def _matches(cert: x509.Certificate, key: PrivateKey) -> bool:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return bool(
+        cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+    )
+
+
+def check_pair(cert_path: Path, key_path: Path) -> x509.Certificate:
+    """The certificate at `cert_path`, checked to parse and to belong to the key at `key_path`
+    (both exist); a ConfigError naming the file otherwise."""
+    cert, key = _read_cert(cert_path), _read_key(key_path)
+    if not _matches(cert, key):
+        raise ConfigError(f"{key_path}: not the private key of {cert_path}")
+    return cert
+
+
+def serving_files(folder: str | Path) -> CertFiles:
+    """The webhook's serving pair in `folder`, made (with a CA) only where neither file exists;
+    a given pair is checked, never replaced (see the module's docstring)."""
+    files = CertFiles(Path(folder))
+    _half_pair(files.tls_cert, files.tls_key)
+    if not files.tls_cert.exists():
+        return issue(files.folder)
+    check_pair(files.tls_cert, files.tls_key)
+    return files
+
+
 def _load_or_make_ca(
     folder: Path, days: int
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = folder / CA_CERT, folder / CA_KEY
-    if cert_path.exists() and key_path.exists():
+    _half_pair(cert_path, key_path)
+    if cert_path.exists():
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except ValueError as exc:
-            raise ConfigError(f"{folder}: the existing CA cannot be read: {exc}") from None
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ConfigError(
+                f"{folder}: the existing CA cannot be read: {_why(exc)}; it is never replaced"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{key_path}: expected an EC private key")
+        if not _matches(cert, key):
+            raise ConfigError(f"{key_path}: not the private key of {cert_path}")
         return cert, key
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hcs-webhook-ca")])

@@ -149,8 +149,9 @@ def _webhook_args(p: argparse.ArgumentParser) -> None:
         "--cert-dir",
         default=".hcs/certs",
         metavar="DIR",
-        help="tls.crt and tls.key (made as `hcs certs` does when absent; reloaded when they "
-        "change) (default %(default)s)",
+        help="tls.crt and tls.key (made as `hcs certs` does only when neither exists; a given "
+        "pair that is incomplete or does not parse stops the start, never replaced; reloaded "
+        "when they change) (default %(default)s)",
     )
     p.add_argument(
         "--scheduler-name",
@@ -685,16 +686,16 @@ def _certs(args: argparse.Namespace) -> int:
 def _serve_local(args: argparse.Namespace, config: EngineConfig, vendors: VendorTable) -> None:
     """`hcs webhook` (local or cluster mode) and `hcs serve` (local: both servers share one
     state, so the webhook's routing sees the extender's allocations)."""
-    from certs import CertFiles, issue
+    from certs import serving_files
     from cluster.sync import ClusterSync, KubeQuotaBook, load_api
     from extender.app import create_app as create_extender_app
     from serving import serve_apps, with_metrics
     from webhook.app import cert_reloader, ssl_context
     from webhook.app import create_app as create_webhook_app
 
-    certs = CertFiles(Path(args.cert_dir))
-    if not (certs.tls_cert.exists() and certs.tls_key.exists()):
-        issue(certs.folder)
+    made = not (Path(args.cert_dir) / "tls.crt").exists()
+    certs = serving_files(args.cert_dir)  # checks a given pair; makes one only where none is
+    if made:
         logging.getLogger("hcs").info("made a CA and serving certificate in %s", certs.folder)
     tls = ssl_context(certs)
     sync = None
