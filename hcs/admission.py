@@ -12,7 +12,8 @@ request and no limit: the reference's own example would be refused otherwise); t
 device-plugin resource (`nvidia.com/gpu: 2`); the device env as a downward-API reference to
 `hcs.io/assigned-devices`, which bind writes before the kubelet starts the container; the logical
 env (`CUDA_VISIBLE_DEVICES=0,1`); the driver mounts unless `hcs.io/inject-driver: "false"`.
-Containers that asked for nothing get the vendor's guard env (`NVIDIA_VISIBLE_DEVICES=none`).
+Containers that asked for nothing get the vendor's guard env (`NVIDIA_VISIBLE_DEVICES=void`), and no
+container may set a device-selection env to anything HCS did not give it (`device_env_problem`).
 Names already present (env vars, volumes, mounts, annotations) are kept as the user wrote them.
 """
 
@@ -41,7 +42,7 @@ from hcs.demand import (
 from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
 from hcs.state import ClusterState
-from hcs.vendors import VendorProfile, VendorTable
+from hcs.vendors import NO_DEVICE_VALUES, VendorProfile, VendorTable
 
 log = logging.getLogger("hcs.webhook")
 ENVELOPE_VERSION = "admission.k8s.io/v1"
@@ -243,13 +244,16 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
     except HcsError as exc:
         return _deny(uid, 400, str(exc), _who(request))
     if not demand.asks_for_compute:
+        wrong = device_env_problem(pod, demand, None, ctx.vendors)
+        if wrong is not None:
+            return _deny(uid, 400, wrong, _who(request))
         return {"uid": uid, "allowed": True}
     demand = _implied_preference(pod, demand, ctx.vendors)
     try:
         route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
     except HcsError as exc:
         return _deny(uid, 403, str(exc), _who(request))
-    wrong = _visibility_env(pod, demand, ctx.vendors[route.vendor], ctx.vendors)
+    wrong = device_env_problem(pod, demand, ctx.vendors[route.vendor], ctx.vendors)
     if wrong is not None:
         return _deny(uid, 400, wrong, _who(request))
     return Plan(uid, pod, demand, route, bool(request.get("dryRun")))
@@ -315,32 +319,114 @@ def _rebind_images(
     return originals, warnings
 
 
-def _visibility_env(
-    pod: Mapping[str, Any], demand: PodDemand, profile: VendorProfile, vendors: VendorTable
+def _resource_keys(container: Mapping[str, Any]) -> list[str]:
+    """The resource names in a container's requests and limits."""
+    resources = container.get("resources") or {}
+    return [
+        str(k)
+        for section in ("requests", "limits")
+        if isinstance(resources, dict) and isinstance(resources.get(section), dict)
+        for k in resources[section]
+    ]
+
+
+def _asked_vendors(container: Mapping[str, Any], vendors: VendorTable) -> set[str]:
+    """The vendors whose device-plugin resource `container` names (requests or limits)."""
+    return {
+        p.name
+        for k in _resource_keys(container)
+        if (p := vendors.vendor_of_resource(k)) is not None
+    }
+
+
+def _hcs_device_ref(container: str) -> str:
+    """The downward-API path of a container's own devices (what the device env points at)."""
+    return f"metadata.annotations['{container_key(container)}']"
+
+
+def _is_hcs_device_ref(entry: Mapping[str, Any], container: str) -> bool:
+    """`entry` is exactly HCS's device env for `container`: a fieldRef to its own annotation
+    (kube-apiserver defaults `fieldRef.apiVersion` to v1 before admission)."""
+    source = entry.get("valueFrom")
+    if entry.get("value") not in (None, "") or not isinstance(source, dict) or len(source) != 1:
+        return False
+    ref = source.get("fieldRef")
+    return (
+        isinstance(ref, dict)
+        and ref.get("fieldPath") == _hcs_device_ref(container)
+        and ref.get("apiVersion") in (None, "v1")
+        and set(ref) <= {"fieldPath", "apiVersion"}
+    )
+
+
+def device_env_problem(
+    pod: Mapping[str, Any],
+    demand: PodDemand,
+    routed: VendorProfile | None,
+    vendors: VendorTable,
 ) -> str | None:
-    """A container may not choose its own devices: a requesting container setting the
-    vendor's device or logical env, or any container asking to see `all` devices, is refused
-    (before any quota is charged)."""
+    """No container chooses its own devices (checked before any quota is charged).
+
+    Kubelet applies the pod's env after the device plugin's, and the pod's value wins: under
+    NVIDIA's `envvar` strategy `NVIDIA_VISIBLE_DEVICES=0,1,...,7` in any container shows it every
+    GPU of the node. So, for every device-selection env of the vendor table
+    (`VendorProfile.selection_envs`), by literal value or `valueFrom`:
+
+    - a container that asks for no device of that vendor may set it only to a no-device value
+      (`NO_DEVICE_VALUES`); a `valueFrom` is refused, since HCS cannot see its value;
+    - a container that asks for that vendor's devices may set the device env only to HCS's own
+      downward-API reference to its devices, and, where HCS patches it, the logical env only to
+      HCS's `0..k-1`; a requesting init container, which HCS does not patch, may give its
+      logical env as a literal (logical IDs count within the devices the runtime gave).
+
+    Refused, never rewritten: the message names the container and the variable."""
     spec = pod.get("spec") or {}
-    asking = {c.index for c in demand.containers}
-    owned = {profile.device_env, profile.logical_env} - {"", None}
-    device_envs = {p.device_env for p in vendors.profiles.values()} - {""}
-    for kind in ("containers", "initContainers"):
-        for i, c in enumerate(spec.get(kind) or []):
+    selection = vendors.selection_envs()
+    patched = {c.index: c for c in demand.containers} if routed is not None else {}
+    for kind in ("initContainers", "containers"):
+        items = spec.get(kind) or []
+        for i, c in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(c, dict):
+                continue
+            name = str(c.get("name") or "")
+            asked = _asked_vendors(c, vendors)
+            mine = patched.get(i) if kind == "containers" else None
+            if mine is not None and routed is not None:
+                asked.add(routed.name)
             for e in c.get("env") or []:
-                name = e.get("name") if isinstance(e, dict) else None
-                at = f"spec.{kind}[{i}].env[{name}]"
-                if kind == "containers" and i in asking and name in owned:
+                var = e.get("name") if isinstance(e, dict) else None
+                owner = selection.get(var) if isinstance(var, str) else None
+                if owner is None or not isinstance(e, dict):
+                    continue
+                at = f"spec.{kind}[{i}].env[{var}]"
+                value = e.get("value")
+                literal = e.get("valueFrom") is None
+                if owner.name not in asked:
+                    if literal and str(value or "").strip().lower() in NO_DEVICE_VALUES:
+                        continue
+                    shown = f'"{value}"' if literal else "a valueFrom HCS cannot check"
+                    guard = owner.guard_env[1] if owner.guard_env else ""
                     return (
-                        f"InvalidRequest: {at}: set by HCS from the devices bound to this "
-                        "container; remove it"
+                        f"InvalidRequest: {at}: container {name} asks for no {owner.name} device, "
+                        f"so it may not choose {owner.name} devices ({shown}); remove it or set "
+                        f'"{guard}"'
                     )
-                asks = kind == "containers" and i in asking
-                if not asks and name in device_envs and str(e.get("value", "")).lower() == "all":
-                    return (
-                        f'InvalidRequest: {at}: "all" would show this container every device '
-                        "of the node, though it asked for none; ask for ai.compute/* instead"
-                    )
+                if var == owner.device_env:
+                    if _is_hcs_device_ref(e, name):
+                        continue
+                    want = f"valueFrom.fieldRef {_hcs_device_ref(name)}"
+                elif mine is not None and var == owner.logical_env:
+                    if literal and value == logical_ids(mine.devices):
+                        continue
+                    want = f'"{logical_ids(mine.devices)}"'
+                elif mine is None and var == owner.logical_env and literal:
+                    continue
+                else:
+                    want = "nothing"
+                return (
+                    f"InvalidRequest: {at}: set by HCS from the devices bound to container "
+                    f"{name} (HCS sets {want}); remove it"
+                )
     return None
 
 
@@ -463,11 +549,10 @@ def mutate(
         # IDs 0..k-1 over them: the same entries the device plugin answers Allocate with.
         env: list[dict[str, Any]] = []
         if profile.device_env:
-            key = container_key(c.name)
             env.append(
                 {
                     "name": profile.device_env,
-                    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}},
+                    "valueFrom": {"fieldRef": {"fieldPath": _hcs_device_ref(c.name)}},
                 }
             )
         if profile.logical_env:
@@ -497,9 +582,11 @@ def mutate(
             i,
             "volumeMounts",
         )
-    # Init containers and native sidecars never ask for devices: they get the guard too.
+    # Init containers and native sidecars that ask for none of the vendor's devices get the
+    # guard too (one that names the vendor's resource is left to its device plugin's answer).
     for i, container in enumerate(spec.get("initContainers") or []):
-        _guard(patch, container, profile, "initContainers", i)
+        if not any(profile.owns_resource(k) for k in _resource_keys(container)):
+            _guard(patch, container, profile, "initContainers", i)
     patch.append(
         spec.get("volumes"),
         [{"name": volume_of[m.name], "hostPath": {"path": m.host_path}} for m in mounts],

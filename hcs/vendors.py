@@ -54,6 +54,9 @@ class VendorProfile:
     """Env var with logical indices 0..k-1, known at admission."""
     guard_env: tuple[str, str] | None = None
     """Env var set on containers that asked for nothing, so they cannot see every device."""
+    extra_selection_envs: tuple[str, ...] = ()
+    """Other env vars that select this vendor's devices and that HCS never sets (ROCm's
+    `ROCR_VISIBLE_DEVICES` on Hygon): a container may set them only to a no-device value."""
     mounts: tuple[HostMount, ...] = ()
     ld_library_path: tuple[str, ...] = ()
     high_bandwidth_links: tuple[str, ...] = ()
@@ -83,6 +86,19 @@ class VendorProfile:
                 return resource
         return self.resource
 
+    @property
+    def selection_envs(self) -> tuple[str, ...]:
+        """Every env var that selects this vendor's devices: the device env, the logical env
+        and the extra ones. Only HCS may set them (`NO_DEVICE_VALUES` aside)."""
+        names = (self.device_env, self.logical_env or "", *self.extra_selection_envs)
+        return tuple(dict.fromkeys(n for n in names if n))
+
+    @property
+    def resource_names(self) -> tuple[str, ...]:
+        """Every whole-device resource name of the vendor (fnmatch patterns included)."""
+        names = (self.resource, *self.aliases, *(r for _, r in self.model_resources))
+        return tuple(dict.fromkeys(names))
+
     def owns_resource(self, resource: str) -> bool:
         """Whether `resource` is this vendor's whole-device resource (the default or an alias)."""
         if resource == self.resource:
@@ -96,7 +112,8 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         resource="nvidia.com/gpu",
         device_env="NVIDIA_VISIBLE_DEVICES",
         logical_env="CUDA_VISIBLE_DEVICES",
-        guard_env=("NVIDIA_VISIBLE_DEVICES", "none"),
+        # `void`: the NVIDIA runtime then injects nothing at all (no GPU, no driver files).
+        guard_env=("NVIDIA_VISIBLE_DEVICES", "void"),
         mounts=(
             HostMount("nvidia-driver", "/usr/local/nvidia", "/usr/local/nvidia"),
             HostMount("nvidia-libraries", "/run/nvidia/driver", "/run/nvidia/driver"),
@@ -154,6 +171,7 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         # it sees: HIP_VISIBLE_DEVICES is logical, there is no physical-ID variable.
         device_env="",
         logical_env="HIP_VISIBLE_DEVICES",
+        extra_selection_envs=("ROCR_VISIBLE_DEVICES",),
         device_nodes=("/dev/dri/card{id}", "/dev/dri/renderD{render}"),
         control_nodes=("/dev/kfd",),
         mounts=(
@@ -176,6 +194,12 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         control_nodes=("/dev/cambricon_ctl",),
     ),
 }
+
+
+# Values of a device-selection env that select no device, for every vendor: empty, the NVIDIA
+# runtime's `void` (nothing injected) and `none` (driver files, no GPU), and the `-1` that CUDA,
+# HIP and CNRT read as "no device". A container that asks for no device may set only these.
+NO_DEVICE_VALUES: Final = frozenset({"", "void", "none", "-1"})
 
 
 @dataclass(frozen=True)
@@ -239,6 +263,10 @@ class VendorTable:
                 return profile
         return None
 
+    def selection_envs(self) -> dict[str, VendorProfile]:
+        """Every device-selection env var of the table -> the vendor whose devices it selects."""
+        return {env: p for p in self.profiles.values() for env in p.selection_envs}
+
     def all_link_types(self) -> frozenset[str]:
         return frozenset(t for p in self.profiles.values() for t in p.high_bandwidth_links)
 
@@ -259,6 +287,7 @@ _OVERRIDABLE: Final = {
     "deviceEnv",
     "logicalEnv",
     "guardEnv",
+    "selectionEnvs",
     "mounts",
     "ldLibraryPath",
     "highBandwidthLinks",
@@ -394,6 +423,7 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
                 "ldLibraryPath": "ld_library_path",
                 "deviceNodes": "device_nodes",
                 "controlNodes": "control_nodes",
+                "selectionEnvs": "extra_selection_envs",
             }.get(key, "high_bandwidth_links")
             changes[attr] = _str_list(value, at)
     return replace(profile, **changes)

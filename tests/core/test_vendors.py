@@ -9,7 +9,7 @@ from hcs.vendors import DEFAULT_PROFILES, VendorTable, load_vendor_table
 def test_defaults_follow_the_design_table() -> None:
     table = VendorTable()
     assert table["nvidia"].resource == "nvidia.com/gpu"
-    assert table["nvidia"].guard_env == ("NVIDIA_VISIBLE_DEVICES", "none")
+    assert table["nvidia"].guard_env == ("NVIDIA_VISIBLE_DEVICES", "void")
     assert table["huawei"].logical_env == "ASCEND_RT_VISIBLE_DEVICES"
     # HIP counts within the cards the container sees: logical, no physical-ID variable.
     assert table["hygon"].logical_env == "HIP_VISIBLE_DEVICES" and table["hygon"].device_env == ""

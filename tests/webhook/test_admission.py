@@ -217,7 +217,7 @@ def test_generate_name_pods_without_a_name(ctx: AdmissionContext) -> None:
 def test_guard_env_on_containers_that_asked_for_nothing(ctx: AdmissionContext) -> None:
     pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), container("sidecar"))
     out = applied(pod, review(request_for(pod), ctx))
-    assert env_of(out["spec"]["containers"][1]) == {"NVIDIA_VISIBLE_DEVICES": "none"}
+    assert env_of(out["spec"]["containers"][1]) == {"NVIDIA_VISIBLE_DEVICES": "void"}
     assert "resources" not in out["spec"]["containers"][1] or not out["spec"]["containers"][1][
         "resources"
     ].get("limits")

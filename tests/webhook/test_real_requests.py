@@ -59,7 +59,7 @@ def test_init_containers_and_native_sidecars_get_the_guard() -> None:
     pod = k8s_pod(container(requests={"ai.compute/vram": "8Gi"}), init=[init, sidecar])
     out = applied(pod, review(request_for(pod), ctx))
     for c in out["spec"]["initContainers"]:
-        assert env_of(c)["NVIDIA_VISIBLE_DEVICES"] == "none", c["name"]
+        assert env_of(c)["NVIDIA_VISIBLE_DEVICES"] == "void", c["name"]
 
 
 @pytest.mark.parametrize(
