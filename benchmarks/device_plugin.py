@@ -108,7 +108,7 @@ def bench_allocate(server: Server, n: int, background: int) -> dict[str, object]
             name = f"p-{i}"
             server.call(server.fake.put, PODS, pod(name, "gpu-1", {"devices.hcs.io/m": dev}))
             lease = {
-                "metadata": {"name": "hcs-node-gpu-1", "namespace": "hcs-system"},
+                "metadata": {"name": "hcs-node-gpu-1", "namespace": "hcs-node-locks"},
                 "spec": {"holderIdentity": name},
             }
             server.call(server.fake.put, LEASES, lease)

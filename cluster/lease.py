@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cluster.kubeio import CALL_TIMEOUT_S, read_json, read_pod
-from hcs.nodelock import A_LOCK_POD, NodeBusyError, holder_is_stale, lease_name
+from hcs.nodelock import A_LOCK_POD, LOCK_NAMESPACE, NodeBusyError, holder_is_stale, lease_name
 
 
 def _now() -> str:
@@ -24,7 +24,7 @@ def _now() -> str:
 class NodeLock:
     """Take, read and release node locks through the API server (calls block)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str = "hcs-system") -> None:
+    def __init__(self, api: client.ApiClient, namespace: str = LOCK_NAMESPACE) -> None:
         self.leases = client.CoordinationV1Api(api)
         self.core = client.CoreV1Api(api)
         self.namespace = namespace

@@ -35,6 +35,7 @@ from hcs.demand import (
 )
 from hcs.errors import HcsError, ValidationError
 from hcs.models import API_GROUP, ComputeNode, ComputeQuota
+from hcs.nodelock import LOCK_NAMESPACE
 from hcs.podbooks import allocation_from_pod, unplaced_holding
 from hcs.quota import QuotaExceededError, applies, demand_amounts, render
 from hcs.scheduling import BindError, SchedulerService
@@ -51,7 +52,7 @@ class KubeBinder:
     """Creates Bindings (with the device annotations), reads Pods, and takes the node lock
     (hcs.nodelock) through the API server."""
 
-    def __init__(self, api: client.ApiClient, lock_namespace: str = "hcs-system") -> None:
+    def __init__(self, api: client.ApiClient, lock_namespace: str = LOCK_NAMESPACE) -> None:
         self.core = client.CoreV1Api(api)
         self.locks = NodeLock(api, lock_namespace)
 

@@ -9,6 +9,7 @@ from cluster.sync import ClusterSync, KubeBinder, load_api
 from extender.app import DEFAULT_MAX_BODY, create_app
 from hcs.engine import EngineConfig
 from hcs.inventory import load_inventory
+from hcs.nodelock import LOCK_NAMESPACE
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
@@ -33,11 +34,13 @@ def cluster_service(
     kubeconfig: str | None,
     *,
     stale_after_s: float = 120.0,
+    lock_namespace: str = LOCK_NAMESPACE,
 ) -> tuple[SchedulerService, ClusterSync]:
-    """Cluster mode: ComputeNodes and Pods watched through the API server, Bindings created."""
+    """Cluster mode: ComputeNodes and Pods watched through the API server, Bindings created
+    (after taking the node's lock, a Lease in `lock_namespace`)."""
     api = load_api(kubeconfig)
     service = SchedulerService(
-        ClusterState(vendors=vendors), config, vendors, binder=KubeBinder(api)
+        ClusterState(vendors=vendors), config, vendors, binder=KubeBinder(api, lock_namespace)
     )
     return service, ClusterSync(service, api, stale_after_s=stale_after_s)
 

@@ -30,6 +30,8 @@ DEVICES: Final = "ai.compute/devices"
 ABSTRACT_RESOURCES: Final = (VRAM, FP16, FP32, DEVICES)
 
 ANNOTATION_DOMAIN: Final = "hcs.io"
+HCS_PREFIX: Final = "hcs.io/"
+"""The prefix of every HCS annotation but the per-container `devices.hcs.io/<container>`."""
 A_VENDOR_PREFERENCE: Final = "hcs.io/vendor-preference"
 A_ALLOW_DOWNGRADE: Final = "hcs.io/allow-downgrade"
 A_TOPOLOGY: Final = "hcs.io/topology-preference"

@@ -1,7 +1,7 @@
 """The per-node lock between bind and Allocate: a `coordination.k8s.io` Lease per node.
 
 Kubelet's device plugin API never says which pod an Allocate serves. HCS makes the answer
-certain: bind takes the node's Lease (`hcs-node-<node>` in the HCS namespace) with the pod's UID
+certain: bind takes the node's Lease (`hcs-node-<node>` in `hcs-node-locks`) with the pod's UID
 as `holderIdentity` before it creates the Binding, so at most one pod bound by HCS is between
 bind and Allocate on a node; the device plugin releases the Lease once Allocate has run for all
 of that pod's containers.
@@ -24,6 +24,9 @@ from hcs.errors import HcsError
 
 A_LOCK_POD = "hcs.io/pod"
 LEASE_PREFIX = "hcs-node-"
+LOCK_NAMESPACE = "hcs-node-locks"
+"""The node locks' namespace: apart from hcs-system, so the node agents' role on Leases (release
+their node's lock) never reaches the leader leases hcs-system/hcs-scheduler and hcs-controller."""
 
 
 class NodeBusyError(HcsError):

@@ -28,7 +28,7 @@ from hcs.scheduling import SchedulerService
 from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
-from hcs_cli.options import engine_options, heartbeat_option
+from hcs_cli.options import engine_options, heartbeat_option, lock_namespace_option
 from hcs_cli.output import print_explanation, print_placements
 
 if TYPE_CHECKING:
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _engine_args(p, json_flag=False, cluster=True)
     _cluster_args(p)
+    lock_namespace_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
     _metrics_args(p)
@@ -470,12 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="re-discovery period for device health (default %(default)s)",
     )
-    p.add_argument(
-        "--lock-namespace",
-        default="hcs-system",
-        metavar="NS",
-        help="namespace of the node locks (default %(default)s)",
-    )
+    lock_namespace_option(p)
     p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
     p.add_argument(
         "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
@@ -509,7 +505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 config = replace(config, heartbeat_max_age_s=args.heartbeat_timeout)
                 service, sync = cluster_service(
-                    config, vendors, args.kubeconfig, stale_after_s=args.stale_after
+                    config,
+                    vendors,
+                    args.kubeconfig,
+                    stale_after_s=args.stale_after,
+                    lock_namespace=args.lock_namespace,
                 )
             serve(
                 service,

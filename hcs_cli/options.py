@@ -7,6 +7,7 @@ import argparse
 
 from hcs.engine import STRATEGIES
 from hcs.models import HEARTBEAT_TIMEOUT_S
+from hcs.nodelock import LOCK_NAMESPACE
 
 
 def engine_options(p: argparse.ArgumentParser) -> None:
@@ -40,4 +41,16 @@ def heartbeat_option(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a ComputeNode whose agent heartbeat is older is AgentNotConnected (default "
         "%(default)s: two missed 30 s beats plus 30 s of clock skew)",
+    )
+
+
+def lock_namespace_option(p: argparse.ArgumentParser) -> None:
+    """--lock-namespace: where bind takes and the device plugin releases the node locks."""
+    p.add_argument(
+        "--lock-namespace",
+        default=LOCK_NAMESPACE,
+        metavar="NS",
+        help="cluster mode: namespace of the node locks, Leases hcs-node-<node> (default "
+        "%(default)s; kept apart from hcs-system so the node agents' role never reaches the "
+        "leader leases)",
     )

@@ -54,6 +54,7 @@ from hcs.assignment import (
 )
 from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR
 from hcs.errors import HcsError
+from hcs.nodelock import LOCK_NAMESPACE
 from hcs.vendors import VendorProfile
 from node.v1beta1 import api_pb2, api_pb2_grpc
 
@@ -546,7 +547,7 @@ class DevicePlugin:
 class KubeNodeApi:
     """NodeApi through the API server: the node's pods, annotation patches, the node lock."""
 
-    def __init__(self, api: Any, lock_namespace: str = "hcs-system") -> None:
+    def __init__(self, api: Any, lock_namespace: str = LOCK_NAMESPACE) -> None:
         self.core = client.CoreV1Api(api)
         self.locks = NodeLock(api, lock_namespace)
 

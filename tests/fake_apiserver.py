@@ -78,7 +78,7 @@ class FakeApiServer:
             return str(meta["name"])
         return f"{meta['namespace']}/{meta['name']}"
 
-    def lease_holder(self, node: str, namespace: str = "hcs-system") -> str:
+    def lease_holder(self, node: str, namespace: str = "hcs-node-locks") -> str:
         lease = self.objects[LEASES].get(f"{namespace}/hcs-node-{node}") or {}
         return str((lease.get("spec") or {}).get("holderIdentity") or "")
 

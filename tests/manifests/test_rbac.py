@@ -199,7 +199,7 @@ async def test_the_node_role_is_exactly_what_the_agent_and_the_device_plugin_cal
     fake.put(
         LEASES,
         {
-            "metadata": {"name": "hcs-node-gpu-1", "namespace": "hcs-system"},
+            "metadata": {"name": "hcs-node-gpu-1", "namespace": "hcs-node-locks"},
             "spec": {"holderIdentity": "u-bound"},
         },
     )

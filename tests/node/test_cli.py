@@ -58,7 +58,7 @@ async def test_the_device_plugin_command_serves_kubelet(
         fake.put(
             LEASES,
             {
-                "metadata": {"name": "hcs-node-npu-1", "namespace": "hcs-system"},
+                "metadata": {"name": "hcs-node-npu-1", "namespace": "hcs-node-locks"},
                 "spec": {"holderIdentity": "u-train"},
             },
         )
