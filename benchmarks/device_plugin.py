@@ -118,7 +118,8 @@ def bench_allocate(server: Server, n: int, background: int) -> dict[str, object]
             t0 = time.perf_counter()
             answer = stub.Allocate(request, timeout=10)
             samples.append((time.perf_counter() - t0) * 1000)
-            assert answer.container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"] == f"GPU-{dev}"
+            (mount,) = answer.container_responses[0].mounts  # the default: volume-mounts
+            assert mount.container_path == f"/var/run/nvidia-container-devices/GPU-{dev}"
             done = server.call(lambda k=f"bench/{name}": server.fake.objects[PODS][k])
             done = {**done, "status": {"phase": "Succeeded"}}
             server.call(server.fake.put, PODS, done)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from hcs.demand import A_ALLOCATED, A_ASSIGNED_DEVICES
+from hcs.errors import ConfigError
 from hcs.vendors import VendorProfile
 
 __all__ = ["A_ALLOCATED", "CONTAINER_PREFIX", "ContainerDevices", "allocation"]
@@ -55,13 +57,52 @@ def container_annotations(per_container: Sequence[tuple[str, Sequence[str]]]) ->
     return {container_key(name): ",".join(ids) for name, ids in per_container}
 
 
+# NVIDIA's device-list strategies (its device plugin's --device-list-strategy), and how HCS's
+# plugin answers for each. Kubelet applies the pod's own env after Allocate's, and the pod's value
+# wins: under `envvar` a pod naming NVIDIA_VISIBLE_DEVICES itself chooses its GPUs. The others
+# name the devices where a pod's env cannot reach: mounts the NVIDIA runtime reads (with
+# `accept-nvidia-visible-devices-envvar-when-unprivileged = false`), or CDI devices the container
+# runtime injects (annotations read by the NVIDIA runtime in CDI mode, or the CRI field).
+STRATEGIES: Final = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
+CDI_ANNOTATION_PREFIX: Final = "cdi.k8s.io/"
+
+
+def default_strategies(profile: VendorProfile) -> tuple[str, ...]:
+    """Where a pod's env cannot widen the devices: NVIDIA's volume mounts. Other vendors' devices
+    are device nodes in Allocate's answer (the container's device cgroup), named by env too."""
+    return ("volume-mounts",) if profile.device_list_mounts else ("envvar",)
+
+
+def check_strategies(profile: VendorProfile, strategies: Sequence[str]) -> tuple[str, ...]:
+    """The strategies, validated for the vendor (ConfigError naming the flag otherwise)."""
+    chosen = tuple(dict.fromkeys(s.strip() for s in strategies if s.strip()))
+    where = "--device-list-strategy"
+    if not chosen:
+        raise ConfigError(f"{where}: expected one or more of {', '.join(STRATEGIES)}")
+    for s in chosen:
+        if s not in STRATEGIES:
+            raise ConfigError(f"{where}: {s!r} is not one of {', '.join(STRATEGIES)}")
+        if s == "volume-mounts" and not profile.device_list_mounts:
+            raise ConfigError(
+                f"{where}: volume-mounts is NVIDIA's container runtime's; {profile.name} devices "
+                "are device nodes in Allocate's answer (envvar)"
+            )
+        if s.startswith("cdi-") and not profile.cdi_kind:
+            raise ConfigError(f"{where}: {s} needs a cdiKind for {profile.name} (vendor config)")
+    return chosen
+
+
 @dataclass(frozen=True)
 class ContainerDevices:
-    """What the runtime must give one container: env, device nodes and CDI devices."""
+    """What the runtime must give one container: env, device nodes, mounts, CDI devices."""
 
     envs: dict[str, str] = field(default_factory=dict)
     device_nodes: tuple[str, ...] = ()
     cdi_devices: tuple[str, ...] = ()
+    mounts: tuple[tuple[str, str], ...] = ()
+    """(container path, host path), read-only: NVIDIA's volume-mount device list."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    """Container annotations: CDI devices for runtimes that read `cdi.k8s.io/*`."""
 
 
 def logical_ids(count: int) -> str:
@@ -74,22 +115,32 @@ def allocation(
     device_ids: Sequence[str],
     identities: Mapping[str, str],
     *,
-    cdi: bool = False,
+    strategies: Sequence[str] = ("envvar",),
 ) -> ContainerDevices:
-    """Allocate's answer for a container given `device_ids` (the vendor table's entries)."""
+    """Allocate's answer for a container given `device_ids` (the vendor table's entries), in
+    each of `strategies` (checked by `check_strategies`)."""
     envs: dict[str, str] = {}
-    if profile.device_env:
-        if profile.device_env_form == "identities":
-            envs[profile.device_env] = ",".join(identities.get(d) or d for d in device_ids)
-        else:
-            envs[profile.device_env] = ",".join(device_ids)
+    named = [
+        identities.get(d) or d if profile.device_env_form == "identities" else d for d in device_ids
+    ]
+    if profile.device_env and "envvar" in strategies:
+        envs[profile.device_env] = ",".join(named)
+    mounts: tuple[tuple[str, str], ...] = ()
+    if profile.device_list_mounts and "volume-mounts" in strategies:
+        # NVIDIA's plugin: the runtime reads the IDs from the mount points (host /dev/null).
+        envs[profile.device_env] = profile.device_list_mounts
+        mounts = tuple((f"{profile.device_list_mounts}/{n}", "/dev/null") for n in named)
     if profile.logical_env:
         envs[profile.logical_env] = logical_ids(len(device_ids))
     nodes = list(profile.control_nodes)
     for d in device_ids:
         render = str(128 + int(d)) if d.isdigit() else d
         nodes += [t.format(id=d, render=render) for t in profile.device_nodes]
-    cdi_devices: tuple[str, ...] = ()
-    if cdi and profile.cdi_kind:
-        cdi_devices = tuple(f"{profile.cdi_kind}={identities.get(d) or d}" for d in device_ids)
-    return ContainerDevices(envs, tuple(dict.fromkeys(nodes)), cdi_devices)
+    cdi_names = tuple(f"{profile.cdi_kind}={identities.get(d) or d}" for d in device_ids)
+    annotations: dict[str, str] = {}
+    if profile.cdi_kind and "cdi-annotations" in strategies:
+        annotations[f"{CDI_ANNOTATION_PREFIX}hcs-device-plugin_{profile.name}"] = ",".join(
+            cdi_names
+        )
+    cdi_devices = cdi_names if profile.cdi_kind and "cdi-cri" in strategies else ()
+    return ContainerDevices(envs, tuple(dict.fromkeys(nodes)), cdi_devices, mounts, annotations)

@@ -70,7 +70,10 @@ class VendorProfile:
     """Device nodes every container with devices of this vendor needs."""
     cdi_kind: str | None = None
     """CDI kind of the devices (`nvidia.com/gpu` -> `nvidia.com/gpu=<uuid>`), where a site
-    runs CDI; the plugin names them with `--cdi`."""
+    runs CDI; the plugin names them with `--device-list-strategy cdi-cri|cdi-annotations`."""
+    device_list_mounts: str | None = None
+    """The folder whose mount points the vendor's container runtime reads as the device list
+    (NVIDIA: `/var/run/nvidia-container-devices`, the `volume-mounts` strategy)."""
     runtime_class: str | None = None
     """RuntimeClass set on pods routed to this vendor (`hcs.io/inject-runtime`, default true),
     unless the pod names one: the vendor's container runtime then supplies the driver."""
@@ -122,6 +125,7 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         high_bandwidth_links=("nvlink",),
         device_env_form="identities",
         cdi_kind="nvidia.com/gpu",
+        device_list_mounts="/var/run/nvidia-container-devices",
         runtime_class="nvidia",
     ),
     "huawei": VendorProfile(
@@ -295,6 +299,7 @@ _OVERRIDABLE: Final = {
     "deviceNodes",
     "controlNodes",
     "cdiKind",
+    "deviceListMounts",
     "modelResources",
     "runtimeClass",
 }
@@ -396,10 +401,11 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
             ):
                 raise ConfigError(f"{at}: expected a mapping of model pattern to resource name")
             changes["model_resources"] = tuple(value.items())
-        elif key in ("cdiKind", "runtimeClass"):
+        elif key in ("cdiKind", "runtimeClass", "deviceListMounts"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")
-            changes["cdi_kind" if key == "cdiKind" else "runtime_class"] = value
+            names = {"cdiKind": "cdi_kind", "runtimeClass": "runtime_class"}
+            changes[names.get(key, "device_list_mounts")] = value
         elif key == "logicalEnv":
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")

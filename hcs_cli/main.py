@@ -455,7 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(the extender's VRAM books decide what fits; default %(default)s: exclusive)",
     )
     p.add_argument(
-        "--cdi", action="store_true", help="also name CDI devices (NVIDIA: nvidia.com/gpu=<uuid>)"
+        "--device-list-strategy",
+        default="",
+        metavar="LIST",
+        help="how Allocate names the devices, comma-separated: envvar (the vendor's device env: "
+        "a pod's own env overrides it), volume-mounts (NVIDIA: mounts under "
+        "/var/run/nvidia-container-devices, with the toolkit's accept-nvidia-visible-devices-"
+        "envvar-when-unprivileged=false), cdi-annotations, cdi-cri (CDI devices "
+        "nvidia.com/gpu=<uuid>). Default: volume-mounts for NVIDIA, envvar for the others, "
+        "whose devices are device nodes in the answer (docs/node.md)",
     )
     p.add_argument(
         "--min-health",
@@ -616,6 +624,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
+    from hcs.assignment import check_strategies, default_strategies
     from node.agent import AgentOptions, desired_node, parse_tool_outputs
     from node.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, PluginDevice, devices_of
 
@@ -628,15 +637,22 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
         tool_outputs=parse_tool_outputs(args.tool_output),
         fake_devices=Path(args.fake_devices) if args.fake_devices else None,
     )
+    profile = vendors[args.vendor]
+    strategies = check_strategies(
+        profile,
+        args.device_list_strategy.split(",")
+        if args.device_list_strategy
+        else default_strategies(profile),
+    )
     allocator = Allocator(
         args.node_name,
-        vendors[args.vendor],
+        profile,
         KubeNodeApi(
             load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the plugin reads pods)"),
             args.lock_namespace,
         ),
         replicas=args.replicas,
-        cdi=args.cdi,
+        strategies=strategies,
     )
 
     def discover() -> list[PluginDevice] | None:

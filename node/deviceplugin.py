@@ -48,8 +48,10 @@ from hcs.assignment import (
     A_ALLOCATED,
     ContainerDevices,
     allocation,
+    check_strategies,
     container_annotations,
     container_devices,
+    default_strategies,
     held_ids,
 )
 from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR
@@ -158,7 +160,9 @@ class Allocator:
     profile: VendorProfile
     api: NodeApi
     replicas: int = 1
-    cdi: bool = False
+    strategies: tuple[str, ...] = ()
+    """How Allocate names the devices (hcs.assignment.STRATEGIES); empty: the vendor's default,
+    one where a pod's own env cannot widen them."""
     devices: list[PluginDevice] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -228,9 +232,17 @@ class Allocator:
                 )
             ordered = list(want.assigned) if want.assigned is not None else device_ids
             self._record(want, pods, kubelet_ids, ordered)
-            return allocation(self.profile, ordered, self._identities(), cdi=self.cdi)
+            return self._answer(ordered)
 
     # ---------------------------------------------------------------- internals
+
+    def __post_init__(self) -> None:
+        self.strategies = check_strategies(
+            self.profile, self.strategies or default_strategies(self.profile)
+        )
+
+    def _answer(self, devices: Sequence[str]) -> ContainerDevices:
+        return allocation(self.profile, devices, self._identities(), strategies=self.strategies)
 
     def _identities(self) -> dict[str, str]:
         return {d.id: d.identity for d in self.devices if d.identity}
@@ -252,7 +264,7 @@ class Allocator:
                     annotations = (pod.get("metadata") or {}).get("annotations") or {}
                     devices = container_devices(annotations).get(container)
                     if devices is not None:
-                        return allocation(self.profile, devices, self._identities(), cdi=self.cdi)
+                        return self._answer(devices)
         return None
 
     def _admitting(self, pods: list[dict[str, Any]], size: int) -> tuple[_Want | None, list[_Want]]:
@@ -402,6 +414,11 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
                         for p in answer.device_nodes
                     ],
                     cdi_devices=[api_pb2.CDIDevice(name=n) for n in answer.cdi_devices],
+                    mounts=[
+                        api_pb2.Mount(container_path=c, host_path=h, read_only=True)
+                        for c, h in answer.mounts
+                    ],
+                    annotations=answer.annotations,
                 )
             )
         return api_pb2.AllocateResponse(container_responses=responses)

@@ -186,7 +186,13 @@ def test_one_agent_daemonset_per_vendor_with_what_its_tool_needs() -> None:
         assert plugin["args"][:1] == ["device-plugin"]
     nvidia = agents["hcs-agent-nvidia"]["spec"]["template"]["spec"]
     assert nvidia["runtimeClassName"] == "nvidia"
-    assert [v["hostPath"]["path"] for v in nvidia["volumes"]] == ["/var/lib/kubelet/device-plugins"]
+    assert [v["hostPath"]["path"] for v in nvidia["volumes"]] == [
+        "/var/lib/kubelet/device-plugins",
+        "/dev/null",  # mounted at /var/run/nvidia-container-devices/all: every GPU
+    ]
+    for c in nvidia["containers"]:
+        by_path = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert by_path["/var/run/nvidia-container-devices/all"] == "all-gpus", c["name"]
     env = {e["name"]: e.get("value") for e in nvidia["containers"][0]["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
 

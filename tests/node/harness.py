@@ -54,7 +54,7 @@ class SimNode:
     compute: dict[str, Any]
     api: client.ApiClient
     replicas: int = 1
-    cdi: bool = False
+    strategies: tuple[str, ...] = ()
     dir: Path = field(default_factory=short_dir)
     kubelet: FakeKubelet | None = None
     plugin: DevicePlugin | None = None
@@ -70,7 +70,7 @@ class SimNode:
             VENDORS[self.vendor],
             KubeNodeApi(self.api),
             replicas=self.replicas,
-            cdi=self.cdi,
+            strategies=self.strategies,
         )
         plugin = DevicePlugin(allocator, self.dir, lambda: devices_of(self.compute), interval=0.2)
         self.plugin = plugin

@@ -135,8 +135,9 @@ async def test_the_plugin_registers_and_streams_device_health(cluster: Cluster) 
 
 
 ANSWERS: dict[str, Callable[[list[str], str], dict[str, str]]] = {
+    # NVIDIA's default is volume-mounts: the runtime reads the GPUs from the mount points.
     "nvidia": lambda ids, node: {
-        "NVIDIA_VISIBLE_DEVICES": ",".join(f"GPU-{node}-{i}" for i in ids),
+        "NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices",
         "CUDA_VISIBLE_DEVICES": "0,1",
     },
     "huawei": lambda ids, node: {
@@ -193,6 +194,11 @@ async def test_each_vendor_gets_exactly_the_devices_bound_per_container(cluster:
         answer = admitted.answers[c]
         assert dict(answer.envs) == ANSWERS[vendor](ids, name)
         assert [d.host_path for d in answer.devices] == NODES[vendor](ids)
+        assert [(m.container_path, m.host_path) for m in answer.mounts] == (
+            [(f"/var/run/nvidia-container-devices/GPU-{name}-{i}", "/dev/null") for i in ids]
+            if vendor == "nvidia"
+            else []
+        )
         # kubelet's books hold exactly the devices HCS chose for this container
         assert sorted(admitted.ids[c]) == sorted(ids)
         # and the webhook's env names the same devices through the container's own annotation
@@ -207,7 +213,7 @@ async def test_each_vendor_gets_exactly_the_devices_bound_per_container(cluster:
 async def test_cdi_names_the_gpus_by_uuid(cluster: Cluster) -> None:
     node = cluster.nodes["gpu-1"]
     assert node.plugin is not None
-    node.plugin.allocator.cdi = True
+    node.plugin.allocator.strategies = ("cdi-cri",)
     pod = await cluster.create(cluster.pod([("m", {"nvidia.com/gpu": "1"})]))
     assert await cluster.schedule(pod, "gpu-1") == ""
     answer = (await cluster.admit(pod, "gpu-1")).answers["m"]
