@@ -533,3 +533,32 @@ def test_the_node_account_has_no_other_write(admission: Admission) -> None:
     # What it has, the policy narrows to its node (tests above).
     assert rbac.allows(user, "patch", "", "pods", namespace=TENANT)
     assert rbac.allows(user, "create", "hcs.io", "computenodes")
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_the_policies_name_the_account_the_node_daemonsets_run_under() -> None:
+    agents = [d for d in of_kind("DaemonSet") if d["metadata"]["name"].startswith("hcs-agent-")]
+    assert len(agents) == 4
+    for ds in agents:
+        template = ds["spec"]["template"]["spec"]
+        account = f"system:serviceaccount:{ds['metadata']['namespace']}:"
+        assert account + template["serviceAccountName"] == policies.AGENT_ACCOUNT
+        # ...and every container of it runs the node side under that account (no other token).
+        assert template.get("automountServiceAccountToken", True) is True
+
+
+def test_the_leader_leases_stay_where_they_were() -> None:
+    config = yaml.safe_load((MANIFESTS / "scheduler" / "kube-scheduler-config.yaml").read_text())
+    election = config["leaderElection"]
+    assert (election["resourceNamespace"], election["resourceName"]) == (
+        "hcs-system",
+        "hcs-scheduler",
+    )
+    (controller,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "hcs-controller"]
+    args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--lease") + 1] == "hcs-system/hcs-controller"
+    # The node locks live apart, where the extender and the device plugins look by default.
+    assert LOCK_NAMESPACE != "hcs-system"
+    assert LOCK_NAMESPACE in {n["metadata"]["name"] for n in of_kind("Namespace")}
