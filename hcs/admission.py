@@ -42,7 +42,7 @@ from hcs.demand import (
 from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
 from hcs.state import ClusterState
-from hcs.vendors import NO_DEVICE_VALUES, VendorProfile, VendorTable
+from hcs.vendors import NO_DEVICE_VALUES, HostMount, VendorProfile, VendorTable
 
 log = logging.getLogger("hcs.webhook")
 ENVELOPE_VERSION = "admission.k8s.io/v1"
@@ -374,15 +374,14 @@ def device_env_problem(
 
     - a container that asks for no device of that vendor may set it only to a no-device value
       (`NO_DEVICE_VALUES`); a `valueFrom` is refused, since HCS cannot see its value;
-    - a container that asks for that vendor's devices may set the device env only to HCS's own
-      downward-API reference to its devices, and, where HCS patches it, the logical env only to
-      HCS's `0..k-1`; a requesting init container, which HCS does not patch, may give its
-      logical env as a literal (logical IDs count within the devices the runtime gave).
+    - a container that asks for that vendor's devices (app, init or sidecar) may set the
+      device env only to HCS's own downward-API reference to its devices, and the logical env
+      only to HCS's `0..k-1`.
 
     Refused, never rewritten: the message names the container and the variable."""
     spec = pod.get("spec") or {}
     selection = vendors.selection_envs()
-    patched = {c.index: c for c in demand.containers} if routed is not None else {}
+    patched = {(c.kind, c.index): c for c in demand.all_containers} if routed else {}
     for kind in ("initContainers", "containers"):
         items = spec.get(kind) or []
         for i, c in enumerate(items if isinstance(items, list) else []):
@@ -390,7 +389,7 @@ def device_env_problem(
                 continue
             name = str(c.get("name") or "")
             asked = _asked_vendors(c, vendors)
-            mine = patched.get(i) if kind == "containers" else None
+            mine = patched.get((kind, i))
             if mine is not None and routed is not None:
                 asked.add(routed.name)
             for e in c.get("env") or []:
@@ -525,8 +524,7 @@ def mutate(
         "annotations",
     )
     spec = pod.get("spec") or {}
-    containers = spec.get("containers") or []
-    asking = {c.index: c for c in demand.containers}
+    asking = {(c.kind, c.index): c for c in demand.all_containers}
     mounts = profile.mounts if demand.inject_driver and hostpaths else ()
     # Injected volumes never take a name the pod already uses (the pod's own `nvidia-driver`
     # emptyDir must not end up mounted at the driver path): the reference's name, else suffixed.
@@ -538,55 +536,18 @@ def mutate(
             name, k = f"{m.name}-hcs{'' if k == 1 else k}", k + 1
         taken.add(name)
         volume_of[m.name] = name
-    for i, container in enumerate(containers):
-        c = asking.get(i)
-        if c is None:
-            _guard(patch, container, profile, "containers", i)
-            continue
-        env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
-        _resources(patch, container, c, profile, i)
-        # The container's own devices (bind writes devices.hcs.io/<container>), and the logical
-        # IDs 0..k-1 over them: the same entries the device plugin answers Allocate with.
-        env: list[dict[str, Any]] = []
-        if profile.device_env:
-            env.append(
-                {
-                    "name": profile.device_env,
-                    "valueFrom": {"fieldRef": {"fieldPath": _hcs_device_ref(c.name)}},
-                }
+    # Init containers (run-to-completion ones and native sidecars) are patched like app
+    # containers when they ask; the others get the guard env.
+    for kind in ("containers", "initContainers"):
+        for i, container in enumerate(spec.get(kind) or []):
+            c = asking.get((kind, i))
+            if c is None:
+                if not any(profile.owns_resource(k) for k in _resource_keys(container)):
+                    _guard(patch, container, profile, kind, i)
+                continue
+            _patch_requesting(
+                patch, container, c, profile, (kind, i), mounts=mounts, volume_of=volume_of
             )
-        if profile.logical_env:
-            env.append({"name": profile.logical_env, "value": logical_ids(c.devices)})
-        if mounts and profile.ld_library_path:
-            _library_path(patch, container, profile, i, env)
-        patch.append(
-            container.get("env"),
-            [e for e in env if e["name"] not in env_names],
-            "spec",
-            "containers",
-            i,
-            "env",
-        )
-        mount_paths = {m.get("mountPath") for m in container.get("volumeMounts") or []}
-        patch.append(
-            container.get("volumeMounts"),
-            [
-                # Always read-only: /run/nvidia/driver is the node's driver root, and a
-                # writable mount would let a tenant replace libcuda for every pod on the node.
-                {"name": volume_of[m.name], "mountPath": m.mount_path, "readOnly": True}
-                for m in mounts
-                if m.mount_path not in mount_paths
-            ],
-            "spec",
-            "containers",
-            i,
-            "volumeMounts",
-        )
-    # Init containers and native sidecars that ask for none of the vendor's devices get the
-    # guard too (one that names the vendor's resource is left to its device plugin's answer).
-    for i, container in enumerate(spec.get("initContainers") or []):
-        if not any(profile.owns_resource(k) for k in _resource_keys(container)):
-            _guard(patch, container, profile, "initContainers", i)
     patch.append(
         spec.get("volumes"),
         [{"name": volume_of[m.name], "hostPath": {"path": m.host_path}} for m in mounts],
@@ -600,6 +561,60 @@ def mutate(
     return patch
 
 
+def _patch_requesting(
+    patch: PatchBuilder,
+    container: Mapping[str, Any],
+    c: ContainerDemand,
+    profile: VendorProfile,
+    where: tuple[str, int],
+    *,
+    mounts: tuple[HostMount, ...],
+    volume_of: Mapping[str, str],
+) -> None:
+    """Resources, device env, logical env and driver mounts of one requesting container at
+    `spec.<kind>[<i>]`."""
+    kind, i = where
+    env_names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
+    _resources(patch, container, c, profile, where)
+    # The container's own devices (bind writes devices.hcs.io/<container>), and the logical
+    # IDs 0..k-1 over them: the same entries the device plugin answers Allocate with.
+    env: list[dict[str, Any]] = []
+    if profile.device_env:
+        env.append(
+            {
+                "name": profile.device_env,
+                "valueFrom": {"fieldRef": {"fieldPath": _hcs_device_ref(c.name)}},
+            }
+        )
+    if profile.logical_env:
+        env.append({"name": profile.logical_env, "value": logical_ids(c.devices)})
+    if mounts and profile.ld_library_path:
+        _library_path(patch, container, profile, where, env)
+    patch.append(
+        container.get("env"),
+        [e for e in env if e["name"] not in env_names],
+        "spec",
+        kind,
+        i,
+        "env",
+    )
+    mount_paths = {m.get("mountPath") for m in container.get("volumeMounts") or []}
+    patch.append(
+        container.get("volumeMounts"),
+        [
+            # Always read-only: /run/nvidia/driver is the node's driver root, and a
+            # writable mount would let a tenant replace libcuda for every pod on the node.
+            {"name": volume_of[m.name], "mountPath": m.mount_path, "readOnly": True}
+            for m in mounts
+            if m.mount_path not in mount_paths
+        ],
+        "spec",
+        kind,
+        i,
+        "volumeMounts",
+    )
+
+
 DRIVER_LIBRARY_ENV = "HCS_DRIVER_LIBRARY_PATH"
 
 
@@ -607,7 +622,7 @@ def _library_path(
     patch: PatchBuilder,
     container: Mapping[str, Any],
     profile: VendorProfile,
-    i: int,
+    where: tuple[str, int],
     env: list[dict[str, Any]],
 ) -> None:
     """The driver's library folders, without ever dropping the image's own library path.
@@ -626,7 +641,7 @@ def _library_path(
                 patch.ops.append(
                     {
                         "op": "replace",
-                        "path": pointer("spec", "containers", i, "env", j, "value"),
+                        "path": pointer("spec", *where, "env", j, "value"),
                         "value": joined,
                     }
                 )
@@ -650,7 +665,7 @@ def _resources(
     container: Mapping[str, Any],
     c: ContainerDemand,
     profile: VendorProfile,
-    index: int,
+    at: tuple[str, int],
 ) -> None:
     """`ai.compute/*` requests and limits made equal (request else limit), plus the vendor's
     device-plugin resource; legacy containers already carry theirs. HAMi's memory resources
@@ -667,7 +682,7 @@ def _resources(
             values[key] = str(value)
     if c.vram_total is not None:
         values[VRAM] = c.vram_total
-    where_res = ("spec", "containers", index, "resources")
+    where_res = ("spec", *at, "resources")
     for key in c.hami:
         for section, current in (("requests", requests), ("limits", limits)):
             if key in current:
@@ -679,7 +694,7 @@ def _resources(
         values[profile.resource] = str(devices)
     changed_requests = {k: v for k, v in values.items() if requests.get(k) != v}
     changed_limits = {k: v for k, v in values.items() if limits.get(k) != v}
-    where = ("spec", "containers", index, "resources")
+    where = ("spec", *at, "resources")
     if not isinstance(container.get("resources"), dict):
         if values:
             patch.add({"requests": dict(values), "limits": dict(values)}, *where)

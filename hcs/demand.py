@@ -14,12 +14,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Final, Literal
 
 from hcs import quantity
 from hcs.errors import AnnotationError, QuantityError, RequestError
+from hcs.reuse import Need, Phase, distinct_devices
 from hcs.vendors import VENDOR_NAMES, VendorName, VendorTable
 
 PREFIX: Final = "ai.compute/"
@@ -119,6 +121,18 @@ class ContainerDemand:
     """HAMi resources read as ai.compute (the webhook rewrites them: no node advertises them)."""
     vram_total: str | None = None
     """The VRAM those HAMi resources amount to (`8000Mi` for 2 devices x 4000), for the patch."""
+    kind: Literal["containers", "initContainers"] = "containers"
+    """The list of the pod spec it is in; `index` counts within that list."""
+    restartable: bool = False
+    """An init container with `restartPolicy: Always` (a native sidecar): it keeps its devices
+    for the pod's life, like an app container."""
+
+    @property
+    def phase(self) -> Phase:
+        """Kubelet's view: a run-to-completion init container, a sidecar, or an app."""
+        if self.kind == "containers":
+            return "app"
+        return "sidecar" if self.restartable else "init"
 
     @property
     def total_vram_mib(self) -> int:
@@ -152,9 +166,81 @@ class PodDemand:
     labels: Mapping[str, str] = field(default_factory=dict)
     terminating: bool = False
 
+    init_containers: tuple[ContainerDemand, ...] = ()
+    """Requesting init containers (run-to-completion ones and native sidecars), in spec order."""
+
     @property
     def asks_for_compute(self) -> bool:
-        return bool(self.containers)
+        return bool(self.containers or self.init_containers)
+
+    @property
+    def all_containers(self) -> tuple[ContainerDemand, ...]:
+        """Every requesting container in kubelet's allocation order: init containers first."""
+        return self.init_containers + self.containers
+
+    @property
+    def needs(self) -> list[Need]:
+        return [Need(c.name, c.devices, c.phase) for c in self.all_containers]
+
+    @cached_property
+    def placement(self) -> tuple[ContainerDemand, ...]:
+        """What the engine places, each with devices of its own: the app containers and
+        sidecars, plus the devices run-to-completion init containers need beyond what they
+        hand on to them (kubelet's reuse, hcs.reuse). A device an init container passes to an
+        app container must carry both, so when init containers ask for devices every placed
+        device carries the largest per-device amounts of any of them (a conservative booking
+        that matters only on shared nodes; whole-device requests stay whole)."""
+        init = self.init_booking()
+        if init is None:
+            return self.containers + self.init_containers
+        vram, fp16, fp32, whole = (
+            init.vram_mib,
+            init.fp16_milli_tflops,
+            init.fp32_milli_tflops,
+            init.whole,
+        )
+        lasting = [
+            replace(
+                c,
+                vram_mib=max(c.vram_mib, vram),
+                fp16_milli_tflops=max(c.fp16_milli_tflops, fp16),
+                fp32_milli_tflops=max(c.fp32_milli_tflops, fp32),
+                whole=c.whole or whole,
+            )
+            for c in self.all_containers
+            if c.phase != "init"
+        ]
+        extra = distinct_devices(self.needs) - sum(c.devices for c in lasting)
+        if extra > 0:
+            lasting.append(replace(init, devices=extra))
+        return tuple(lasting)
+
+    def init_booking(self) -> ContainerDemand | None:
+        """What a device of the run-to-completion init containers carries: the largest of
+        their per-device amounts (they run one after another), under the largest one's name;
+        None without such init containers."""
+        inits = [c for c in self.init_containers if not c.restartable]
+        if not inits:
+            return None
+        return replace(
+            max(inits, key=lambda c: c.devices),
+            vram_mib=max(c.vram_mib for c in inits),
+            fp16_milli_tflops=max(c.fp16_milli_tflops for c in inits),
+            fp32_milli_tflops=max(c.fp32_milli_tflops for c in inits),
+            whole=any(c.whole for c in inits),
+        )
+
+    def _effective(self, amount: Callable[[ContainerDemand], int]) -> int:
+        """The pod's request of one resource as the scheduler counts it:
+        max(largest init container plus the sidecars started before it, apps + sidecars)."""
+        sidecars = peak = 0
+        for c in self.init_containers:
+            if c.restartable:
+                sidecars += amount(c)
+                peak = max(peak, sidecars)
+            else:
+                peak = max(peak, sidecars + amount(c))
+        return max(peak, sum(amount(c) for c in self.containers) + sidecars)
 
     @property
     def allowed_vendors(self) -> tuple[VendorName, ...]:
@@ -176,19 +262,20 @@ class PodDemand:
 
     @property
     def total_devices(self) -> int:
-        return sum(c.devices for c in self.containers)
+        """Distinct devices the pod holds (kubelet's reuse: hcs.reuse)."""
+        return distinct_devices(self.needs)
 
     @property
     def total_vram_mib(self) -> int:
-        return sum(c.total_vram_mib for c in self.containers)
+        return self._effective(lambda c: c.total_vram_mib)
 
     @property
     def total_fp16_milli_tflops(self) -> int:
-        return sum(c.total_fp16_milli_tflops for c in self.containers)
+        return self._effective(lambda c: c.total_fp16_milli_tflops)
 
     @property
     def total_fp32_milli_tflops(self) -> int:
-        return sum(c.total_fp32_milli_tflops for c in self.containers)
+        return self._effective(lambda c: c.total_fp32_milli_tflops)
 
     @property
     def key(self) -> str:
@@ -206,8 +293,9 @@ class PodDemand:
                     "tflopsFp32PerDevice": quantity.format_milli(c.fp32_milli_tflops),
                     **({"wholeDevice": True} if c.whole else {}),
                     **({"limits": dict(c.limits)} if c.limits else {}),
+                    **({"phase": c.phase} if c.phase != "app" else {}),
                 }
-                for c in self.containers
+                for c in self.all_containers
             ],
             "vendors": list(self.allowed_vendors),
         }
@@ -236,17 +324,18 @@ def parse_pod(
     name = str(meta.get("name") or meta.get("generateName") or "")
     ns = namespace or str(meta.get("namespace") or "default")
 
-    _reject_init_requests(spec)
     opts = _parse_annotations(annotations)
-    containers: list[ContainerDemand] = []
     legacy_vendors: dict[VendorName, str] = {}
-    raw_containers = spec.get("containers") or []
-    if not isinstance(raw_containers, list):
-        raise RequestError("spec.containers: expected a list")
-    for i, c in enumerate(raw_containers):
-        parsed = _parse_container(c, i, vendors, legacy_vendors)
-        if parsed is not None:
-            containers.append(parsed)
+    parsed_lists: dict[str, list[ContainerDemand]] = {"containers": [], "initContainers": []}
+    for kind in ("initContainers", "containers"):
+        raw_containers = spec.get(kind) or []
+        if not isinstance(raw_containers, list):
+            raise RequestError(f"spec.{kind}: expected a list")
+        for i, c in enumerate(raw_containers):
+            parsed = _parse_container(c, i, vendors, legacy_vendors, kind)
+            if parsed is not None:
+                parsed_lists[kind].append(parsed)
+    containers = parsed_lists["containers"]
 
     fixed: VendorName | None = opts.assigned_vendor
     if len(legacy_vendors) > 1:
@@ -273,6 +362,7 @@ def parse_pod(
         name=name,
         uid=str(meta.get("uid") or ""),
         containers=tuple(containers),
+        init_containers=tuple(parsed_lists["initContainers"]),
         preference=opts.preference,
         fixed_vendor=fixed,
         allow_downgrade=opts.allow_downgrade,
@@ -287,23 +377,14 @@ def parse_pod(
     )
 
 
-def _reject_init_requests(spec: Mapping[str, Any]) -> None:
-    for i, c in enumerate(spec.get("initContainers") or []):
-        res = (c or {}).get("resources") or {}
-        for section in ("requests", "limits"):
-            for key in res.get(section) or {}:
-                if str(key).startswith(PREFIX):
-                    raise RequestError(
-                        f"spec.initContainers[{i}].resources.{section}[{key}]: init containers "
-                        "cannot ask for ai.compute/* resources (not supported yet); ask in the "
-                        "main containers"
-                    )
-
-
 def _parse_container(
-    c: Any, i: int, vendors: VendorTable, legacy_vendors: dict[VendorName, str]
+    c: Any,
+    i: int,
+    vendors: VendorTable,
+    legacy_vendors: dict[VendorName, str],
+    kind: Literal["containers", "initContainers"] = "containers",
 ) -> ContainerDemand | None:
-    path = f"spec.containers[{i}]"
+    path = f"spec.{kind}[{i}]"
     if not isinstance(c, Mapping):
         raise RequestError(f"{path}: expected an object")
     resources = c.get("resources") or {}
@@ -411,6 +492,8 @@ def _parse_container(
     return ContainerDemand(
         name=str(c.get("name") or f"container-{i}"),
         index=i,
+        kind=kind,
+        restartable=kind == "initContainers" and c.get("restartPolicy") == "Always",
         devices=devices,
         vram_mib=per_device(VRAM, quantity.vram_mib),
         fp16_milli_tflops=per_device(FP16, quantity.milli_tflops),

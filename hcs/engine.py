@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, Final, Literal, cast
 
@@ -39,6 +39,7 @@ import numpy.typing as npt
 from hcs.demand import ContainerDemand, PodDemand
 from hcs.errors import ConfigError, ErrorCode, PlacementError
 from hcs.quantity import format_mib
+from hcs.reuse import assign, owners
 from hcs.state import Allocation, BoolArray, ClusterState, DeviceCharge, IndexArray, IntArray
 from hcs.vendors import VENDOR_CODES, VENDOR_NAMES, VendorName
 
@@ -208,7 +209,7 @@ def _tflops(milli: int) -> str:
 def compile_request(demand: PodDemand) -> Request:
     """Group identical containers and precompute the Hall subsets and vendor table."""
     merged: dict[tuple[int, int, int, bool], int] = {}
-    for c in demand.containers:
+    for c in demand.placement:
         key = (c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops, c.whole)
         merged[key] = merged.get(key, 0) + c.devices
     # Strictest first: the order select_devices serves them in.
@@ -661,7 +662,7 @@ def select_devices(
         for i, g in enumerate(req.groups)
     }
     containers = sorted(
-        req.demand.containers,
+        req.demand.placement,
         key=lambda c: group_of[(c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops, c.whole)],
     )
     w = state.width
@@ -669,10 +670,14 @@ def select_devices(
     taken = np.zeros(w, np.bool_)
     free = state.dev_vram_free_mib[row]
     health = state.dev_health[row].astype(np.int64)
-    topo_key = None
+    # A container's devices on one NVLink/HCCS clique when the pod asks for bandwidth, on one
+    # NUMA node for low latency. Otherwise still on one NUMA node where they fit, chosen by the
+    # best-fitting device: kubelet's topology manager aligns each container to one NUMA node,
+    # so HCS's choice is then the one kubelet makes (docs/node.md).
+    asked = req.demand.topology is not None
     if req.demand.topology == "high-bandwidth":
         topo_key = state.dev_clique[row].astype(np.int64)
-    elif req.demand.topology == "low-latency":
+    else:
         topo_key = state.dev_numa[row].astype(np.int64)
     picks = []
     for c in containers:
@@ -684,17 +689,22 @@ def select_devices(
                 code="InsufficientDevices",
             )
         fit_key = free if config.strategy == "binpack" else -free
-        if topo_key is not None:
-            # Per slot: how many candidates share its group. Prefer a group that can hold the
-            # whole container: the smallest such group when packing, the largest when spreading.
-            same = topo_key[:, None] == topo_key[None, :]
-            group_size = np.count_nonzero(same & cand[None, :], axis=1)
-            enough = group_size >= c.devices
+        # Per slot: how many candidates share its group.
+        same = topo_key[:, None] == topo_key[None, :]
+        group_size = np.count_nonzero(same & cand[None, :], axis=1)
+        enough = group_size >= c.devices
+        if asked:
+            # Prefer a group that can hold the whole container: the smallest such group when
+            # packing, the largest when spreading.
             size_key = group_size if config.strategy == "binpack" else -group_size
             primary = np.where(enough, size_key, 2 * w + 2 - group_size)
             order = np.lexsort((slots, -health, fit_key, topo_key, primary))
         else:
+            # The group of the best-fitting device that can hold the whole container.
             order = np.lexsort((slots, -health, fit_key))
+            whole_group = cand[order] & enough[order]
+            if whole_group.any():
+                order = order[topo_key[order] == topo_key[order[np.argmax(whole_group)]]]
         chosen = order[cand[order]][: c.devices]
         taken[chosen] = True
         picks.append((c, tuple(int(s) for s in chosen)))
@@ -713,9 +723,12 @@ def make_allocation(
     """The charges of `picks`: a container's share per device, or the whole free device."""
     row = state.index[node]
     ids = state.device_ids[row]
+    d = req.demand
     charges = []
-    # Containers in spec order, so `hcs.io/assigned-devices` can be split back per container.
-    for c, chosen in sorted(picks, key=lambda pick: pick[0].index):
+    # Placed containers in kubelet's order (init containers first, then spec order), so
+    # `hcs.io/assigned-devices` can be split back per container.
+    order = {c.name: i for i, c in enumerate(d.all_containers)}
+    for c, chosen in sorted(picks, key=lambda pick: order.get(pick[0].name, 0)):
         for slot in chosen:
             if c.whole:
                 vram = max(int(state.dev_vram_free_mib[row, slot]), 0)
@@ -724,10 +737,26 @@ def make_allocation(
             else:
                 vram, fp16, fp32 = c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops
             charges.append(DeviceCharge(ids[slot], c.name, vram, fp16, fp32))
-    d = req.demand
+    assignment: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if d.init_containers:
+        # Who gets which device under kubelet's reuse rule (hcs.reuse); each device charged
+        # once, to the pod.
+        per = assign(d.needs, [c.device_id for c in charges])
+        assignment = tuple(per.items())
+        booked = owners(d.needs, per)
+        charges = [replace(c, container=booked[c.device_id]) for c in charges]
     vendor = VENDOR_NAMES[int(state.node_vendor[row])]
     return Allocation(
-        d.uid, d.namespace, d.name, node, vendor, tuple(charges), "assumed", now, score_value
+        d.uid,
+        d.namespace,
+        d.name,
+        node,
+        vendor,
+        tuple(charges),
+        "assumed",
+        now,
+        score_value,
+        assignment,
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from hcs.assignment import container_devices
 from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR, parse_pod
 from hcs.errors import HcsError
+from hcs.reuse import assign, owners
 from hcs.state import Allocation, ClusterState, DeviceCharge
 from hcs.vendors import VENDOR_NAMES, VendorTable
 
@@ -42,27 +43,35 @@ def allocation_from_pod(
     demand = parse_pod(pod, vendors)
     if not demand.asks_for_compute:
         return None
-    # Per container when bind wrote devices.hcs.io/<container> (exact, also where two
-    # containers share a device); else the pod-wide list, taken in container order.
+    # Per container when bind (or the device plugin, after kubelet chose) wrote
+    # devices.hcs.io/<container> (exact, also where two containers share a device, or an init
+    # container handed its devices on); else the pod-wide list, split by kubelet's reuse rule.
     per_container = container_devices(annotations)
-    ordered = sorted(demand.containers, key=lambda c: c.index)
+    ordered = demand.all_containers
     if all(len(per_container.get(c.name, ())) == c.devices for c in ordered):
-        devices = [d for c in ordered for d in per_container[c.name]]
+        given = {c.name: tuple(per_container[c.name]) for c in ordered}
     else:
         devices = [d.strip() for d in str(devices_text).split(",") if d.strip()]
-    if len(devices) != demand.total_devices:
-        raise HcsError(
-            f"pod {demand.key}: {A_ASSIGNED_DEVICES}={devices_text!r} names "
-            f"{len(devices)} devices, the pod asks for {demand.total_devices}"
-        )
+        if len(devices) != demand.total_devices:
+            raise HcsError(
+                f"pod {demand.key}: {A_ASSIGNED_DEVICES}={devices_text!r} names "
+                f"{len(devices)} devices, the pod asks for {demand.total_devices}"
+            )
+        given = assign(demand.needs, devices)
     row = state.index.get(node)
+    booked = {c.name: c for c in demand.placement if c.phase != "init"}
+    init_book = demand.init_booking() or ordered[0]
+    owner = owners(demand.needs, given)
     charges = []
-    cursor = iter(devices)
+    # One charge per (device, container that keeps it); a device only init containers used is
+    # charged once, at their largest share (they never run beside each other).
     for c in ordered:
-        for _ in range(c.devices):
-            device = next(cursor)
-            vram, fp16, fp32 = c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops
-            if c.whole and row is not None and device in state.device_ids[row]:
+        for device in given[c.name]:
+            if owner[device] != c.name and c.phase == "init":
+                continue
+            c_book = booked.get(c.name, init_book) if c.phase != "init" else init_book
+            vram, fp16, fp32 = c_book.vram_mib, c_book.fp16_milli_tflops, c_book.fp32_milli_tflops
+            if c_book.whole and row is not None and device in state.device_ids[row]:
                 slot = state.device_ids[row].index(device)
                 vram = int(state.dev_vram_cap_mib[row, slot])
                 fp16 = int(state.dev_fp16_cap_mtf[row, slot])
@@ -80,6 +89,7 @@ def allocation_from_pod(
         tuple(charges),
         "confirmed",
         time.time(),
+        assignment=tuple(given.items()) if demand.init_containers else (),
     )
 
 
@@ -117,7 +127,7 @@ def unplaced_holding(
             int(state.dev_fp32_cap_mtf[row, s]),
         )
         for c, s in zip(
-            (c for c in sorted(demand.containers, key=lambda c: c.index) for _ in range(c.devices)),
+            (c for c in demand.placement for _ in range(c.devices)),
             slots,
             strict=False,
         )

@@ -120,7 +120,7 @@ def _container_units(demand: PodDemand) -> list[tuple[int, int, int, bool]]:
     """One entry per device needed: (vram, fp16, fp32, whole)."""
     return [
         (c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops, c.whole)
-        for c in demand.containers
+        for c in demand.placement
         for _ in range(c.devices)
     ]
 
@@ -159,7 +159,7 @@ def filter_reference(
 def _node_reason(
     state: ClusterState, demand: PodDemand, name: str, config: EngineConfig, now: float | None
 ) -> tuple[Reason, list[_Dev], set[int]]:
-    if not demand.containers:
+    if not demand.placement:
         return Reason.Fits, [], set()
     node = state.nodes.get(name)
     if node is None:
@@ -234,7 +234,7 @@ def score_percent_reference(
     scores = []
     for name in names:
         reason, devs, fitting = _node_reason(state, demand, name, config, now)
-        if reason is not Reason.Fits or not demand.containers:
+        if reason is not Reason.Fits or not demand.placement:
             scores.append(0)
             continue
         node = state.nodes[name]
@@ -256,7 +256,7 @@ def _score(
             used += cap
     avg = total // max(len(devs), 1)
     placed = 0
-    for c in demand.containers:
+    for c in demand.placement:
         per = c.vram_mib if (node.shared and not c.whole) else avg
         placed += c.devices * per
     frac = min((used + placed) * 1000 // max(total, 1), 1000)
@@ -268,7 +268,7 @@ def _score(
         by_clique = demand.topology == "high-bandwidth"
         groups = Counter(devs[s].clique if by_clique else devs[s].numa for s in fitting)
         best = max(groups.values(), default=0)
-        total_devices = sum(c.devices for c in demand.containers)
+        total_devices = sum(c.devices for c in demand.placement)
         acc += w.topology * min(best * 1000 // max(total_devices, 1), 1000)
         wsum += w.topology
     if demand.preferred_vendor is not None and w.vendor:

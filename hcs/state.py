@@ -70,6 +70,9 @@ class Allocation:
     state: Literal["assumed", "confirmed"] = "assumed"
     created_at: float = 0.0
     score: int | None = None
+    assignment: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Each container's devices when they are not simply the charges' (init containers hand
+    theirs on to later containers: hcs.reuse); a device is charged once whoever uses it."""
 
     @property
     def device_ids(self) -> tuple[str, ...]:
@@ -81,7 +84,9 @@ class Allocation:
         return ",".join(self.device_ids)
 
     def per_container(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Each container's own device IDs, containers in spec order."""
+        """Each container's own device IDs, in kubelet's order (init containers first)."""
+        if self.assignment:
+            return list(self.assignment)
         out: dict[str, list[str]] = {}
         for charge in self.charges:
             out.setdefault(charge.container, []).append(charge.device_id)

@@ -263,12 +263,63 @@ def test_bad_requests_name_the_field(
     assert fragment in str(info.value)
 
 
-def test_init_containers_asking_for_compute_are_refused() -> None:
-    with pytest.raises(RequestError, match=r"spec.initContainers\[0\].*not supported yet"):
+def sidecar(name: str, **kwargs: Any) -> client.V1Container:
+    c = container(name, **kwargs)
+    c.restart_policy = "Always"
+    return c
+
+
+@pytest.mark.parametrize(
+    ("inits", "apps", "devices", "vram_gib"),
+    [
+        # init 1 then app 1: the app gets the init's device (kubelet's reuse): one device.
+        ([("i", 1, False)], [1], 1, 8),
+        # init 2, app 1: two devices for the pod's life.
+        ([("i", 2, False)], [1], 2, 16),
+        # a native sidecar keeps its device: sidecar 1 + app 1 = 2.
+        ([("s", 1, True)], [1], 2, 16),
+        # init 1 after a sidecar 1: the init needs a second device beside the sidecar's.
+        ([("s", 1, True), ("i", 1, False)], [1], 2, 16),
+        # init 3 with two apps of 1: max(3, 2).
+        ([("i", 3, False)], [1, 1], 3, 24),
+    ],
+)
+def test_init_containers_count_as_kubernetes_counts_them(
+    inits: list[tuple[str, int, bool]], apps: list[int], devices: int, vram_gib: int
+) -> None:
+    def ask(n: int) -> dict[str, str]:
+        return {"ai.compute/vram": f"{8 * n}Gi", "ai.compute/devices": str(n)}
+
+    demand = parse_pod(
+        pod(
+            *(container(f"app{k}", requests=ask(n)) for k, n in enumerate(apps)),
+            init=[
+                (sidecar if restartable else container)(name, requests=ask(n))
+                for name, n, restartable in inits
+            ],
+        )
+    )
+    assert demand.total_devices == devices
+    assert demand.total_vram_mib == vram_gib * 1024
+    assert sum(c.devices for c in demand.placement) == devices
+    assert [c.phase for c in demand.all_containers] == [
+        "sidecar" if r else "init" for _, _, r in inits
+    ] + ["app"] * len(apps)
+
+
+def test_legacy_resources_in_init_containers_are_read_too() -> None:
+    demand = parse_pod(
+        pod(
+            container(limits={"nvidia.com/gpu": "1"}),
+            init=[container("warm", limits={"nvidia.com/gpu": "2"})],
+        )
+    )
+    assert demand.fixed_vendor == "nvidia" and demand.total_devices == 2
+    with pytest.raises(RequestError, match="several vendors"):
         parse_pod(
             pod(
-                container(requests={"ai.compute/vram": "1Gi"}),
-                init=[container("init", requests={"ai.compute/vram": "1Gi"})],
+                container(limits={"nvidia.com/gpu": "1"}),
+                init=[container("warm", limits={"huawei.com/Ascend910": "1"})],
             )
         )
 

@@ -302,14 +302,6 @@ def test_downgrade_warns(ctx: AdmissionContext) -> None:
             400,
             "did you mean hcs.io/vendor-preference?",
         ),
-        (
-            k8s_pod(
-                container(requests={"ai.compute/vram": "1Gi"}),
-                init=[container("init", requests={"ai.compute/vram": "1Gi"})],
-            ),
-            400,
-            "init containers cannot ask",
-        ),
         (k8s_pod(container(requests={"ai.compute/vram": "500Gi"})), 403, "InsufficientVRAM:"),
         (
             k8s_pod(

@@ -209,9 +209,9 @@ def test_a_variable_hcs_never_sets_is_refused_in_a_requesting_container() -> Non
     assert "HCS sets nothing" in message
 
 
-def test_a_legacy_init_container_keeps_its_devices_and_gets_no_guard() -> None:
-    """An init container that names the vendor's resource is served by the device plugin; the
-    guard would take its GPU away under the envvar strategy."""
+def test_a_requesting_init_container_gets_its_own_devices_and_no_guard() -> None:
+    """An init container that names the vendor's resource is patched like an app container:
+    its own device env (the guard would take its GPU away under the envvar strategy)."""
     ctx, _ = context()
     init = client.V1Container(
         name="warmup",
@@ -223,4 +223,8 @@ def test_a_legacy_init_container_keeps_its_devices_and_gets_no_guard() -> None:
     )
     pod = k8s_pod(container(requests=VRAM), init=[init])
     out = applied(pod, review(request_for(pod), ctx))
-    assert "NVIDIA_VISIBLE_DEVICES" not in env_of(out["spec"]["initContainers"][0])
+    env = env_of(out["spec"]["initContainers"][0])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['devices.hcs.io/warmup']"}
+    }
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
