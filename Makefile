@@ -60,7 +60,7 @@ bench: $(VENV)/.installed-dev
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# Kubelet's device plugin API: regenerate the Python modules from node/v1beta1/api.proto.
+# Kubelet's device plugin and PodResources APIs: regenerate the Python modules from the protos.
 proto: $(VENV)/.installed-dev
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
-		node/v1beta1/api.proto
+		node/v1beta1/api.proto node/podresources/v1/api.proto

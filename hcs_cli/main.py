@@ -452,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="shared nodes: advertise each device N times so kubelet admits N pods on it "
-        "(the extender's VRAM books decide what fits; default %(default)s: exclusive)",
+        "(the extender's VRAM books decide what fits), until the node's ComputeNode is seen: "
+        "from then on its hcs.io/device-slots, which the agent publishes from its own "
+        "--replicas, decides (one source); default %(default)s: exclusive",
     )
     p.add_argument(
         "--device-list-strategy",
@@ -626,7 +628,14 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
     from hcs.assignment import check_strategies, default_strategies
     from node.agent import AgentOptions, desired_node, parse_tool_outputs
-    from node.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, PluginDevice, devices_of
+    from node.deviceplugin import (
+        Allocator,
+        CachedNodeApi,
+        DevicePlugin,
+        PluginDevice,
+        devices_of,
+    )
+    from node.podcache import NodeCache, Writer
 
     _configure_logging(args.log_level)
     if args.replicas < 1:
@@ -644,13 +653,13 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
         if args.device_list_strategy
         else default_strategies(profile),
     )
+    api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the plugin reads pods)")
+    cache = NodeCache(api, args.node_name)
+    writer = Writer(api, args.lock_namespace)
     allocator = Allocator(
         args.node_name,
         profile,
-        KubeNodeApi(
-            load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the plugin reads pods)"),
-            args.lock_namespace,
-        ),
+        CachedNodeApi(cache, writer),
         replicas=args.replicas,
         strategies=strategies,
     )
@@ -659,12 +668,25 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
         node, complete = desired_node(opts)
         return devices_of(node, args.min_health) if complete else None
 
-    plugin = DevicePlugin(allocator, Path(args.kubelet_dir), discover, interval=args.interval)
+    kubelet_dir = Path(args.kubelet_dir)
+    plugin = DevicePlugin(
+        allocator,
+        kubelet_dir,
+        discover,
+        interval=args.interval,
+        cache=cache,
+        pod_resources=kubelet_dir.parent / "pod-resources" / "kubelet.sock",
+    )
+    cache.start()
     signal.signal(signal.SIGTERM, lambda *_: plugin.stopping.set())
     try:
         plugin.run()
     except KeyboardInterrupt:
         plugin.stopping.set()
+    finally:
+        writer.flush(timeout=5.0)  # what was decided goes out before the process ends
+        writer.stop()
+        cache.stop()
     return 0
 
 

@@ -1,30 +1,17 @@
 """`hcs device-plugin`: kubelet's device plugin (API v1beta1) for the vendor's resource, so the
 device the extender chose is the device the container gets, and kubelet's books equal HCS's.
 
-Kubelet never says which pod an Allocate serves. The plugin decides it from the API server,
-with certainty or not at all:
+A thin shell: the rules (which pod kubelet admits, reuse, realignment, what to record) are
+`hcs.nodeplan`; the node's pods and ComputeNode are kept in memory by `node.podcache`, so
+`GetPreferredAllocation` and `Allocate` never wait on the API server (kubelet calls them with no
+deadline, inside the loop that admits every pod of the node). What the plugin decides is laid
+over its cache at once and written afterwards, in order, with retries; what a crash loses before
+the write lands is written again from kubelet's PodResources API (`reconcile`).
 
-- the pods bound to this node that ask for the resource and have not been admitted yet (no
-  container status, not every requesting container in `hcs.io/allocated`) are the candidates;
-  each one's next container in kubelet's order (init containers first) is the one kubelet would
-  allocate;
-- a candidate bound by HCS carries that container's devices in `devices.hcs.io/<container>`; the
-  bind's node lock (hcs.nodelock) means at most one such pod is waiting on the node;
-- a candidate placed without HCS (another scheduler, a preset nodeName, a legacy resource in an
-  excluded namespace) may take devices that HCS's books show free; the plugin then writes the
-  assignment annotations on it, so the extender's ledger counts it;
-- exactly one candidate must agree with kubelet's request (its devices, or its count and free
-  devices). Otherwise Allocate fails with a clear error: kubelet marks the pod
-  `UnexpectedAdmissionError` and its controller re-creates it. A wrong device is never handed out.
-
-GetPreferredAllocation answers with the same choice, so kubelet books the devices HCS chose.
 Allocate's answer comes from the vendor table (hcs.assignment.allocation), the same entries the
-webhook's env comes from. What kubelet allocated is recorded in `hcs.io/allocated`, so a
-repeated Allocate (kubelet restarted) gets the same answer; when every requesting container of
-the lock's holder is allocated, the lock is released.
-
-On shared nodes (`--replicas N`) each device is advertised as N kubelet devices `<id>::<k>`, so
-kubelet admits several pods per device; the extender's per-device VRAM books decide what fits.
+webhook's env comes from. On shared nodes each device is advertised as N kubelet devices
+`<id>::<k>`, N being the `hcs.io/device-slots` the agent publishes on the ComputeNode (one
+source for both containers; `--replicas` until the ComputeNode is seen).
 """
 
 from __future__ import annotations
@@ -35,29 +22,32 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import grpc
-import orjson
-from kubernetes import client
 
-from cluster.lease import NodeLock
-from hcs.assignment import (
-    A_ALLOCATED,
-    ContainerDevices,
-    allocation,
-    check_strategies,
-    container_annotations,
-    container_devices,
-    default_strategies,
-    held_ids,
-)
-from hcs.demand import A_ASSIGNED_DEVICES, A_ASSIGNED_NODE, A_ASSIGNED_VENDOR
+from hcs.assignment import ContainerDevices, allocation, check_strategies, default_strategies
 from hcs.errors import HcsError
-from hcs.nodelock import LOCK_NAMESPACE
+from hcs.models import SLOTS_LABEL
+from hcs.nodeplan import (
+    REPLICA,
+    AllocateError,
+    Books,
+    Decision,
+    NodeDevice,
+    Repeat,
+    decide_allocate,
+    device_of,
+    kubelet_ids,
+    live,
+    prefer,
+    reconcile,
+    requesting,
+)
 from hcs.vendors import VendorProfile
+from node.podresources import list_devices
 from node.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger("hcs.deviceplugin")
@@ -66,30 +56,17 @@ API_VERSION: Final = "v1beta1"
 KUBELET_SOCKET: Final = "kubelet.sock"
 HEALTHY: Final = "Healthy"
 UNHEALTHY: Final = "Unhealthy"
-REPLICA: Final = "::"
+PluginDevice = NodeDevice
+__all__ = ["REPLICA", "AllocateError", "Allocator", "DevicePlugin", "PluginDevice", "requesting"]
 
 
-class AllocateError(HcsError):
-    """The pod kubelet is admitting cannot be identified for certain, or its devices differ."""
-
-    code = "InvalidRequest"
-
-
-@dataclass(frozen=True)
-class PluginDevice:
-    id: str
-    healthy: bool
-    numa: int | None = None
-    identity: str | None = None
-    model: str = ""
-
-
-def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[PluginDevice]:
-    """The plugin's devices from the agent's ComputeNode (the same discovery)."""
+def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[NodeDevice]:
+    """The plugin's devices from a ComputeNode (the agent's discovery): below `min_health`, or
+    re-indexed (`unschedulable`), a device is advertised Unhealthy."""
     out = []
     for d in (compute_node.get("spec") or {}).get("devices") or []:
         out.append(
-            PluginDevice(
+            NodeDevice(
                 id=str(d["id"]),
                 healthy=int(d.get("healthScore", 0)) >= min_health and not d.get("unschedulable"),
                 numa=(d.get("topology") or {}).get("numaNode"),
@@ -100,61 +77,48 @@ def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[Pl
     return out
 
 
+def published_view(
+    found: list[NodeDevice], published: Mapping[str, Any] | None
+) -> tuple[list[NodeDevice], int | None]:
+    """Local discovery with what the agent published laid over it: devices the agent marked
+    re-indexed (`unschedulable`) are Unhealthy here too, and the slots per device."""
+    if not published:
+        return found, None
+    flagged = {
+        str(d.get("id"))
+        for d in (published.get("spec") or {}).get("devices") or []
+        if d.get("unschedulable")
+    }
+    labels = (published.get("metadata") or {}).get("labels") or {}
+    try:
+        slots: int | None = int(labels[SLOTS_LABEL]) if SLOTS_LABEL in labels else 1
+    except ValueError:
+        slots = None
+    return [replace(d, healthy=False) if d.id in flagged else d for d in found], slots
+
+
 class NodeApi(Protocol):
-    """The API calls the plugin makes (blocking)."""
+    """What the plugin reads and writes: the node's pods from memory, writes queued."""
 
-    def pods_on(self, node: str) -> list[dict[str, Any]]: ...
+    def pods(self) -> list[dict[str, Any]]: ...
 
-    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None: ...
+    def record(self, pod: Mapping[str, Any], annotations: Mapping[str, str]) -> None: ...
 
     def release(self, node: str, uid: str) -> None: ...
 
-
-def requesting(pod: Mapping[str, Any], resource: str) -> list[tuple[str, int]]:
-    """(container, count) of the containers asking for `resource`, in kubelet's order."""
-    spec = pod.get("spec") or {}
-    out = []
-    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        res = c.get("resources") or {}
-        value = (res.get("limits") or {}).get(resource) or (res.get("requests") or {}).get(resource)
-        try:
-            count = int(str(value)) if value is not None else 0
-        except ValueError:
-            count = 0
-        if count > 0:
-            out.append((str(c.get("name")), count))
-    return out
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait until the cached view changes (a watch event), at most `timeout` seconds."""
+        ...
 
 
-def allocated(pod: Mapping[str, Any]) -> dict[str, list[str]]:
-    """`hcs.io/allocated`: container -> the kubelet device IDs Allocate answered for."""
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(A_ALLOCATED) or "{}"
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-@dataclass
-class _Want:
-    """A pending pod's next container that kubelet may be allocating."""
-
-    pod: dict[str, Any]
-    container: str
-    count: int
-    assigned: tuple[str, ...] | None
-    """HCS's choice for the container; None for a pod placed without HCS."""
-
-    @property
-    def key(self) -> str:
-        meta = self.pod["metadata"]
-        return f"{meta.get('namespace')}/{meta.get('name')}"
+WATCH_GRACE_S: Final = 2.0
+"""How long Allocate waits for its watch to show a pod it cannot identify yet: kubelet and the
+plugin learn of a binding from two watches, and kubelet may be first."""
 
 
 @dataclass
 class Allocator:
-    """The plugin's decisions, without gRPC (tested directly and through the server)."""
+    """The plugin's answers to kubelet over `hcs.nodeplan`, without gRPC."""
 
     node: str
     profile: VendorProfile
@@ -163,10 +127,13 @@ class Allocator:
     strategies: tuple[str, ...] = ()
     """How Allocate names the devices (hcs.assignment.STRATEGIES); empty: the vendor's default,
     one where a pod's own env cannot widen them."""
-    devices: list[PluginDevice] = field(default_factory=list)
+    devices: list[NodeDevice] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # ---------------------------------------------------------------- devices
+    def __post_init__(self) -> None:
+        self.strategies = check_strategies(
+            self.profile, self.strategies or default_strategies(self.profile)
+        )
 
     @property
     def resource(self) -> str:
@@ -175,190 +142,86 @@ class Allocator:
         model = self.devices[0].model if self.devices else ""
         return self.profile.resource_for(model)
 
-    def kubelet_devices(self) -> list[tuple[str, PluginDevice]]:
-        """(kubelet device ID, device): the device itself, or its replicas when shared."""
-        if self.replicas <= 1:
-            return [(d.id, d) for d in self.devices]
-        return [(f"{d.id}{REPLICA}{k}", d) for d in self.devices for k in range(self.replicas)]
+    def kubelet_devices(self) -> list[tuple[str, NodeDevice]]:
+        return kubelet_ids(self.devices, self.replicas)
 
     @staticmethod
     def device_of(kubelet_id: str) -> str:
-        return kubelet_id.split(REPLICA, 1)[0]
+        return device_of(kubelet_id)
 
-    # ---------------------------------------------------------------- kubelet calls
-
-    def preferred(self, available: Sequence[str], must: Sequence[str], size: int) -> list[str]:
-        """GetPreferredAllocation: the devices of the container kubelet is admitting, as kubelet
-        IDs among `available`; empty (no preference) when that container is not certain."""
-        with self._lock:
-            pods = self._live_pods()
-            want, _ = self._admitting(pods, size)
-            if want is None:
-                return []  # not certain: kubelet picks, Allocate decides
-            return self._pick(want, pods, available, must) or []
-
-    def allocate(self, kubelet_ids: Sequence[str]) -> ContainerDevices:
-        """Allocate for one container: identify it for certain, answer, record, unlock."""
-        with self._lock:
-            pods = self._live_pods()
-            repeat = self._repeat(pods, kubelet_ids)
-            if repeat is not None:
-                return repeat
-            device_ids = [self.device_of(k) for k in kubelet_ids]
-            unknown = [d for d in device_ids if d not in {x.id for x in self.devices}]
-            if unknown:
-                raise AllocateError(f"{self.node}: kubelet asked for unknown devices {unknown}")
-            want, wants = self._admitting(pods, len(kubelet_ids))
-            if want is None:
-                pending = ", ".join(f"{w.key} ({w.container}: {w.count})" for w in wants) or "none"
-                same = sum(w.count == len(kubelet_ids) for w in wants)
-                why = "several pods could be" if same else "no pending pod asks for that many"
-                raise AllocateError(
-                    f"{self.node}: cannot tell for certain which pod kubelet is admitting with "
-                    f"{self.resource} {list(kubelet_ids)}: {why} (pending: {pending})"
-                )
-            if want.assigned is not None and sorted(want.assigned) != sorted(device_ids):
-                raise AllocateError(
-                    f"{self.node}: kubelet chose {list(kubelet_ids)} for {want.key} "
-                    f"({want.container}), HCS bound it to {','.join(want.assigned)}: refusing "
-                    "rather than giving it devices HCS's books do not show it holding"
-                )
-            if want.assigned is None and (
-                len(set(device_ids)) != len(device_ids) or not set(device_ids) <= self._free(pods)
-            ):
-                raise AllocateError(
-                    f"{self.node}: {want.key} ({want.container}) was placed without HCS, and "
-                    f"{list(kubelet_ids)} are not free in HCS's books"
-                )
-            ordered = list(want.assigned) if want.assigned is not None else device_ids
-            self._record(want, pods, kubelet_ids, ordered)
-            return self._answer(ordered)
-
-    # ---------------------------------------------------------------- internals
-
-    def __post_init__(self) -> None:
-        self.strategies = check_strategies(
-            self.profile, self.strategies or default_strategies(self.profile)
-        )
+    def _books(self) -> Books:
+        return Books(tuple(live(self.api.pods())), tuple(self.devices))
 
     def _answer(self, devices: Sequence[str]) -> ContainerDevices:
-        return allocation(self.profile, devices, self._identities(), strategies=self.strategies)
+        identities = {d.id: d.identity for d in self.devices if d.identity}
+        return allocation(self.profile, devices, identities, strategies=self.strategies)
 
-    def _identities(self) -> dict[str, str]:
-        return {d.id: d.identity for d in self.devices if d.identity}
+    def preferred(self, available: Sequence[str], must: Sequence[str], size: int) -> list[str]:
+        """GetPreferredAllocation; any failure is no preference (logged), never an error:
+        an error would fail the pod's admission."""
+        try:
+            with self._lock:
+                return prefer(self._books(), self.resource, available, must, size)
+        except Exception as exc:
+            log.warning("GetPreferredAllocation %s: no preference (%s)", list(available), exc)
+            return []
 
-    def _live_pods(self) -> list[dict[str, Any]]:
-        return [
-            p
-            for p in self.api.pods_on(self.node)
-            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-        ]
-
-    def _repeat(
-        self, pods: list[dict[str, Any]], kubelet_ids: Sequence[str]
-    ) -> ContainerDevices | None:
-        """The same answer for a container kubelet already allocated (e.g. after a restart)."""
-        for pod in pods:
-            for container, ids in allocated(pod).items():
-                if sorted(ids) == sorted(kubelet_ids):
-                    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-                    devices = container_devices(annotations).get(container)
-                    if devices is not None:
-                        return self._answer(devices)
-        return None
-
-    def _admitting(self, pods: list[dict[str, Any]], size: int) -> tuple[_Want | None, list[_Want]]:
-        """The container kubelet is admitting with `size` devices, if certain: kubelet may be
-        admitting any pending pod whose next container asks for that many, so exactly one may.
-        Also every pending container, for messages."""
-        wants = self._wanted(pods)
-        same = [w for w in wants if w.count == size]
-        return (same[0] if len(same) == 1 else None), wants
-
-    def _wanted(self, pods: list[dict[str, Any]]) -> list[_Want]:
-        out = []
-        for pod in pods:
-            status = pod.get("status") or {}
-            if status.get("containerStatuses") or status.get("initContainerStatuses"):
-                continue  # already admitted by kubelet
-            if (pod.get("metadata") or {}).get("deletionTimestamp"):
-                continue
-            done = allocated(pod)
-            annotations = (pod.get("metadata") or {}).get("annotations") or {}
-            assigned = container_devices(annotations)
-            for name, count in requesting(pod, self.resource):
-                if name not in done:
-                    out.append(_Want(pod, name, count, assigned.get(name)))
+    def allocate(self, kubelet: Sequence[str]) -> ContainerDevices:
+        """Allocate for one container: identify it, answer, record (queued). A pod the cache
+        does not show yet is waited for, briefly, on the watch (never on a request)."""
+        deadline = time.monotonic() + WATCH_GRACE_S
+        with self._lock:
+            while True:
+                try:
+                    decision = decide_allocate(
+                        self._books(),
+                        self.resource,
+                        kubelet,
+                        node=self.node,
+                        vendor=self.profile.name,
+                    )
                     break
-        return out
+                except AllocateError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self.api.wait_for_change(left):
+                        raise
+            if isinstance(decision, Repeat):
+                return self._answer(decision.devices)
+            self._apply(decision)
+            return self._answer(decision.devices)
 
-    def _held(self, pods: list[dict[str, Any]]) -> set[str]:
-        held: set[str] = set()
-        for pod in pods:
-            held |= held_ids((pod.get("metadata") or {}).get("annotations") or {})
-        return held
-
-    def _free(self, pods: list[dict[str, Any]]) -> set[str]:
-        """Healthy devices no pod holds in HCS's books (for pods placed without HCS)."""
-        return {d.id for d in self.devices if d.healthy} - self._held(pods)
-
-    def _pick(
-        self,
-        want: _Want,
-        pods: list[dict[str, Any]],
-        available: Sequence[str],
-        must: Sequence[str],
-    ) -> list[str] | None:
-        by_device: dict[str, list[str]] = {}
-        for k in available:
-            by_device.setdefault(self.device_of(k), []).append(k)
-        if want.assigned is not None:
-            if any(not by_device.get(d) for d in want.assigned):
-                return None
-            return [sorted(by_device[d])[0] for d in want.assigned]
-        free = sorted(self._free(pods) & set(by_device), key=_order)
-        chosen = [d for d in dict.fromkeys(self.device_of(m) for m in must) if d in free]
-        chosen += [d for d in free if d not in chosen][: want.count - len(chosen)]
-        if len(chosen) < want.count:
-            return None
-        return [sorted(by_device[d])[0] for d in chosen]
-
-    def _record(
-        self,
-        want: _Want,
-        pods: list[dict[str, Any]],
-        kubelet_ids: Sequence[str],
-        devices: list[str],
-    ) -> None:
-        meta = want.pod["metadata"]
-        done = {**allocated(want.pod), want.container: list(kubelet_ids)}
-        annotations = {A_ALLOCATED: orjson.dumps(done).decode()}
-        if want.assigned is None:
-            # Placed without HCS: write the assignment so the extender's ledger counts it.
-            current = container_devices(meta.get("annotations") or {})
-            current[want.container] = tuple(devices)
-            pod_wide = list(dict.fromkeys(d for ids in current.values() for d in ids))
-            annotations |= container_annotations([(want.container, devices)])
-            annotations |= {
-                A_ASSIGNED_DEVICES: ",".join(pod_wide),
-                A_ASSIGNED_NODE: self.node,
-                A_ASSIGNED_VENDOR: self.profile.name,
-            }
-            log.info(
-                "pod %s/%s (%s) placed without HCS: devices %s",
-                meta.get("namespace"),
-                meta.get("name"),
-                want.container,
-                ",".join(devices),
+    def reconcile(self, given: Mapping[tuple[str, str], Mapping[str, Sequence[str]]]) -> int:
+        """Record what kubelet really gave (PodResources) where the books miss it: the writes
+        a crash lost, or a pod admitted while the plugin was away. Returns how many."""
+        with self._lock:
+            decisions = reconcile(
+                self._books(), self.resource, given, node=self.node, vendor=self.profile.name
             )
-        self.api.annotate(str(meta.get("namespace")), str(meta.get("name")), annotations)
-        names = {n for n, _ in requesting(want.pod, self.resource)}
-        if names <= set(done):
-            self.api.release(self.node, str(meta.get("uid")))
+            for d in decisions:
+                self._apply(d)
+            return len(decisions)
 
-
-def _order(dev_id: str) -> tuple[int, str]:
-    return (int(dev_id), "") if dev_id.isdigit() else (1 << 30, dev_id)
+    def _apply(self, decision: Decision) -> None:
+        want = decision.want
+        self.api.record(want.pod, decision.annotations)
+        if decision.moved:
+            log.info(
+                "pod %s (%s): kubelet gave %s instead of HCS's %s; the books follow",
+                want.key,
+                want.container,
+                ",".join(decision.devices),
+                ",".join(want.assigned or ()),
+            )
+        elif not want.by_hcs:
+            log.info(
+                "pod %s (%s) placed without HCS: devices %s",
+                want.key,
+                want.container,
+                ",".join(decision.devices),
+            )
+        if decision.release:
+            uid = str((want.pod.get("metadata") or {}).get("uid"))
+            self.api.release(self.node, uid)
 
 
 # ------------------------------------------------------------------------------------ gRPC
@@ -439,16 +302,28 @@ class DevicePlugin:
         *,
         interval: float = 30.0,
         socket_name: str | None = None,
+        cache: Any = None,
+        pod_resources: Path | None = None,
     ) -> None:
         self.allocator = allocator
         self.kubelet_dir = Path(kubelet_dir)
         self.discover = discover
         self.interval = interval
         self.socket_name = socket_name or f"hcs-{allocator.profile.name}.sock"
+        self.cache = cache
+        """The node's pods and ComputeNode in memory (node.podcache.NodeCache): the plugin
+        registers once it has listed them, and reads the published slots and re-indexed
+        devices from the ComputeNode."""
+        self.pod_resources = pod_resources
+        """kubelet's PodResources socket: what kubelet really gave, for `reconcile`."""
         self.changed = threading.Condition()
         self.generation = 0
         self.stopping = threading.Event()
         self.registrations = 0
+        self.discovered = False
+        """Discovery succeeded once: before that the resource name is unknown (a 310P node
+        would register huawei.com/Ascend910), so nothing is registered."""
+        self.registered_as: str | None = None
         self._server: Any = None
         self._kubelet_socket: tuple[int, int] | None = None
 
@@ -473,17 +348,40 @@ class DevicePlugin:
         )
 
     def refresh(self) -> bool:
-        """Re-discover; a failed discovery marks every known device Unhealthy."""
+        """Re-discover; a failed discovery marks every known device Unhealthy. The agent's
+        ComputeNode, where cached, marks re-indexed devices Unhealthy and sets the slots."""
         found = self.discover()
         if found is None:
-            found = [PluginDevice(d.id, False, d.numa, d.identity) for d in self.allocator.devices]
-        if found == self.allocator.devices:
+            found = [replace(d, healthy=False) for d in self.allocator.devices]
+        else:
+            self.discovered = True
+        published = self.cache.compute_node if self.cache is not None else None
+        found, slots = published_view(found, published)
+        replicas = self.allocator.replicas if slots is None else slots
+        if slots is not None and slots != self.allocator.replicas:
+            log.info("advertising %d replicas per device, as the ComputeNode says", slots)
+        if found == self.allocator.devices and replicas == self.allocator.replicas:
             return False
         with self.changed:
             self.allocator.devices = found
+            self.allocator.replicas = replicas
             self.generation += 1
             self.changed.notify_all()
         return True
+
+    def reconcile(self) -> int:
+        """Write what kubelet really gave where the books miss it (PodResources)."""
+        if self.pod_resources is None or not self.pod_resources.exists():
+            return 0
+        try:
+            given = list_devices(self.pod_resources, self.allocator.resource)
+        except grpc.RpcError as exc:
+            log.warning("PodResources List failed (%s); reconciling later", exc.code())
+            return 0
+        fixed = self.allocator.reconcile(given)
+        if fixed:
+            log.info("recorded %d allocation(s) from kubelet's PodResources", fixed)
+        return fixed
 
     def serve(self) -> None:
         """(Re)create the plugin socket and serve it."""
@@ -514,6 +412,7 @@ class DevicePlugin:
                 timeout=5.0,
             )
         self.registrations += 1
+        self.registered_as = self.allocator.resource
         log.info(
             "registered %s on %s as %s",
             self.allocator.resource,
@@ -533,9 +432,18 @@ class DevicePlugin:
         """One watch round: (re)serve and register when kubelet's socket is new, or when our
         own socket was removed (kubelet empties the folder when it starts)."""
         current = self._kubelet_socket_id()
-        if current is None:
+        if current is None or not self.discovered:
             return
-        if current != self._kubelet_socket or not self.socket_path.exists():
+        if self.cache is not None and not self.cache.synced.is_set():
+            return  # Allocate must be able to answer from memory first
+        renamed = self.registered_as not in (None, self.allocator.resource)
+        if renamed:
+            log.info(
+                "discovery says %s, not %s: registering again",
+                self.allocator.resource,
+                self.registered_as,
+            )
+        if current != self._kubelet_socket or not self.socket_path.exists() or renamed:
             self.serve()
             try:
                 self.register()
@@ -548,11 +456,17 @@ class DevicePlugin:
         """Until `stopping` is set: watch kubelet's socket, re-discover every interval."""
         self.refresh()
         next_refresh = time.monotonic() + self.interval
+        reconciled = False
         try:
             while not self.stopping.is_set():
                 self.step()
-                if time.monotonic() >= next_refresh:
+                if not reconciled and self.registered_as is not None:
+                    self.reconcile()  # what a crash before the last writes left
+                    reconciled = True
+                if time.monotonic() >= next_refresh or not self.discovered:
                     self.refresh()
+                    if reconciled:
+                        self.reconcile()
                     next_refresh = time.monotonic() + self.interval
                 self.stopping.wait(poll)
         finally:
@@ -561,30 +475,25 @@ class DevicePlugin:
             self.stop_server()
 
 
-class KubeNodeApi:
-    """NodeApi through the API server: the node's pods, annotation patches, the node lock."""
+class CachedNodeApi:
+    """NodeApi over the in-memory cache (reads) and the writer (writes, afterwards)."""
 
-    def __init__(self, api: Any, lock_namespace: str = LOCK_NAMESPACE) -> None:
-        self.core = client.CoreV1Api(api)
-        self.locks = NodeLock(api, lock_namespace)
+    def __init__(self, cache: Any, writer: Any) -> None:
+        self.cache = cache
+        self.writer = writer
 
-    def pods_on(self, node: str) -> list[dict[str, Any]]:
-        raw: Any = self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={node}", _preload_content=False, _request_timeout=4
-        )
-        items: list[dict[str, Any]] = orjson.loads(raw.data).get("items") or []
-        return items
+    def pods(self) -> list[dict[str, Any]]:
+        pods: list[dict[str, Any]] = self.cache.pods()
+        return pods
 
-    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        body: Any = {"metadata": {"annotations": dict(annotations)}}
-        self.core.patch_namespaced_pod(
-            name,
-            namespace,
-            body,
-            _content_type="application/merge-patch+json",
-            _preload_content=False,
-            _request_timeout=4,
-        )
+    def record(self, pod: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
+        meta = pod.get("metadata") or {}
+        self.cache.record(str(meta.get("uid")), annotations)
+        self.writer.annotate(str(meta.get("namespace")), str(meta.get("name")), annotations)
 
     def release(self, node: str, uid: str) -> None:
-        self.locks.release(node, uid)
+        self.writer.release(node, uid)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        changed: bool = self.cache.wait_for_change(timeout)
+        return changed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +267,8 @@ class FakeApiServer:
             if "ns" in request.match_info:  # a namespaced list
                 ns = request.match_info["ns"]
                 items = [o for o in items if (o.get("metadata") or {}).get("namespace") == ns]
-            field, _, wanted = request.query.get("fieldSelector", "").partition("=")
-            if field == "spec.nodeName":  # the agent's; other selectors are not applied
-                items = [o for o in items if (o.get("spec") or {}).get("nodeName") == wanted]
+            selector = _field_selector(request.query.get("fieldSelector", ""))
+            items = [o for o in items if selector(o)]
             body = {
                 "apiVersion": "v1" if kind in (PODS, NAMESPACES) else "hcs.io/v1alpha1",
                 "kind": {PODS: "PodList", NAMESPACES: "NamespaceList"}.get(kind, "ComputeNodeList"),
@@ -296,6 +296,14 @@ class FakeApiServer:
             await resp.write(orjson.dumps({"type": "ERROR", "object": gone}) + b"\n")
             await resp.write_eof()
             return resp
+        text = request.query.get("fieldSelector", "")
+        selector = _field_selector(text)
+        # Objects of this stream that match the selector (those that matched when it began).
+        seen = {
+            str((o.get("metadata") or {}).get("uid") or self._key(kind, o))
+            for o in self.objects[kind].values()
+            if selector(o)
+        }
         queue: asyncio.Queue[tuple[int, str, dict[str, Any]] | None] = asyncio.Queue()
         if self.closing:
             queue.put_nowait(None)
@@ -319,12 +327,31 @@ class FakeApiServer:
                 if got is None:
                     break
                 _, event, obj = got
+                if text:
+                    # As kube-apiserver: an object entering the selector is ADDED, one leaving
+                    # it DELETED, one outside it never sent.
+                    key = str((obj.get("metadata") or {}).get("uid") or self._key(kind, obj))
+                    if event == "DELETED":
+                        if key not in seen and not selector(obj):
+                            continue
+                        seen.discard(key)
+                    elif selector(obj):
+                        event = "MODIFIED" if key in seen else "ADDED"
+                        seen.add(key)
+                    elif key in seen:
+                        event = "DELETED"
+                        seen.discard(key)
+                    else:
+                        continue
                 await resp.write(orjson.dumps({"type": event, "object": obj}) + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self._queues[kind].discard(queue)
-        await resp.write_eof()
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away first
         return resp
 
     async def _read_pod(self, request: web.Request) -> web.Response:
@@ -447,3 +474,28 @@ def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> P
     }
     path.write_text(orjson.dumps(doc).decode())  # JSON is YAML
     return path
+
+
+def _field_selector(text: str) -> Callable[[dict[str, Any]], bool]:
+    """kube-apiserver's field selectors as HCS uses them: `spec.nodeName=n`,
+    `metadata.name=n`, `status.phase!=Succeeded` (`=`, `==`, `!=`; comma-separated terms all
+    hold)."""
+    terms: list[tuple[str, bool, str]] = []
+    for term in filter(None, text.split(",")):
+        if "!=" in term:
+            field, wanted = term.split("!=", 1)
+            terms.append((field, False, wanted))
+        else:
+            field, _, wanted = term.replace("==", "=").partition("=")
+            terms.append((field, True, wanted))
+
+    def value(obj: dict[str, Any], path: str) -> str:
+        node: Any = obj
+        for part in path.split("."):
+            node = (node or {}).get(part) if isinstance(node, dict) else None
+        return str(node or "")
+
+    def match(obj: dict[str, Any]) -> bool:
+        return all((value(obj, f) == wanted) is equal for f, equal, wanted in terms)
+
+    return match

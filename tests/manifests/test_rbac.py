@@ -15,13 +15,15 @@ from cluster.sync import ClusterSync, KubeBinder, KubeQuotaBook
 from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext
 from hcs.engine import EngineConfig
+from hcs.nodelock import LOCK_NAMESPACE
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict, quota_dict
 from hcs.vendors import VendorTable
 from node.agent import AgentOptions, desired_node
 from node.agent import run as run_agent
-from node.deviceplugin import Allocator, KubeNodeApi, PluginDevice
+from node.deviceplugin import Allocator, CachedNodeApi, PluginDevice
+from node.podcache import NodeCache, Writer
 from node.publish import Publisher
 from tests.fake_apiserver import LEASES, NODES, PODS, QUOTAS, FakeApiServer
 from tests.webhook.reviews import admission_review, generated_pod
@@ -221,9 +223,16 @@ async def test_the_node_role_is_exactly_what_the_agent_and_the_device_plugin_cal
             },
         )
         devices = [PluginDevice(str(i), True) for i in range(2)]
-        plugin = Allocator("gpu-1", VendorTable()["nvidia"], KubeNodeApi(pub.core.api_client))
+        k8s = pub.core.api_client
+        cache, writer = NodeCache(k8s, "gpu-1"), Writer(k8s, LOCK_NAMESPACE)
+        cache.start()
+        await asyncio.to_thread(cache.synced.wait, 10)
+        plugin = Allocator("gpu-1", VendorTable()["nvidia"], CachedNodeApi(cache, writer))
         plugin.devices = devices
         await asyncio.to_thread(plugin.allocate, ["0" if name == "bound" else "1"])
+        assert await asyncio.to_thread(writer.flush, 10)
+        writer.stop()
+        cache.stop()
     assert fake.lease_holder("gpu-1") == ""
     assert used(fake.calls) == granted("hcs-agent")
 

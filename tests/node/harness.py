@@ -22,12 +22,14 @@ from cluster.sync import ClusterSync, KubeBinder
 from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext, parse_review, review
 from hcs.engine import EngineConfig
+from hcs.nodelock import LOCK_NAMESPACE
 from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict
 from hcs.vendors import VendorTable
-from node.deviceplugin import Allocator, DevicePlugin, KubeNodeApi, devices_of
+from node.deviceplugin import Allocator, CachedNodeApi, DevicePlugin, devices_of
+from node.podcache import NodeCache, Writer
 from tests.fake_apiserver import NODES, PODS, FakeApiServer
 from tests.node.kubelet import Admitted, FakeKubelet, short_dir
 from tests.webhook.reviews import admission_review
@@ -59,39 +61,67 @@ class SimNode:
     kubelet: FakeKubelet | None = None
     plugin: DevicePlugin | None = None
     thread: threading.Thread | None = None
+    cache: NodeCache | None = None
+    writer: Writer | None = None
+    seed: int = 0
+    """kubelet's Go map order."""
 
     @property
     def resource(self) -> str:
         return VENDORS[self.vendor].resource
 
     def start_plugin(self) -> None:
+        """A new plugin process: its cache lists the node anew, nothing else is remembered."""
+        assert self.kubelet is not None
+        self.cache = NodeCache(self.api, self.name, backoff=(0.05, 0.5))
+        self.writer = Writer(self.api, LOCK_NAMESPACE, backoff=(0.05, 0.5))
         allocator = Allocator(
             self.name,
             VENDORS[self.vendor],
-            KubeNodeApi(self.api),
+            CachedNodeApi(self.cache, self.writer),
             replicas=self.replicas,
             strategies=self.strategies,
         )
-        plugin = DevicePlugin(allocator, self.dir, lambda: devices_of(self.compute), interval=0.2)
+        plugin = DevicePlugin(
+            allocator,
+            self.kubelet.dir,
+            lambda: devices_of(self.compute),
+            interval=0.2,
+            cache=self.cache,
+            pod_resources=self.kubelet.pod_resources_socket,
+        )
         self.plugin = plugin
+        self.cache.start()
         self.thread = threading.Thread(target=plugin.run, kwargs={"poll": 0.05}, daemon=True)
         self.thread.start()
 
     def start(self) -> None:
-        self.kubelet = FakeKubelet(self.dir)
+        self.kubelet = FakeKubelet(self.dir, seed=self.seed)
         self.start_plugin()
         self.wait_listed()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the plugin's writes landed on the API server."""
+        assert self.writer is not None
+        assert self.writer.flush(timeout), "the plugin's writes did not land"
 
     def wait_listed(self) -> None:
         assert self.kubelet is not None
         want = len(self.compute["spec"]["devices"]) * self.replicas
         self.kubelet.wait_devices(lambda d: len(d) == want)
 
-    def stop_plugin(self) -> None:
+    def stop_plugin(self, *, crash: bool = False) -> None:
+        """Stop the plugin; with `crash`, what it had not written yet is lost."""
         if self.plugin is not None and self.thread is not None:
             self.plugin.stopping.set()
             self.thread.join(timeout=10)
             self.plugin = None
+        if self.writer is not None:
+            if not crash:
+                self.writer.flush(10.0)
+            self.writer.stop()
+        if self.cache is not None:
+            self.cache.stop()
 
     def restart_plugin(self) -> None:
         """The plugin's pod restarts: a new process, nothing remembered."""
@@ -121,9 +151,12 @@ class SimNode:
             self.kubelet.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def admit(self, pod: dict[str, Any]) -> Admitted:
+    def admit(self, pod: dict[str, Any], affinity: dict[str, set[int]] | None = None) -> Admitted:
+        """Kubelet admits the pod; then the plugin's records land (as they do, afterwards)."""
         assert self.kubelet is not None
-        return self.kubelet.admit(pod, self.resource)
+        admitted = self.kubelet.admit(pod, self.resource, affinity=affinity)
+        self.flush()
+        return admitted
 
 
 def api_client(fake_url: str) -> client.ApiClient:

@@ -162,7 +162,7 @@ class Sim:
         idle = int(self.service.state.dev_idle_mask[row].sum())
         current = self.fake.put(PODS, pod)
         if idle == 0:  # nothing free in HCS's books: refused, never a device someone holds
-            with pytest.raises(AdmissionError, match="not free in HCS's books"):
+            with pytest.raises(AdmissionError, match="is held by"):
                 await asyncio.to_thread(sim.admit, current)
             self.fake.delete(PODS, f"kube-system/{pod['metadata']['name']}")
             self.bypassed.append(False)
