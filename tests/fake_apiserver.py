@@ -7,6 +7,7 @@ watch code run unmodified against it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -348,10 +349,8 @@ class FakeApiServer:
             pass
         finally:
             self._queues[kind].discard(queue)
-        try:
+        with contextlib.suppress(ConnectionResetError):  # the client went away first
             await resp.write_eof()
-        except ConnectionResetError:
-            pass  # the client went away first
         return resp
 
     async def _read_pod(self, request: web.Request) -> web.Response:

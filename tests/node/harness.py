@@ -23,6 +23,7 @@ from extender.app import create_app as create_extender
 from hcs.admission import AdmissionContext, parse_review, review
 from hcs.engine import EngineConfig
 from hcs.nodelock import LOCK_NAMESPACE
+from hcs.nodeplan import NodeDevice
 from hcs.quota import QuotaBook
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
@@ -65,6 +66,8 @@ class SimNode:
     writer: Writer | None = None
     seed: int = 0
     """kubelet's Go map order."""
+    discover_fails: bool = False
+    """The vendor tool fails (as at a boot before the driver is loaded)."""
 
     @property
     def resource(self) -> str:
@@ -85,7 +88,7 @@ class SimNode:
         plugin = DevicePlugin(
             allocator,
             self.kubelet.dir,
-            lambda: devices_of(self.compute),
+            self._discover,
             interval=0.2,
             cache=self.cache,
             pod_resources=self.kubelet.pod_resources_socket,
@@ -94,6 +97,19 @@ class SimNode:
         self.cache.start()
         self.thread = threading.Thread(target=plugin.run, kwargs={"poll": 0.05}, daemon=True)
         self.thread.start()
+
+    def _discover(self) -> list[NodeDevice] | None:
+        return None if self.discover_fails else devices_of(self.compute)
+
+    def cache_has(self, pod: dict[str, Any], timeout: float = 10.0) -> None:
+        """Wait until the plugin's cache shows `pod` (kubelet admits a pod its own watch shows;
+        the plugin's watch is a moment behind at most)."""
+        assert self.cache is not None
+        uid = pod["metadata"]["uid"]
+        deadline = time.monotonic() + timeout
+        while not any(p["metadata"]["uid"] == uid for p in self.cache.pods()):
+            assert time.monotonic() < deadline, "the plugin's cache never showed the pod"
+            self.cache.wait_for_change(0.1)
 
     def start(self) -> None:
         self.kubelet = FakeKubelet(self.dir, seed=self.seed)
