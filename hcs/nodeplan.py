@@ -323,12 +323,12 @@ def _record(want: Want, kubelet: Sequence[str], *, node: str, vendor: str) -> De
 
 def prefer(
     books: Books, resource: str, available: Sequence[str], must: Sequence[str], size: int
-) -> list[str]:
+) -> list[str] | None:
     """GetPreferredAllocation: kubelet IDs among `available` for the container being admitted;
-    empty (no preference) when that container is not certain or nothing fits."""
+    empty (no preference) when nothing fits; None when the container is not certain."""
     wants = [w for w in pending(books.pods, resource) if w.count == size]
     if len(wants) != 1:
-        return []
+        return None
     want = wants[0]
     by_device: dict[str, list[str]] = {}
     for k in available:

@@ -159,9 +159,14 @@ class Allocator:
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int) -> list[str]:
         """GetPreferredAllocation; any failure is no preference (logged), never an error:
         an error would fail the pod's admission."""
+        deadline = time.monotonic() + WATCH_GRACE_S
         try:
             with self._lock:
-                return prefer(self._books(), self.resource, available, must, size)
+                while True:
+                    chosen = prefer(self._books(), self.resource, available, must, size)
+                    left = deadline - time.monotonic()
+                    if chosen is not None or left <= 0 or not self.api.wait_for_change(left):
+                        return chosen or []
         except Exception as exc:
             log.warning("GetPreferredAllocation %s: no preference (%s)", list(available), exc)
             return []

@@ -21,7 +21,6 @@ PODS = "pods"
 QUOTAS = "computequotas"
 LEASES = "leases"
 NAMESPACES = "namespaces"
-TERMINAL = ("Succeeded", "Failed")
 
 
 class FakeApiServer:
@@ -34,7 +33,7 @@ class FakeApiServer:
             LEASES: {},
             NAMESPACES: {},
         }
-        self.events: dict[str, list[tuple[int, str, dict[str, Any]]]] = {
+        self.events: dict[str, list[Event]] = {
             NODES: [],
             PODS: [],
             QUOTAS: [],
@@ -57,7 +56,7 @@ class FakeApiServer:
         self.closing = False
         self.calls: list[tuple[str, str, dict[str, str]]] = []
         """Every request as (method, path, query), for RBAC checks."""
-        self._queues: dict[str, set[asyncio.Queue[tuple[int, str, dict[str, Any]] | None]]] = {
+        self._queues: dict[str, set[asyncio.Queue[Event | None]]] = {
             NODES: set(),
             PODS: set(),
             QUOTAS: set(),
@@ -87,13 +86,14 @@ class FakeApiServer:
     def put(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
         key = self._key(kind, obj)
-        event = "MODIFIED" if key in self.objects[kind] else "ADDED"
+        prev = self.objects[kind].get(key)
+        event = "MODIFIED" if prev is not None else "ADDED"
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         if kind == PODS:
             obj["metadata"].setdefault("uid", f"uid-{key.replace('/', '-')}")
         self.objects[kind][key] = obj
-        self._emit(kind, event, obj)
+        self._emit(kind, event, obj, prev)
         return obj
 
     def delete(self, kind: str, key: str) -> None:
@@ -101,7 +101,7 @@ class FakeApiServer:
         self.rv += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        self._emit(kind, "DELETED", obj)
+        self._emit(kind, "DELETED", obj, obj)
 
     def hang(self, kind: str) -> None:
         """List requests of `kind` get no answer until `answer(kind)`."""
@@ -123,10 +123,12 @@ class FakeApiServer:
         """Forget history: watches from any earlier version get 410 Gone."""
         self.compacted = self.rv + 1
 
-    def _emit(self, kind: str, event: str, obj: dict[str, Any]) -> None:
-        if kind == PODS and event != "DELETED" and obj.get("status", {}).get("phase") in TERMINAL:
-            event = "DELETED"  # it leaves the field selector's view
-        entry = (self.rv, event, obj)
+    def _emit(
+        self, kind: str, event: str, obj: dict[str, Any], prev: dict[str, Any] | None
+    ) -> None:
+        """Record a change with the object's previous state, so each watch can tell whether
+        the object entered or left its field selector (as kube-apiserver does)."""
+        entry = (self.rv, event, obj, prev)
         self.events[kind].append(entry)
         for q in self._queues[kind]:
             q.put_nowait(entry)
@@ -251,9 +253,6 @@ class FakeApiServer:
         self.status_updates += 1
         return web.json_response(self.put(QUOTAS, updated))
 
-    def _visible(self, kind: str, obj: dict[str, Any]) -> bool:
-        return kind != PODS or obj.get("status", {}).get("phase") not in TERMINAL
-
     def _list_or_watch(self, kind: str) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
             if request.query.get("watch") in ("true", "1", "True"):
@@ -264,7 +263,7 @@ class FakeApiServer:
             if self.fail_lists:
                 self.fail_lists -= 1
                 return _status(500, "InternalError", "injected failure")
-            items = [o for o in self.objects[kind].values() if self._visible(kind, o)]
+            items = list(self.objects[kind].values())
             if "ns" in request.match_info:  # a namespaced list
                 ns = request.match_info["ns"]
                 items = [o for o in items if (o.get("metadata") or {}).get("namespace") == ns]
@@ -297,15 +296,8 @@ class FakeApiServer:
             await resp.write(orjson.dumps({"type": "ERROR", "object": gone}) + b"\n")
             await resp.write_eof()
             return resp
-        text = request.query.get("fieldSelector", "")
-        selector = _field_selector(text)
-        # Objects of this stream that match the selector (those that matched when it began).
-        seen = {
-            str((o.get("metadata") or {}).get("uid") or self._key(kind, o))
-            for o in self.objects[kind].values()
-            if selector(o)
-        }
-        queue: asyncio.Queue[tuple[int, str, dict[str, Any]] | None] = asyncio.Queue()
+        selector = _field_selector(request.query.get("fieldSelector", ""))
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
         if self.closing:
             queue.put_nowait(None)
         for entry in self.events[kind]:
@@ -320,30 +312,19 @@ class FakeApiServer:
                 if remaining <= 0:
                     break
                 try:
-                    got: tuple[int, str, dict[str, Any]] | None = await asyncio.wait_for(
-                        queue.get(), remaining
-                    )
+                    got: Event | None = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
                 if got is None:
                     break
-                _, event, obj = got
-                if text:
-                    # As kube-apiserver: an object entering the selector is ADDED, one leaving
-                    # it DELETED, one outside it never sent.
-                    key = str((obj.get("metadata") or {}).get("uid") or self._key(kind, obj))
-                    if event == "DELETED":
-                        if key not in seen and not selector(obj):
-                            continue
-                        seen.discard(key)
-                    elif selector(obj):
-                        event = "MODIFIED" if key in seen else "ADDED"
-                        seen.add(key)
-                    elif key in seen:
-                        event = "DELETED"
-                        seen.discard(key)
-                    else:
-                        continue
+                _, event, obj, prev = got
+                # As kube-apiserver: an object entering the selector is ADDED, one leaving it
+                # DELETED, one outside it before and after never sent.
+                before = prev is not None and selector(prev)
+                after = event != "DELETED" and selector(obj)
+                if not before and not after:
+                    continue
+                event = "MODIFIED" if before and after else ("ADDED" if after else "DELETED")
                 await resp.write(orjson.dumps({"type": event, "object": obj}) + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -473,6 +454,10 @@ def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> P
     }
     path.write_text(orjson.dumps(doc).decode())  # JSON is YAML
     return path
+
+
+Event = tuple[int, str, dict[str, Any], dict[str, Any] | None]
+"""(resourceVersion, type, object, the object before this change or None)."""
 
 
 def _field_selector(text: str) -> Callable[[dict[str, Any]], bool]:

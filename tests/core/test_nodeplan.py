@@ -127,7 +127,7 @@ def test_the_preference_stays_with_hcs_where_kubelet_offers_it_and_aligns_otherw
     assert prefer(b, GPU, [str(i) for i in range(8)], [], 2) == ["0", "1"]
     # Offer restricted to NUMA 1 with 4 already chosen: stay on NUMA 1, skip q's device 5.
     assert prefer(b, GPU, ["4", "5", "6", "7"], ["4"], 2) == ["4", "6"]
-    assert prefer(b, GPU, ["5"], [], 1) == []  # no container of that size: no preference
+    assert prefer(b, GPU, ["5"], [], 1) is None  # no container of that size: not certain
 
 
 def test_a_repeat_is_answered_only_for_a_positively_identified_container() -> None:

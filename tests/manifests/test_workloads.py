@@ -182,12 +182,13 @@ def test_one_agent_daemonset_per_vendor_with_what_its_tool_needs() -> None:
         assert names == ["agent", "device-plugin"]
         plugin = pod["containers"][1]
         mounts = {m["mountPath"] for m in plugin["volumeMounts"]}
-        assert "/var/lib/kubelet/device-plugins" in mounts
+        assert {"/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources"} <= mounts
         assert plugin["args"][:1] == ["device-plugin"]
     nvidia = agents["hcs-agent-nvidia"]["spec"]["template"]["spec"]
     assert nvidia["runtimeClassName"] == "nvidia"
     assert [v["hostPath"]["path"] for v in nvidia["volumes"]] == [
         "/var/lib/kubelet/device-plugins",
+        "/var/lib/kubelet/pod-resources",
         "/dev/null",  # mounted at /var/run/nvidia-container-devices/all: every GPU
     ]
     for c in nvidia["containers"]:

@@ -197,10 +197,11 @@ def webhook_context(state: Any) -> AdmissionContext:
     return AdmissionContext(state, QuotaBook({}), scheduler_name="hcs-scheduler")
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+async def wait_for(predicate: Any, timeout: float = 10.0, why: Any = None) -> None:
+    """Wait until `predicate()`; `why()` says what was seen instead when it never comes."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
+        assert time.monotonic() < deadline, f"condition not reached{': ' + why() if why else ''}"
         await asyncio.sleep(0.02)
 
 

@@ -210,3 +210,29 @@ async def test_the_agents_word_decides_reindexed_devices_and_slots(cluster: Clus
         node.kubelet.wait_devices, lambda d: len(d) == 12 and d.get("2::0") == "Unhealthy"
     )
     assert {k for k, h in devices.items() if h == "Unhealthy"} == {"2::0", "2::1", "2::2"}
+
+
+class _Unreadable:
+    """A node view that fails (the cache broke): the plugin must not fail the pod for it."""
+
+    def pods(self) -> list[dict[str, Any]]:
+        raise RuntimeError("the cache is gone")
+
+    def record(self, pod: Any, annotations: Any) -> None:
+        raise AssertionError("nothing to record")
+
+    def release(self, node: str, uid: str) -> None:
+        raise AssertionError("nothing to release")
+
+    def wait_for_change(self, timeout: float) -> bool:
+        return False
+
+
+def test_a_failing_preference_is_no_preference(caplog: pytest.LogCaptureFixture) -> None:
+    from hcs.vendors import VendorTable
+    from node.deviceplugin import Allocator, PluginDevice
+
+    allocator = Allocator("n", VendorTable()["nvidia"], _Unreadable())
+    allocator.devices = [PluginDevice(str(i), True) for i in range(2)]
+    assert allocator.preferred(["0", "1"], [], 1) == []
+    assert "no preference (the cache is gone)" in caplog.text

@@ -125,9 +125,9 @@ class Sim:
             self.pending += 1
             self.fake.delete(PODS, f"ml/{pod['metadata']['name']}")  # unschedulable: give up
             return
-        current = stored(self.fake, pod)
-        await asyncio.to_thread(self.nodes[node].admit, current)
-        self.live[uid] = self.fake.put(PODS, running(current))
+        await asyncio.to_thread(self.nodes[node].admit, stored(self.fake, pod))
+        # Kubelet writes the status only: the plugin's records on the pod stay.
+        self.live[uid] = self.fake.put(PODS, running(stored(self.fake, pod)))
 
     async def end(self, uid: str) -> None:
         pod = self.live.pop(uid)
@@ -157,7 +157,11 @@ class Sim:
                 ],
             },
         }
-        await wait_for(lambda: set(self.service.state.allocations) == set(self.live))
+        state = self.service.state
+        await wait_for(
+            lambda: set(state.allocations) == set(self.live),
+            why=lambda: f"{sorted(set(state.allocations) ^ set(self.live))}",
+        )
         row = self.service.state.index[node]
         idle = int(self.service.state.dev_idle_mask[row].sum())
         current = self.fake.put(PODS, pod)
@@ -178,7 +182,18 @@ class Sim:
         def ledger_matches() -> bool:
             return set(state.allocations) == set(self.live)
 
-        await wait_for(ledger_matches)
+        def difference() -> str:
+            extra = set(state.allocations) - set(self.live)
+            phases = {
+                uid: (o.get("status") or {}).get("phase")
+                for o in self.fake.objects[PODS].values()
+                if (uid := o["metadata"].get("uid")) in extra
+            }
+            return f"booked, not live: {phases}; live, not booked: " + str(
+                sorted(set(self.live) - set(state.allocations))
+            )
+
+        await wait_for(ledger_matches, why=difference)
         for uid, pod in self.live.items():
             current = stored(self.fake, pod)
             node = self.nodes[current["spec"]["nodeName"]]
