@@ -96,3 +96,35 @@ async def test_the_device_plugin_command_serves_kubelet(
         kubelet.stop()
         shutil.rmtree(folder, ignore_errors=True)
     assert code == 0
+
+
+async def test_the_plugin_advertises_numa_nodes_from_nvidia_smi_topo(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """`--tool-output nvidia-smi-topo=FILE` is read as the agent reads it: each GPU's NUMA node
+    goes to kubelet in ListAndWatch (its topology manager aligns on it)."""
+    fake = FakeApiServer()
+    server = await aiohttp_server(fake.app())
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
+    folder = short_dir()
+    kubelet = FakeKubelet(folder)
+    fixtures = Path(__file__).resolve().parents[1] / "agent" / "fixtures"
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from hcs_cli.main import main; sys.exit(main())",
+        *("device-plugin", "--node-name", "gpu-1", "--vendor", "nvidia"),
+        *("--kubelet-dir", str(kubelet.dir), "--kubeconfig", str(kubeconfig)),
+        *("--tool-output", f"nvidia-smi={fixtures / 'nvidia-smi-a100-nounits.csv'}"),
+        *("--tool-output", f"nvidia-smi-topo={REAL / 'nvidia/topo-a100x8-nv12-4nic-numa.txt'}"),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        await asyncio.to_thread(kubelet.wait_devices, lambda d: len(d) == 8, 30.0)
+        assert kubelet.numa == {str(i): 0 if i < 4 else 1 for i in range(8)}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 15)
+        kubelet.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert code == 0
