@@ -79,30 +79,6 @@ TOPOLOGY_PREFERENCES: Final = ("high-bandwidth", "low-latency")
 Topology = Literal["high-bandwidth", "low-latency"]
 
 
-def hami_memory(resource: str) -> bool:
-    """HAMi's memory-per-device resources, in MiB: read as ai.compute/vram."""
-    return resource in ("nvidia.com/gpumem", "hygon.com/dcumem") or (
-        resource.startswith("huawei.com/Ascend") and resource.endswith("-memory")
-    )
-
-
-_HAMI_VENDOR: Final[dict[str, VendorName]] = {
-    "nvidia.com": "nvidia",
-    "huawei.com": "huawei",
-    "hygon.com": "hygon",
-}
-
-# HAMi resources HCS cannot express (a share of an unknown device, or a unit it cannot check):
-# refused naming them, never ignored and never taken for device counts.
-HAMI_REFUSED: Final = {
-    "nvidia.com/gpumem-percentage": "a percentage of each GPU's memory; ask ai.compute/vram",
-    "nvidia.com/gpucores": "a percentage of each GPU's cores; ask ai.compute/tflops-fp16",
-    "hygon.com/dcucores": "a percentage of each DCU's cores; ask ai.compute/tflops-fp16",
-    "cambricon.com/mlu.smlu.vmemory": "HAMi's MLU memory slices; ask ai.compute/vram",
-    "cambricon.com/mlu.smlu.vcore": "a percentage of each MLU's cores; ask ai.compute/tflops-fp16",
-}
-
-
 @dataclass(frozen=True)
 class ContainerDemand:
     """What one container needs, per device, in engine units."""
@@ -397,16 +373,18 @@ def _parse_container(
     for section, values in (("requests", requests), ("limits", limits)):
         for key, value in values.items():
             at = f"{path}.resources.{section}[{key}]"
-            if str(key) in HAMI_REFUSED:
-                raise RequestError(f"{at}: HAMi's {key} is {HAMI_REFUSED[str(key)]} instead")
-            if hami_memory(str(key)):
-                mib = quantity.whole_count(value, at)
-                if key not in hami:
-                    hami.append(str(key))
-                hami_mib = max(hami_mib, mib)
-                # HAMi's resource names its vendor, as a device resource does.
-                vendor = _HAMI_VENDOR[str(key).split("/", 1)[0]]
-                legacy_vendors.setdefault(vendor, str(key))
+            owner = vendors.hami_vendor(str(key))
+            if owner is None:
+                continue
+            refusal = owner.refusal(str(key))
+            if refusal is not None:
+                raise RequestError(f"{at}: HAMi's {key} is {refusal} instead")
+            mib = quantity.whole_count(value, at)
+            if key not in hami:
+                hami.append(str(key))
+            hami_mib = max(hami_mib, mib)
+            # HAMi's resource names its vendor, as a device resource does.
+            legacy_vendors.setdefault(owner.name, str(key))
     for section, values in (("requests", requests), ("limits", limits)):
         for key in values:
             if str(key).startswith(PREFIX) and key not in ABSTRACT_RESOURCES:

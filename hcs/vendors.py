@@ -81,6 +81,15 @@ class VendorProfile:
     """(model pattern, resource): models whose nodes advertise another resource than
     `resource` (Ascend 310P nodes: `huawei.com/Ascend310P`). The device plugin registers it,
     and the webhook adds it for pods routed to such nodes."""
+    alias_models: tuple[tuple[str, str], ...] = ()
+    """(resource name, model pattern): names that mean devices of one model family
+    (`huawei.com/Ascend910B3` -> `Ascend910B3*`). The webhook rewrites them to the name the
+    family's nodes advertise and the model becomes a placement constraint."""
+    memory_resources: tuple[str, ...] = ()
+    """HAMi's memory-per-device resources (MiB; fnmatch patterns), read as ai.compute/vram."""
+    refused_resources: tuple[tuple[str, str], ...] = ()
+    """(name pattern, what to ask instead): shares HCS cannot express (HAMi's core and
+    percentage resources), refused by name."""
 
     def resource_for(self, model: str) -> str:
         """The device-plugin resource that nodes of `model` advertise."""
@@ -101,6 +110,30 @@ class VendorProfile:
         """Every whole-device resource name of the vendor (fnmatch patterns included)."""
         names = (self.resource, *self.aliases, *(r for _, r in self.model_resources))
         return tuple(dict.fromkeys(names))
+
+    @property
+    def advertised(self) -> tuple[str, ...]:
+        """The names this vendor's nodes advertise (one per node model family)."""
+        return tuple(dict.fromkeys((self.resource, *(r for _, r in self.model_resources))))
+
+    def target(self, name: str) -> tuple[str | None, str | None]:
+        """What a whole-device resource name asks for: (the advertised name it must be served
+        as, or None for any family of the vendor; the model pattern, or None)."""
+        model = next((m for a, m in self.alias_models if a == name), None)
+        if name in self.advertised:
+            return name, model
+        if model is not None:
+            return self.resource_for(model.rstrip("*?")), model
+        return None, None
+
+    def reads_memory(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.memory_resources)
+
+    def refusal(self, name: str) -> str | None:
+        """What to ask instead of `name`, when it is a share HCS cannot express."""
+        return next(
+            (why for p, why in self.refused_resources if fnmatch.fnmatchcase(name, p)), None
+        )
 
     def owns_resource(self, resource: str) -> bool:
         """Whether `resource` is this vendor's whole-device resource (the default or an alias)."""
@@ -126,6 +159,14 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         device_env_form="identities",
         cdi_kind="nvidia.com/gpu",
         device_list_mounts="/var/run/nvidia-container-devices",
+        memory_resources=("nvidia.com/gpumem",),
+        refused_resources=(
+            (
+                "nvidia.com/gpumem-percentage",
+                "a percentage of each GPU's memory; ask ai.compute/vram",
+            ),
+            ("nvidia.com/gpucores", "a percentage of each GPU's cores; ask ai.compute/tflops-fp16"),
+        ),
         runtime_class="nvidia",
     ),
     "huawei": VendorProfile(
@@ -135,6 +176,7 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         # Exact names, not a pattern: `Ascend910B*` would also match HAMi's `…-memory`
         # resources, and kube-scheduler's managedResources take exact names only.
         aliases=(
+            "huawei.com/Ascend910A",
             "huawei.com/Ascend910B",
             "huawei.com/Ascend910B1",
             "huawei.com/Ascend910B2",
@@ -144,6 +186,26 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
             "huawei.com/Ascend310P",
             "huawei.com/Ascend310",
             "huawei.com/ascend",
+        ),
+        # HAMi's and the 910B plugin's per-model names: a model family, served as the name the
+        # family's nodes advertise (Ascend910 for the 910 family).
+        alias_models=(
+            ("huawei.com/Ascend910A", "Ascend910A*"),
+            ("huawei.com/Ascend910B", "Ascend910B*"),
+            ("huawei.com/Ascend910B1", "Ascend910B1*"),
+            ("huawei.com/Ascend910B2", "Ascend910B2*"),
+            ("huawei.com/Ascend910B3", "Ascend910B3*"),
+            ("huawei.com/Ascend910B4", "Ascend910B4*"),
+            ("huawei.com/Ascend910C", "Ascend910C*"),
+            ("huawei.com/Ascend310P", "Ascend310P*"),
+            ("huawei.com/Ascend310", "Ascend310"),
+        ),
+        memory_resources=("huawei.com/Ascend*-memory",),
+        refused_resources=(
+            (
+                "huawei.com/Ascend*-core",
+                "a share of each NPU's AI cores; ask ai.compute/tflops-fp16",
+            ),
         ),
         device_env="ASCEND_VISIBLE_DEVICES",
         logical_env="ASCEND_RT_VISIBLE_DEVICES",
@@ -176,6 +238,10 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         device_env="",
         logical_env="HIP_VISIBLE_DEVICES",
         extra_selection_envs=("ROCR_VISIBLE_DEVICES",),
+        memory_resources=("hygon.com/dcumem",),
+        refused_resources=(
+            ("hygon.com/dcucores", "a percentage of each DCU's cores; ask ai.compute/tflops-fp16"),
+        ),
         device_nodes=("/dev/dri/card{id}", "/dev/dri/renderD{render}"),
         control_nodes=("/dev/kfd",),
         mounts=(
@@ -189,6 +255,14 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         name="cambricon",
         resource="cambricon.com/mlu",
         aliases=("cambricon.com/mlu370", "cambricon.com/vmlu"),
+        alias_models=(("cambricon.com/mlu370", "MLU370*"),),
+        refused_resources=(
+            ("cambricon.com/mlu*.smlu.vmemory", "HAMi's MLU memory slices; ask ai.compute/vram"),
+            (
+                "cambricon.com/mlu*.smlu.vcore",
+                "a percentage of each MLU's cores; ask ai.compute/tflops-fp16",
+            ),
+        ),
         device_env="CAMBRICON_VISIBLE_DEVICES",
         logical_env="MLU_VISIBLE_DEVICES",
         mounts=(HostMount("cambricon-neuware", "/usr/local/neuware", "/usr/local/neuware", True),),
@@ -260,6 +334,13 @@ class VendorTable:
     def __getitem__(self, vendor: str) -> VendorProfile:
         return self.profiles[vendor]  # type: ignore[index]
 
+    def hami_vendor(self, resource: str) -> VendorProfile | None:
+        """The vendor of a HAMi memory or refused share resource, or None."""
+        for profile in self.profiles.values():
+            if profile.reads_memory(resource) or profile.refusal(resource) is not None:
+                return profile
+        return None
+
     def vendor_of_resource(self, resource: str) -> VendorProfile | None:
         """The vendor whose whole-device resource this is, or None."""
         for profile in self.profiles.values():
@@ -301,6 +382,9 @@ _OVERRIDABLE: Final = {
     "cdiKind",
     "deviceListMounts",
     "modelResources",
+    "aliasModels",
+    "memoryResources",
+    "refusedResources",
     "runtimeClass",
 }
 
@@ -395,12 +479,18 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
             if value not in ("ids", "identities"):
                 raise ConfigError(f"{at}: expected ids or identities")
             changes["device_env_form"] = value
-        elif key == "modelResources":
+        elif key in ("modelResources", "aliasModels", "refusedResources"):
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
             ):
-                raise ConfigError(f"{at}: expected a mapping of model pattern to resource name")
-            changes["model_resources"] = tuple(value.items())
+                what = {
+                    "modelResources": "model pattern to resource name",
+                    "aliasModels": "resource name to model pattern",
+                    "refusedResources": "resource pattern to what to ask instead",
+                }[key]
+                raise ConfigError(f"{at}: expected a mapping of {what}")
+            pairs = {"modelResources": "model_resources", "aliasModels": "alias_models"}
+            changes[pairs.get(key, "refused_resources")] = tuple(value.items())
         elif key in ("cdiKind", "runtimeClass", "deviceListMounts"):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a string or null")
@@ -430,6 +520,7 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
                 "deviceNodes": "device_nodes",
                 "controlNodes": "control_nodes",
                 "selectionEnvs": "extra_selection_envs",
+                "memoryResources": "memory_resources",
             }.get(key, "high_bandwidth_links")
             changes[attr] = _str_list(value, at)
     return replace(profile, **changes)
