@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 from hcs import quantity
 from hcs.errors import AnnotationError, QuantityError, RequestError
 from hcs.reuse import Need, Phase, distinct_devices
-from hcs.vendors import VENDOR_NAMES, VendorName, VendorTable
+from hcs.vendors import VENDOR_NAMES, VendorName, VendorProfile, VendorTable
 
 PREFIX: Final = "ai.compute/"
 VRAM: Final = "ai.compute/vram"
@@ -97,6 +97,8 @@ class ContainerDemand:
     """HAMi resources read as ai.compute (the webhook rewrites them: no node advertises them)."""
     vram_total: str | None = None
     """The VRAM those HAMi resources amount to (`8000Mi` for 2 devices x 4000), for the patch."""
+    resource_name: str | None = None
+    """The vendor's whole-device resource the container names (`nvidia.com/gpu`, an alias)."""
     kind: Literal["containers", "initContainers"] = "containers"
     """The list of the pod spec it is in; `index` counts within that list."""
     restartable: bool = False
@@ -144,6 +146,12 @@ class PodDemand:
 
     init_containers: tuple[ContainerDemand, ...] = ()
     """Requesting init containers (run-to-completion ones and native sidecars), in spec order."""
+    resource: str | None = None
+    """The device-plugin name the pod's node must advertise (its vendor resource, read through
+    the vendor table's aliases); None: any family of the vendor."""
+    model: str | None = None
+    """A device model pattern the node's devices must match (an alias such as
+    `huawei.com/Ascend910B3` means `Ascend910B3*`), kept in `hcs.io/request` once rewritten."""
 
     @property
     def asks_for_compute(self) -> bool:
@@ -274,6 +282,7 @@ class PodDemand:
                 for c in self.all_containers
             ],
             "vendors": list(self.allowed_vendors),
+            **({"model": self.model} if self.model else {}),
         }
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
@@ -333,12 +342,15 @@ def parse_pod(
                 f"but the pod asks for {legacy_vendors[legacy]}"
             )
         fixed = legacy
+    resource, model = _family(parsed_lists, vendors[fixed] if fixed else None, annotations)
     return PodDemand(
         namespace=ns,
         name=name,
         uid=str(meta.get("uid") or ""),
         containers=tuple(containers),
         init_containers=tuple(parsed_lists["initContainers"]),
+        resource=resource,
+        model=model,
         preference=opts.preference,
         fixed_vendor=fixed,
         allow_downgrade=opts.allow_downgrade,
@@ -351,6 +363,36 @@ def parse_pod(
         # The quota scope's meaning, as for ResourceQuota: activeDeadlineSeconds is set.
         terminating=spec.get("activeDeadlineSeconds") is not None,
     )
+
+
+def _family(
+    lists: Mapping[str, list[ContainerDemand]],
+    profile: VendorProfile | None,
+    annotations: Mapping[str, Any],
+) -> tuple[str | None, str | None]:
+    """The advertised name and model pattern the pod's vendor resources ask for (every
+    container must agree); the model recorded in `hcs.io/request` when the webhook rewrote an
+    alias."""
+    targets: dict[tuple[str | None, str | None], str] = {}
+    if profile is not None:
+        for c in (*lists["initContainers"], *lists["containers"]):
+            if c.resource_name is not None:
+                targets.setdefault(profile.target(c.resource_name), c.resource_name)
+    if len(targets) > 1:
+        shown = ", ".join(sorted(targets.values()))
+        raise RequestError(
+            f"spec.containers: the containers ask for different device families ({shown}); "
+            "a pod's devices are of one family: name the same resource in each"
+        )
+    resource, model = next(iter(targets), (None, None))
+    if model is None:
+        try:
+            recorded = json.loads(str(annotations.get(A_REQUEST) or "{}"))
+        except ValueError:
+            recorded = {}
+        if isinstance(recorded, dict) and isinstance(recorded.get("model"), str):
+            model = recorded["model"]
+    return resource, model
 
 
 def _parse_container(
@@ -434,6 +476,7 @@ def _parse_container(
             legacy_vendors.setdefault(profile.name, str(key))
             legacy_count = max(legacy_count, count)
             legacy_resource = str(key)
+    resource_name = legacy_resource
     vram_total = None
     if hami:
         if VRAM in amounts:
@@ -472,6 +515,7 @@ def _parse_container(
         index=i,
         kind=kind,
         restartable=kind == "initContainers" and c.get("restartPolicy") == "Always",
+        resource_name=resource_name,
         devices=devices,
         vram_mib=per_device(VRAM, quantity.vram_mib),
         fp16_milli_tflops=per_device(FP16, quantity.milli_tflops),

@@ -154,7 +154,15 @@ class Request:
     @property
     def key(self) -> tuple[object, ...]:
         """Everything the kernels read, hashable: equal keys give equal evaluations."""
-        return (self.groups, self.vendor_codes, self.preferred_code, self.demand.topology)
+        d = self.demand
+        return (
+            self.groups,
+            self.vendor_codes,
+            self.preferred_code,
+            d.topology,
+            d.resource,
+            d.model,
+        )
 
     def message(self, reason: Reason, config: EngineConfig) -> str:
         """`<Code>: <detail>` — identical for every node failing for this reason."""
@@ -174,7 +182,12 @@ class Request:
                 )
             return "HCS agent is not connected (AgentConnected is False)"
         if reason is Reason.VendorNotSupported:
-            return f"node vendor is not {' or '.join(d.allowed_vendors)}"
+            family = ""
+            if d.resource is not None:
+                family += f", advertising {d.resource}"
+            if d.model is not None:
+                family += f", with {d.model} devices"
+            return f"node is not a {' or '.join(d.allowed_vendors)} node{family}"
         if reason is Reason.DeviceUnhealthy:
             return (
                 f"fewer than {self.total_devices} free devices with healthScore ≥ "
@@ -328,6 +341,10 @@ class _Kernel:
         self.state, self.req, self.config, self.sel = state, req, config, sel
         self._scores: IntArray | None = None
         vendor_ok = state.vendor_mask(req.vendor_codes)[sel]
+        d = req.demand
+        if d.resource is not None or d.model is not None:
+            # The family the pod's vendor resource names (its advertised name, a model).
+            vendor_ok = vendor_ok & state.family_mask(d.resource, d.model)[sel]
         present = state.dev_present_mask[sel]
         self.fit: BoolArray
         self.group_fit: tuple[BoolArray, ...]
@@ -819,9 +836,12 @@ def route_vendor(
 def _never_fits(req: Request, codes: npt.NDArray[np.int8], config: EngineConfig) -> PlacementError:
     capacity = codes[codes > Reason.VendorNotSupported]
     if len(capacity) == 0:
-        vendors = ", ".join(req.demand.allowed_vendors)
+        d = req.demand
+        vendors = ", ".join(d.allowed_vendors)
+        family = f" advertising {d.resource}" if d.resource else ""
+        family += f" with {d.model} devices" if d.model else ""
         return PlacementError(
-            f"no node of vendor {vendors} in the inventory", code="VendorNotSupported"
+            f"no node of vendor {vendors}{family} in the inventory", code="VendorNotSupported"
         )
     worst = Reason(int(np.bincount(capacity).argmax()))
     return reason_error(worst, f"no node could ever hold the pod: {req.detail(worst, config)}")

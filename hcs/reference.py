@@ -9,6 +9,7 @@ bipartite matching (Kuhn's augmenting paths) rather than Hall's subset condition
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -176,6 +177,12 @@ def _node_reason(
     if not connected:
         return Reason.AgentNotConnected, [], set()
     if node.vendor not in demand.allowed_vendors:
+        return Reason.VendorNotSupported, [], set()
+    model = node.devices[0].model if node.devices else ""
+    advertised = state.vendors[node.vendor].resource_for(model)
+    if demand.resource is not None and advertised != demand.resource:
+        return Reason.VendorNotSupported, [], set()
+    if demand.model is not None and not fnmatch.fnmatchcase(model, demand.model):
         return Reason.VendorNotSupported, [], set()
     devs = _devices(state, node)
     units = _container_units(demand)

@@ -18,6 +18,7 @@ thread-safe on its own; the Ledger serialises writers.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -130,6 +131,10 @@ class ClusterState:
         self.node_slots: npt.NDArray[np.int32] = np.full(n, UNLIMITED_SLOTS, np.int32)
         self.node_resource: npt.NDArray[np.int32] = np.zeros(n, np.int32)
         """Index into resource_names: the resource the node's device model is advertised as."""
+        self.model_names: list[str] = []
+        """Device models seen on nodes; node_model indexes into it."""
+        self.node_model: npt.NDArray[np.int32] = np.zeros(n, np.int32)
+        """Index into model_names: the model of the node's devices (its first device's)."""
         """Containers a device may serve on a shared node (the plugin's replicas)."""
         # Per-node VRAM figures for scoring, kept with the free amounts: total allocatable, used
         # (a held device on an exclusive node counts as fully used) and the mean device size.
@@ -190,6 +195,24 @@ class ClusterState:
         if mask is None:
             mask = np.isin(self.node_vendor, codes)
             self._vendor_masks[codes] = mask
+        return mask
+
+    def family_mask(self, resource: str | None, model: str | None) -> BoolArray:
+        """Nodes that advertise `resource` (None: any) with devices of a model matching the
+        fnmatch pattern `model` (None: any); shape (n_nodes,). Cached per state version."""
+        key = ("family", resource, model)
+        cache = self.kernel_cache()
+        hit = cache.get(key)
+        if isinstance(hit, np.ndarray):
+            return hit
+        mask = np.ones(self.rows, np.bool_)
+        if resource is not None:
+            code = self.resource_names.index(resource) if resource in self.resource_names else -1
+            mask &= self.node_resource == code
+        if model is not None:
+            codes = [i for i, m in enumerate(self.model_names) if fnmatch.fnmatchcase(m, model)]
+            mask &= np.isin(self.node_model, codes)
+        cache[key] = mask
         return mask
 
     def vendor_resource(self, profile: VendorProfile) -> str:
@@ -383,6 +406,10 @@ class ClusterState:
         if resource not in self.resource_names:
             self.resource_names.append(resource)
         self.node_resource[row] = self.resource_names.index(resource)
+        model = node.devices[0].model if node.devices else ""
+        if model not in self.model_names:
+            self.model_names.append(model)
+        self.node_model[row] = self.model_names.index(model)
         self.device_ids[row] = tuple(d.id for d in node.devices)
         present = np.zeros(w, np.bool_)
         present[:n] = True

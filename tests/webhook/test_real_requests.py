@@ -261,10 +261,12 @@ def test_the_resource_added_is_the_one_the_vendors_nodes_advertise() -> None:
     assert plugin.resource == "huawei.com/Ascend310P"
     plugin.devices = [PluginDevice("0", True, model="Ascend910B3")]
     assert plugin.resource == "huawei.com/Ascend910"
-    # A legacy pod asking the default name is not given a second resource.
+    # A legacy pod asking for the 910 family cannot land on 310P nodes: refused, not admitted
+    # to wait forever for a name no node advertises.
     legacy = k8s_pod(container(limits={"huawei.com/Ascend910": "1"}))
-    legacy_out = applied(legacy, review(request_for(legacy, uid="r2"), ctx))
-    assert "huawei.com/Ascend310P" not in legacy_out["spec"]["containers"][0]["resources"]["limits"]
+    refused = review(request_for(legacy, uid="r2"), ctx)
+    assert refused["allowed"] is False
+    assert "advertising huawei.com/Ascend910" in refused["status"]["message"]
 
 
 def test_inject_runtime_sets_the_vendors_runtime_class() -> None:
