@@ -447,9 +447,9 @@ def finish(
     level = labels.get(PSA_ENFORCE, "privileged")
     hostpaths = level not in ("baseline", "restricted")
     profile = ctx.vendors[route.vendor]
-    # The resource the routed vendor's nodes advertise (their models decide: 310P nodes
-    # advertise huawei.com/Ascend310P, not Ascend910).
-    resource = ctx.state.vendor_resource(profile)
+    # The resource the chosen family's nodes advertise (their models decide: 310P nodes
+    # advertise huawei.com/Ascend310P, not Ascend910); aliases are rewritten to it.
+    resource = route.resource or profile.resource
     if resource != profile.resource:
         profile = replace(profile, resource=resource, aliases=(profile.resource, *profile.aliases))
     patch = mutate(
@@ -689,8 +689,17 @@ def _resources(
                 patch.ops.append({"op": "remove", "path": pointer(*where_res, section, key)})
     if values and DEVICES not in values:
         values[DEVICES] = str(devices)
-    legacy = [k for k in (*requests, *limits) if profile.owns_resource(str(k))]
-    if values and not legacy:
+    # The vendor resource is the name the chosen family advertises: an alias
+    # (huawei.com/Ascend910B3, hygon.com/dcunum) is replaced by it, its model kept in
+    # hcs.io/request, so what kube-scheduler checks is what the node serves.
+    legacy = [str(k) for k in (*requests, *limits) if profile.owns_resource(str(k))]
+    for key in dict.fromkeys(legacy):
+        if key == profile.resource:
+            continue
+        for section, current in (("requests", requests), ("limits", limits)):
+            if key in current:
+                patch.ops.append({"op": "remove", "path": pointer(*where_res, section, key)})
+    if legacy or values:
         values[profile.resource] = str(devices)
     changed_requests = {k: v for k, v in values.items() if requests.get(k) != v}
     changed_limits = {k: v for k, v in values.items() if limits.get(k) != v}

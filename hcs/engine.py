@@ -787,6 +787,10 @@ class Route:
     downgraded: bool
     """Not the first preference: it was full and `hcs.io/allow-downgrade` or the list allowed
     another vendor."""
+    resource: str = ""
+    """The device-plugin name of the node family chosen within the vendor (where the pod fits
+    now, else where it could ever fit): the webhook writes it, and the extender then passes only
+    nodes that advertise it."""
 
 
 def route_vendor(
@@ -827,10 +831,47 @@ def route_vendor(
     first = demand.preference[0] if demand.preference else None
     for vendor in order:
         if fits_by_vendor[VENDOR_CODES[vendor]]:
-            return Route(vendor, True, first is not None and vendor != first)
+            family = _family(
+                state,
+                rows=rows,
+                vendor_of_row=vendor_of_row,
+                codes=ev.codes,
+                free_vram=ready_free,
+                vendor=vendor,
+            )
+            return Route(vendor, True, first is not None and vendor != first, family)
     # Nothing fits now: wait for the first vendor that could ever hold the pod.
     waiting = next(v for v in order if ever_by_vendor[VENDOR_CODES[v]])
-    return Route(waiting, False, first is not None and waiting != first)
+    family = _family(
+        state,
+        rows=rows,
+        vendor_of_row=vendor_of_row,
+        codes=ever.codes,
+        free_vram=ready_free,
+        vendor=waiting,
+    )
+    return Route(waiting, False, first is not None and waiting != first, family)
+
+
+def _family(
+    state: ClusterState,
+    *,
+    rows: IndexArray,
+    vendor_of_row: IndexArray,
+    codes: npt.NDArray[np.int8],
+    free_vram: npt.NDArray[np.float64] | IntArray,
+    vendor: VendorName,
+) -> str:
+    """The advertised name, within `vendor`, of the nodes where `codes` say the pod fits, the
+    family with the most free VRAM among them (shape (n_rows,) inputs)."""
+    fit = (codes == 0) & (vendor_of_row == VENDOR_CODES[vendor])
+    families = state.node_resource[rows]
+    weight = np.bincount(
+        families[fit], weights=free_vram[fit] + 1, minlength=len(state.resource_names)
+    )
+    if not weight.any():
+        return state.vendors[vendor].resource
+    return state.resource_names[int(np.argmax(weight))]
 
 
 def _never_fits(req: Request, codes: npt.NDArray[np.int8], config: EngineConfig) -> PlacementError:

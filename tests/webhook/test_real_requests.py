@@ -164,8 +164,10 @@ def limits_of(c: dict[str, Any]) -> dict[str, str]:
         (
             {"huawei.com/Ascend910B3": "1", "huawei.com/Ascend910B3-memory": "2000"},
             "huawei",
+            # The 910B3 name becomes the family's advertised name; its model stays a
+            # constraint (hcs.io/request).
             {
-                "huawei.com/Ascend910B3": "1",
+                "huawei.com/Ascend910": "1",
                 "ai.compute/vram": "2000Mi",
                 "ai.compute/devices": "1",
             },
@@ -178,7 +180,7 @@ def limits_of(c: dict[str, Any]) -> dict[str, str]:
         (
             {"hygon.com/dcunum": "1", "hygon.com/dcumem": "16384"},
             "hygon",
-            {"hygon.com/dcunum": "1", "ai.compute/vram": "16384Mi", "ai.compute/devices": "1"},
+            {"hygon.com/dcu": "1", "ai.compute/vram": "16384Mi", "ai.compute/devices": "1"},
         ),
     ],
 )
@@ -191,6 +193,7 @@ def test_hami_pods_are_read_as_ai_compute(
     assert out["metadata"]["annotations"]["hcs.io/assigned-vendor"] == vendor
     assert limits_of(out["spec"]["containers"][0]) == expected
     demand = parse_pod(out)  # the extender reads the rewritten pod the same way
+    assert demand.model == ("Ascend910B3*" if "huawei.com/Ascend910B3" in resources else None)
     (c,) = demand.containers
     per_device = int(expected["ai.compute/vram"].removesuffix("Mi")) // int(
         expected["ai.compute/devices"]
