@@ -39,10 +39,19 @@ from hcs.demand import (
     PodDemand,
     parse_pod,
 )
+from hcs.demand import (
+    PREFIX as ABSTRACT_PREFIX,
+)
 from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
 from hcs.state import ClusterState
-from hcs.vendors import NO_DEVICE_VALUES, HostMount, VendorProfile, VendorTable
+from hcs.vendors import (
+    NO_DEVICE_VALUES,
+    VENDOR_NAMES,
+    HostMount,
+    VendorProfile,
+    VendorTable,
+)
 
 log = logging.getLogger("hcs.webhook")
 ENVELOPE_VERSION = "admission.k8s.io/v1"
@@ -243,12 +252,36 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
         demand = parse_pod(pod, ctx.vendors, namespace=namespace)
     except HcsError as exc:
         return _deny(uid, 400, str(exc), _who(request))
-    if not demand.asks_for_compute:
+    scheduler = (pod.get("spec") or {}).get("schedulerName")
+    other = scheduler not in (None, "", "default-scheduler", ctx.scheduler_name, HCS_SCHEDULER)
+    if other and _asks_ai_compute(pod):
+        return _deny(
+            uid,
+            400,
+            f'InvalidRequest: spec.schedulerName: "{scheduler}" does not place ai.compute/* '
+            "requests (only HCS's hcs-scheduler profile reads them: the pod would wait Pending "
+            'forever); leave schedulerName unset or set "hcs-scheduler", or ask '
+            f"{scheduler} for the vendor's resource (nvidia.com/gpu: 1) instead",
+            _who(request),
+        )
+    if not demand.asks_for_compute or other:
+        # Pods for another scheduler that ask only vendor resources are left alone (its
+        # scheduler places them; the device plugin counts them); the env rules still hold.
         wrong = device_env_problem(pod, demand, None, ctx.vendors)
         if wrong is not None:
             return _deny(uid, 400, wrong, _who(request))
         return {"uid": uid, "allowed": True}
     demand = _implied_preference(pod, demand, ctx.vendors)
+    demand = _runnable(pod, demand, ctx.vendors)
+    if not demand.allowed_vendors:
+        return _deny(
+            uid,
+            403,
+            "VendorNotSupported: spec.containers: the images run on no vendor the pod allows "
+            f"(they run on {', '.join(demand.runs_on or ()) or 'no common vendor'}; "
+            "hcs.io/image-rebinding with imageRules builds widens that)",
+            _who(request),
+        )
     try:
         route = route_vendor(ctx.state, compile_request(demand), ctx.engine)
     except HcsError as exc:
@@ -288,6 +321,41 @@ def _implied_preference(
     return demand
 
 
+HCS_SCHEDULER = "hcs-scheduler"
+"""The kube-scheduler profile HCS's extender serves (manifests/scheduler)."""
+
+
+def _asks_ai_compute(pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec") or {}
+    return any(
+        key.startswith(ABSTRACT_PREFIX)
+        for kind in ("containers", "initContainers")
+        for c in spec.get(kind) or []
+        if isinstance(c, dict)
+        for key in _resource_keys(c)
+    )
+
+
+def _runnable(pod: Mapping[str, Any], demand: PodDemand, vendors: VendorTable) -> PodDemand:
+    """Only vendors every requesting container's image runs on: the vendor its image rule
+    names, and with `hcs.io/image-rebinding` those the rule has a build for. A pod that names
+    a vendor resource keeps it (the user chose)."""
+    if demand.fixed_vendor is not None:
+        return demand
+    runs: set[str] | None = None
+    for image in _images(pod, demand).values():
+        rule = vendors.image_rule(image)
+        if rule is None:
+            continue
+        here: set[str] = {rule.vendor}
+        if demand.image_rebinding:
+            here |= {v for v in VENDOR_NAMES if rule.build_for(v, image)}
+        runs = here if runs is None else runs & here
+    if runs is None:
+        return demand
+    return replace(demand, runs_on=tuple(v for v in VENDOR_NAMES if v in runs))
+
+
 def _rebind_images(
     patch: PatchBuilder,
     pod: Mapping[str, Any],
@@ -303,6 +371,11 @@ def _rebind_images(
     names = {c.index: c.name for c in demand.containers}
     for i, image in _images(pod, demand).items():
         rule = vendors.image_rule(image)
+        if rule is None and demand.image_rebinding:
+            warnings.append(
+                f"hcs: {names[i]}: image-rebinding is on, but no imageRules entry names "
+                f"{image}; it runs unchanged on {vendor}"
+            )
         if rule is None or rule.vendor == vendor:
             continue
         build = rule.build_for(vendor, image) if demand.image_rebinding else None

@@ -149,6 +149,9 @@ class PodDemand:
     resource: str | None = None
     """The device-plugin name the pod's node must advertise (its vendor resource, read through
     the vendor table's aliases); None: any family of the vendor."""
+    runs_on: tuple[VendorName, ...] | None = None
+    """Vendors the requesting containers' images run on (the vendor table's image rules, and
+    their builds when `hcs.io/image-rebinding` is on); None: not known."""
     model: str | None = None
     """A device model pattern the node's devices must match (an alias such as
     `huawei.com/Ascend910B3` means `Ascend910B3*`), kept in `hcs.io/request` once rewritten."""
@@ -228,15 +231,20 @@ class PodDemand:
 
     @property
     def allowed_vendors(self) -> tuple[VendorName, ...]:
-        """Vendors whose nodes may host the pod, preferred first."""
+        """Vendors whose nodes may host the pod, preferred first (and, where its images are
+        known, only those the images run on: `runs_on`)."""
         if self.fixed_vendor is not None:
             return (self.fixed_vendor,)
         if not self.preference:
-            return VENDOR_NAMES
-        if self.allow_downgrade:
+            allowed = VENDOR_NAMES
+        elif self.allow_downgrade:
             rest = tuple(v for v in VENDOR_NAMES if v not in self.preference)
-            return self.preference + rest
-        return self.preference
+            allowed = self.preference + rest
+        else:
+            allowed = self.preference
+        if self.runs_on is not None:
+            allowed = tuple(v for v in allowed if v in self.runs_on)
+        return allowed
 
     @property
     def preferred_vendor(self) -> VendorName | None:

@@ -120,10 +120,15 @@ def bound_pod(
 # --------------------------------------------------------------------------- the files
 
 
-def test_the_policy_file_is_what_the_generator_writes() -> None:
-    assert (MANIFESTS / "policies.yaml").read_text() == policies.render(policies.policies()), (
-        "manifests/policies.yaml is stale: run python -m hcs.policies manifests/policies.yaml"
+def test_the_policy_and_webhook_files_are_what_the_generator_writes() -> None:
+    """Both are generated from the vendor table: the resource names the webhook is sent pods
+    for are the table's (HAMi's, the aliases it rewrites)."""
+    hint = (
+        "stale: run python -m hcs.policies --webhook-config manifests/webhook-configuration.yaml "
+        "manifests/policies.yaml"
     )
+    assert (MANIFESTS / "policies.yaml").read_text() == policies.render(policies.policies()), hint
+    assert (MANIFESTS / "webhook-configuration.yaml").read_text() == policies.render_webhook(), hint
 
 
 def test_every_policy_and_binding_and_the_webhook_configuration_render_and_validate() -> None:

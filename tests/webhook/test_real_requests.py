@@ -349,8 +349,16 @@ def test_image_rebinding_swaps_in_the_routed_vendors_build() -> None:
     assert out["metadata"]["annotations"]["hcs.io/original-images"] == (
         '{"main":"nvcr.io/nvidia/pytorch:24.05-py3"}'
     )
-    # Without a build for the routed vendor, or without rebinding, the pod is told.
+    # Without rebinding the image runs only on NVIDIA: never routed to Huawei, where it would
+    # not run; with no GPU node at all it is refused, naming the vendor.
     off = image_pod("nvcr.io/nvidia/pytorch:24.05-py3", {"hcs.io/allow-downgrade": "true"})
-    warned = review(request_for(off, uid="r2"), ctx)
-    assert any("would not run on huawei" in w for w in warned.get("warnings", []))
-    assert applied(off, warned)["spec"]["containers"][0]["image"].startswith("nvcr.io")
+    refused = review(request_for(off, uid="r2"), ctx)
+    assert refused["allowed"] is False
+    assert refused["status"]["message"].startswith("VendorNotSupported: no node of vendor nvidia")
+    # Rebinding on, but no rule names the image: it runs unchanged, and the pod is told.
+    other = image_pod("registry.example.com/triton:24.05", allow)
+    told = review(request_for(other, uid="r3"), ctx)
+    assert any("no imageRules entry names" in w for w in told.get("warnings", []))
+    assert applied(other, told)["spec"]["containers"][0]["image"] == (
+        "registry.example.com/triton:24.05"
+    )
