@@ -254,8 +254,10 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
     "cambricon": VendorProfile(
         name="cambricon",
         resource="cambricon.com/mlu",
-        aliases=("cambricon.com/mlu370", "cambricon.com/vmlu"),
+        # HAMi's names: `vmlu` (older charts) and `mlunum` with `mlumem` (MiB per MLU).
+        aliases=("cambricon.com/mlu370", "cambricon.com/vmlu", "cambricon.com/mlunum"),
         alias_models=(("cambricon.com/mlu370", "MLU370*"),),
+        memory_resources=("cambricon.com/mlumem",),
         refused_resources=(
             ("cambricon.com/mlu*.smlu.vmemory", "HAMi's MLU memory slices; ask ai.compute/vram"),
             (
@@ -307,6 +309,7 @@ class ImageRule:
 DEFAULT_IMAGE_RULES: Final[tuple[ImageRule, ...]] = (
     ImageRule("nvcr.io/nvidia/*", "nvidia"),
     ImageRule("*cuda*", "nvidia"),
+    ImageRule("vllm/vllm-openai*", "nvidia"),  # vLLM's published image is a CUDA build
     ImageRule("*ascend*", "huawei"),
     ImageRule("*cann*", "huawei"),
     ImageRule("*torch_npu*", "huawei"),
