@@ -271,6 +271,9 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
         if wrong is not None:
             return _deny(uid, 400, wrong, _who(request))
         return {"uid": uid, "allowed": True}
+    unservable = _unservable(pod, ctx.vendors)
+    if unservable is not None:
+        return _deny(uid, 400, unservable, _who(request))
     demand = _implied_preference(pod, demand, ctx.vendors)
     demand = _runnable(pod, demand, ctx.vendors)
     if not demand.allowed_vendors:
@@ -334,6 +337,28 @@ def _asks_ai_compute(pod: Mapping[str, Any]) -> bool:
         if isinstance(c, dict)
         for key in _resource_keys(c)
     )
+
+
+def _unservable(pod: Mapping[str, Any], vendors: VendorTable) -> str | None:
+    """A resource in a vendor's domain that no node of HCS advertises and HCS does not read
+    (`nvidia.com/mig-1g.10gb`, `huawei.com/Ascend910-4c`): the pod could never be placed where
+    HCS puts it, so it is refused naming what to ask instead."""
+    spec = pod.get("spec") or {}
+    for kind in ("containers", "initContainers"):
+        for i, c in enumerate(spec.get(kind) or []):
+            if not isinstance(c, dict):
+                continue
+            for key in _resource_keys(c):
+                domain = key.split("/", 1)[0]
+                profile = vendors.domain_vendor(domain)
+                if profile is None or vendors.knows(key):
+                    continue
+                return (
+                    f"InvalidRequest: spec.{kind}[{i}].resources[{key}]: no node HCS manages "
+                    f"advertises {key}; ask for ai.compute/* (vram, tflops, devices) or "
+                    f"{profile.resource}"
+                )
+    return None
 
 
 def _runnable(pod: Mapping[str, Any], demand: PodDemand, vendors: VendorTable) -> PodDemand:

@@ -337,6 +337,21 @@ class VendorTable:
     def __getitem__(self, vendor: str) -> VendorProfile:
         return self.profiles[vendor]  # type: ignore[index]
 
+    def domain_vendor(self, domain: str) -> VendorProfile | None:
+        """The vendor whose resource names live under `domain` (`nvidia.com`), or None."""
+        for profile in self.profiles.values():
+            names = (*profile.advertised, *profile.aliases)
+            if any(n.split("/", 1)[0] == domain for n in names):
+                return profile
+        return None
+
+    def knows(self, resource: str) -> bool:
+        """HCS reads, rewrites or refuses `resource` by name (the table's whole-device names,
+        HAMi's memory and share names)."""
+        return (
+            self.vendor_of_resource(resource) is not None or self.hami_vendor(resource) is not None
+        )
+
     def hami_vendor(self, resource: str) -> VendorProfile | None:
         """The vendor of a HAMi memory or refused share resource, or None."""
         for profile in self.profiles.values():
@@ -549,3 +564,50 @@ def _mounts(value: Any, where: str) -> tuple[HostMount, ...]:
             )
         )
     return tuple(mounts)
+
+
+def resource_name_rows(table: VendorTable) -> list[tuple[str, str, str]]:
+    """(resource name, vendor, what HCS does with it): every name HCS reads, writes, rewrites or
+    refuses, from the table (docs/webhook.md shows it; a test holds the two equal)."""
+    rows: list[tuple[str, str, str]] = [
+        (
+            "ai.compute/vram, tflops-fp16, tflops-fp32, devices",
+            "any",
+            "read; requests and limits written equal, ai.compute/devices made explicit",
+        )
+    ]
+    for p in table.profiles.values():
+        models = dict(p.model_resources)
+        for name in p.advertised:
+            family = next((m for m, r in models.items() if r == name), None)
+            what = (
+                f"advertised by nodes of {family}" if family else "advertised by the vendor's nodes"
+            )
+            rows.append((name, p.name, f"{what}; written as the pod's limit, kept"))
+        for alias in p.aliases:
+            if alias in p.advertised:
+                continue
+            target, model = p.target(alias)
+            if target is None:
+                what = "rewritten to the name the node family the pod is placed in advertises"
+            else:
+                what = f"rewritten to {target}; devices of model {model} only"
+            rows.append((alias, p.name, what))
+        for name in p.memory_resources:
+            rows.append((name, p.name, "HAMi MiB per device: read as ai.compute/vram, removed"))
+        for name, why in p.refused_resources:
+            rows.append((name, p.name, f"refused: {why}"))
+    rows.append(
+        (
+            "any other name of a vendor's domain",
+            "-",
+            "refused in a pod the webhook sees: no node HCS manages advertises it",
+        )
+    )
+    return rows
+
+
+def resource_name_table(table: VendorTable) -> str:
+    lines = ["| resource name | vendor | what HCS does |", "|---|---|---|"]
+    lines += [f"| `{n}` | {v} | {w} |" for n, v, w in resource_name_rows(table)]
+    return "\n".join(lines) + "\n"

@@ -127,3 +127,13 @@ def test_the_resource_name_follows_the_family_where_the_pod_fits() -> None:
     assert limits["huawei.com/Ascend310P"] == "1" and "huawei.com/Ascend910" not in limits
     ev = evaluate(state, compile_request(parse_pod(out)), state.all_rows(), EngineConfig())
     assert [state.node_names[r] for r in state.all_rows()[ev.codes == 0]] == ["npu-310p"]
+
+
+def test_the_docs_table_of_resource_names_is_the_vendor_tables() -> None:
+    from hcs.vendors import resource_name_table
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "webhook.md").read_text()
+    shown = docs.split("<!-- resource-names:start -->\n", 1)[1].split(
+        "<!-- resource-names:end -->"
+    )[0]
+    assert shown == resource_name_table(VendorTable())
