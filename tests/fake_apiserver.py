@@ -41,7 +41,8 @@ class FakeApiServer:
             NAMESPACES: [],
         }
         self.status_conflicts = 0
-        """The next N status updates answer 409 Conflict (another writer got there first)."""
+        """The next N status updates answer 409 Conflict: another replica wrote the same
+        charge first (its write lands, then this one is refused)."""
         self.status_updates = 0
         self.node_conflicts = 0
         """The next N ComputeNode writes answer 409 Conflict."""
@@ -64,6 +65,7 @@ class FakeApiServer:
             NAMESPACES: set(),
         }
         self.hanging: dict[str, asyncio.Event] = {}
+        self.stalled: dict[str, asyncio.Event] = {}
         """Kinds whose list requests get no answer until the event is set (`hang`)."""
         self.bind_failures: list[tuple[int, bool, float]] = []
         """The next Bindings answer these (status, after committing?, after how many seconds)
@@ -102,6 +104,14 @@ class FakeApiServer:
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.rv)
         self._emit(kind, "DELETED", obj, obj)
+
+    def stall(self, kind: str) -> None:
+        """Watches of `kind` opened from now on stay open and silent (a half-open connection
+        behind a broken network path) until `unstall(kind)`."""
+        self.stalled[kind] = asyncio.Event()
+
+    def unstall(self, kind: str) -> None:
+        self.stalled.pop(kind).set()
 
     def hang(self, kind: str) -> None:
         """List requests of `kind` get no answer until `answer(kind)`."""
@@ -238,8 +248,12 @@ class FakeApiServer:
             return _status(404, "NotFound", f"computequotas {key} not found")
         if self.status_conflicts:
             self.status_conflicts -= 1
-            # Someone else wrote first: the stored version moves on.
-            self.put(QUOTAS, current)
+            # Another webhook replica, admitting the same kind of pod from the same figures,
+            # wrote its charge first: the stored `used` moves on by that charge, and this
+            # writer must read it again (a real concurrent write, not a re-store).
+            other = copy.deepcopy(current)
+            other["status"] = copy.deepcopy(body.get("status") or {})
+            self.put(QUOTAS, other)
             return _status(
                 409,
                 "Conflict",
@@ -284,6 +298,8 @@ class FakeApiServer:
         timeout = float(request.query.get("timeoutSeconds") or 30)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
+        if kind in self.stalled:
+            await self.stalled[kind].wait()
         if since < self.compacted:
             gone = {
                 "kind": "Status",

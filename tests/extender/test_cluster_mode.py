@@ -110,7 +110,9 @@ def start(
     aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
 ) -> Start:
-    async def go(fake: FakeApiServer, heartbeat: float = 60.0) -> Cluster:
+    async def go(
+        fake: FakeApiServer, heartbeat: float = 60.0, stale_after: float = 120.0
+    ) -> Cluster:
         server = await aiohttp_server(fake.app())
         cfg = client.Configuration()
         cfg.host = str(server.make_url("")).rstrip("/")
@@ -118,7 +120,9 @@ def start(
         service = SchedulerService(
             ClusterState(), EngineConfig(heartbeat_max_age_s=heartbeat), binder=KubeBinder(api)
         )
-        sync = ClusterSync(service, api, watch_timeout_s=2, backoff=(0.05, 0.2))
+        sync = ClusterSync(
+            service, api, stale_after_s=stale_after, watch_timeout_s=2, backoff=(0.05, 0.2)
+        )
         http = await aiohttp_client(create_app(service, sync=sync))
         return Cluster(fake, service, sync, http)
 
@@ -330,3 +334,47 @@ def test_two_containers_sharing_one_device_are_recovered_from_their_own_annotati
         (main, "0", 8192),
         ("side", "0", 8192),
     ]
+
+
+async def test_a_bind_gives_up_on_a_slow_api_server_within_its_call_timeout(start: Start) -> None:
+    """Every bind-path call has a deadline (1.5 s): kube-scheduler must not wait on a hung
+    API server. The API server answers each call after 4 s here; the bind answers an Error
+    (and returns the devices) instead of succeeding late."""
+    fake = FakeApiServer()
+    fake.put(NODES, fresh_node("n1"))
+    p = fake.put(PODS, pod("slow", {"ai.compute/vram": "8Gi"}))
+    c = await start(fake)
+    await c.ready()
+    await c.filter(p, ["n1"])
+    fake.delay_s = 4.0
+    try:
+        error = await c.bind(p, "n1")
+    finally:
+        fake.delay_s = 0.0
+    assert error.startswith("BindFailed") and "timed out" in error, error
+    assert "uid-slow" not in c.service.state.allocations  # the lock was never taken
+    assert fake.bindings == []
+
+
+async def test_readiness_fails_when_a_watch_has_been_silent_too_long(start: Start) -> None:
+    """--stale-after: the extender's books are only as fresh as its watches. Here the pods'
+    watch stays open but silent (a half-open connection); once it has had no news for the
+    bound, /readyz fails (kube-scheduler's sidecar is taken out), and recovers with news."""
+    fake = FakeApiServer()
+    fake.put(NODES, fresh_node("n1"))
+    c = await start(fake, stale_after=3.0)  # healthy watches end on time every 2 s
+    await c.ready()
+    fake.stall(PODS)
+    fake.drop_watches()  # the pods' next watch stays open and silent
+
+    async def status() -> tuple[int, str]:
+        r = await c.http.get("/readyz")
+        return r.status, await r.text()
+
+    deadline = time.monotonic() + 10
+    while (got := await status())[0] == 200:
+        assert time.monotonic() < deadline, "readiness never noticed the silent watch"
+        await asyncio.sleep(0.05)
+    assert got[0] == 503 and "no news of pods" in got[1], got
+    fake.unstall(PODS)
+    await c.ready()

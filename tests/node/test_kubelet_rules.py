@@ -236,3 +236,26 @@ def test_a_failing_preference_is_no_preference(caplog: pytest.LogCaptureFixture)
     allocator.devices = [PluginDevice(str(i), True) for i in range(2)]
     assert allocator.preferred(["0", "1"], [], 1) == []
     assert "no preference (the cache is gone)" in caplog.text
+
+
+@pytest.mark.parametrize("cluster", [[("gpu-1", "nvidia", 1, 1)]], indirect=True)
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+async def test_a_finished_pod_holds_no_device(cluster: Cluster, phase: str) -> None:
+    """The API server still lists a finished pod on its node (and its annotations still name
+    its device); the plugin must treat the device as free again."""
+    node = cluster.nodes["gpu-1"]
+    assert node.kubelet is not None
+    first = await cluster.create(cluster.pod([("m", vram(1))]))
+    assert await cluster.schedule(first, "gpu-1") == ""
+    await cluster.admit(first, "gpu-1")
+    done = copy.deepcopy(stored(cluster.fake, first))
+    done["status"] = {"phase": phase}
+    cluster.fake.put(PODS, done)
+    node.kubelet.forget(first["metadata"]["uid"])
+    stray = cluster.pod([("legacy", {"nvidia.com/gpu": "1"})], namespace="kube-system")
+    stray["metadata"]["uid"] = "uid-stray"
+    stray["spec"]["nodeName"] = "gpu-1"
+    stray = cluster.fake.put(PODS, stray)
+    await asyncio.to_thread(node.cache_has, stray)
+    admitted = await cluster.admit(stray, "gpu-1")
+    assert admitted.ids["legacy"] == ["0"]

@@ -97,23 +97,26 @@ async def test_quota_is_charged_on_the_api_server_and_retried_on_conflict(
 ) -> None:
     fake = FakeApiServer()
     fake.put(NODES, node_dict("n1", heartbeat=now()))
-    fake.put(QUOTAS, quota_dict({"vram": "20Gi"}))
+    fake.put(QUOTAS, quota_dict({"vram": "40Gi"}))
     webhook = await _start(aiohttp_server, aiohttp_client)(fake)
     assert (await webhook.admit(review("a", {"ai.compute/vram": "8Gi"})))["allowed"]
     assert webhook.used()["vram"] == "8Gi"
-    fake.status_conflicts = 2  # two other replicas write first: read again, retry
+    # Two other replicas charge 8Gi each between this one's read and write: it reads again
+    # and adds its own on top (a retry that kept its first figure would write 16Gi).
+    fake.status_conflicts = 2
     assert (await webhook.admit(review("b", {"ai.compute/vram": "8Gi"})))["allowed"]
-    assert webhook.used()["vram"] == "16Gi"
+    assert webhook.used()["vram"] == "32Gi"
     assert fake.status_updates == 2
-    denied = await webhook.admit(review("c", {"ai.compute/vram": "8Gi"}))
+    assert (await webhook.admit(review("c", {"ai.compute/vram": "8Gi"})))["allowed"]
+    denied = await webhook.admit(review("d", {"ai.compute/vram": "8Gi"}))
     assert denied["allowed"] is False and denied["status"]["code"] == 403
     assert denied["status"]["message"] == (
-        "QuotaExceeded: team-a/q: vram requested 8Gi, used 16Gi, hard 20Gi"
+        "QuotaExceeded: team-a/q: vram requested 8Gi, used 40Gi, hard 40Gi"
     )
-    assert webhook.used()["vram"] == "16Gi"
+    assert webhook.used()["vram"] == "40Gi"
     # The same review again (the API server retries after a timeout): not charged twice.
     assert (await webhook.admit(review("b", {"ai.compute/vram": "8Gi"})))["allowed"]
-    assert webhook.used()["vram"] == "16Gi"
+    assert webhook.used()["vram"] == "40Gi"
 
 
 async def test_dry_run_is_decided_but_not_written(aiohttp_server: Any, aiohttp_client: Any) -> None:
