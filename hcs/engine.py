@@ -44,7 +44,7 @@ from hcs.state import Allocation, BoolArray, ClusterState, DeviceCharge, IndexAr
 from hcs.vendors import VENDOR_CODES, VENDOR_NAMES, VendorName
 
 MAX_SCORE: Final = 10  # kube-scheduler's MaxExtenderPriority
-MAX_EXACT_GROUPS: Final = 5
+MAX_EXACT_GROUPS: Final = 8
 
 Strategy = Literal["binpack", "spread"]
 STRATEGIES: Final[tuple[Strategy, ...]] = ("binpack", "spread")
@@ -685,6 +685,11 @@ def select_devices(
     w = state.width
     slots = np.arange(w)
     taken = np.zeros(w, np.bool_)
+    # Every group's fitting devices and what is still needed of it: a container's devices are
+    # taken so that the containers after it can still all be served (Hall's condition on what
+    # is left), which greedy choice alone does not promise.
+    fits = np.stack([ev.group_fit(i, 0) for i in range(len(req.groups))])
+    needs = np.array([g.devices for g in req.groups], np.int64)
     free = state.dev_vram_free_mib[row]
     health = state.dev_health[row].astype(np.int64)
     # A container's devices on one NVLink/HCCS clique when the pod asks for bandwidth, on one
@@ -720,12 +725,74 @@ def select_devices(
             # The group of the best-fitting device that can hold the whole container.
             order = np.lexsort((slots, -health, fit_key))
             whole_group = cand[order] & enough[order]
-            if whole_group.any():
-                order = order[topo_key[order] == topo_key[order[np.argmax(whole_group)]]]
+            if whole_group.any():  # that group's devices first, the others after
+                same = topo_key[order] == topo_key[order[np.argmax(whole_group)]]
+                order = np.concatenate((order[same], order[~same]))
         chosen = order[cand[order]][: c.devices]
+        after = taken.copy()
+        after[chosen] = True
+        rest = needs.copy()
+        rest[gi] -= c.devices
+        if not _hall_holds(fits, ~after, rest):
+            chosen = _choose_leaving_a_matching(
+                order[cand[order]], fits, taken, needs, gi=gi, count=c.devices
+            )
         taken[chosen] = True
+        needs[gi] -= c.devices
         picks.append((c, tuple(int(s) for s in chosen)))
     return tuple(picks)
+
+
+def _subsets(
+    fits: BoolArray, avail: BoolArray, needs: IntArray
+) -> tuple[BoolArray, IntArray, BoolArray]:
+    """For every non-empty subset S of the groups still needing devices: the union of their
+    available fitting devices, shape (n_subsets, width); the devices S needs, (n_subsets,);
+    and which groups S holds, (n_subsets, n_groups). Exact for up to MAX_EXACT_GROUPS groups
+    with needs (2**8 subsets at most); inputs already checked."""
+    live = np.flatnonzero(needs > 0)[:MAX_EXACT_GROUPS]
+    n = len(live)
+    subs = np.arange(1, 1 << n)
+    member_live = ((subs[:, None] >> np.arange(n)) & 1).astype(np.bool_)  # (S, n)
+    member = np.zeros((len(subs), len(needs)), np.bool_)
+    member[:, live] = member_live
+    masks = fits[live] & avail  # (n, width)
+    union: BoolArray = np.any(member_live[:, :, None] & masks[None, :, :], axis=1)
+    need: IntArray = member_live.astype(np.int64) @ needs[live]
+    return union, need, member
+
+
+def _hall_holds(fits: BoolArray, avail: BoolArray, needs: IntArray) -> bool:
+    """Every group can still get its own devices among `avail` (Hall's condition)."""
+    if not (needs > 0).any():
+        return True
+    union, need, _ = _subsets(fits, avail, needs)
+    return bool((union.sum(axis=1) >= need).all())
+
+
+def _choose_leaving_a_matching(
+    order: IntArray, fits: BoolArray, taken: BoolArray, needs: IntArray, *, gi: int, count: int
+) -> IntArray:
+    """`count` devices for group `gi`, in preference `order`, each one chosen so that what is
+    left still serves every group (one device at a time: a pod's device count)."""
+    taken = taken.copy()
+    needs = needs.copy()
+    chosen = []
+    for _ in range(count):
+        union, need, member = _subsets(fits, ~taken, needs)
+        # Taking device d for gi: each subset loses d if it held it, and needs one less if it
+        # holds gi. d is fine when every subset keeps enough.
+        left = union.sum(axis=1)[:, None] - union  # (S, width)
+        ok = (left >= (need - member[:, gi])[:, None]).all(axis=0) & ~taken
+        usable = order[ok[order]]
+        if len(usable) == 0:
+            raise PlacementError(
+                "cannot give every container its own fitting devices", code="InsufficientDevices"
+            )
+        taken[usable[0]] = True
+        needs[gi] -= 1
+        chosen.append(int(usable[0]))
+    return np.array(chosen, np.intp)
 
 
 def make_allocation(

@@ -7,6 +7,7 @@ score is a bug in one of them.
 
 import contextlib
 import random
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -21,6 +22,7 @@ from hcs.engine import (
     filter_nodes,
     prioritize,
     score_percent,
+    select_devices,
 )
 from hcs.errors import HcsError
 from hcs.ledger import Ledger
@@ -73,7 +75,7 @@ def pods(draw: st.DrawFn) -> PodDemand:
     spec = {
         "containers": [
             {"name": f"c{i}", "resources": draw(resources(legacy))}
-            for i in range(draw(st.integers(1, 3)))
+            for i in range(draw(st.integers(1, 8)))
         ]
     }
     return parse_pod(
@@ -123,6 +125,7 @@ def scenarios(draw: st.DrawFn) -> tuple[ClusterState, EngineConfig, list[str]]:
 @settings(
     max_examples=80,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(scenario=scenarios(), demand=pods())
@@ -141,3 +144,106 @@ def test_engine_equals_reference_on_random_clusters(
     assert prioritize(state, req, names, config).tolist() == prioritize_reference(
         state, demand, names, config
     )
+
+
+# --------------------------------------------------------------------------- filter => bind
+
+
+@st.composite
+def wide_clusters(draw: st.DrawFn) -> tuple[ClusterState, EngineConfig, float]:
+    """Small clusters with what the first generator lacks: shared nodes with slot limits,
+    TFLOPS and whole-device (legacy) bookings, unhealthy devices, stale heartbeats."""
+    from hcs.synthetic import node_dict
+
+    rng = random.Random(draw(st.integers(0, 10_000)))
+    now = 1_800_000_000.0
+    nodes = []
+    for i in range(draw(st.integers(1, 12))):
+        vendor = rng.choice(VENDORS)
+        n = rng.choice((1, 2, 4, 8))
+        shared = rng.random() < 0.5
+        raw = node_dict(
+            f"n{i}",
+            vendor,
+            n,
+            allocated_gi=[rng.choice((0, 0, 8, 16, 32)) for _ in range(n)],
+            health=[rng.choice((100, 100, 90, 50)) for _ in range(n)],
+            cliques=[list(range(s, min(s + 4, n))) for s in range(0, n, 4)],
+            numa=[0 if j < n // 2 else 1 for j in range(n)],
+            shared=shared,
+            heartbeat=time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - rng.choice((5, 5, 5, 500)))
+            ),
+        )
+        if shared and rng.random() < 0.7:
+            raw["metadata"]["labels"]["hcs.io/device-slots"] = str(rng.choice((1, 2, 3)))
+        nodes.append(ComputeNode.from_dict(raw))
+    state = ClusterState.from_nodes(nodes)
+    config = EngineConfig(
+        min_health=rng.choice((0, 60)),
+        strategy=rng.choice(("binpack", "spread")),
+        heartbeat_max_age_s=rng.choice((None, 60.0)),
+    )
+    ledger = Ledger(state, config, clock=lambda: now)
+    names = sorted(state.index)
+    for k in range(draw(st.integers(0, 30))):
+        if rng.random() < 0.3:
+            vendor = rng.choice(VENDORS)
+            res = {"limits": {LEGACY[vendor]: str(rng.choice((1, 2)))}}
+        else:
+            res = {
+                "requests": {
+                    "ai.compute/vram": f"{rng.choice((2, 8, 20))}Gi",
+                    "ai.compute/tflops-fp16": str(rng.choice((1, 50, 150))),
+                    "ai.compute/devices": str(rng.choice((1, 1, 2))),
+                }
+            }
+        booked = parse_pod(
+            {
+                "metadata": {"name": f"b{k}", "uid": f"b{k}"},
+                "spec": {"containers": [{"name": "c", "resources": res}]},
+            }
+        )
+        with contextlib.suppress(HcsError):
+            ledger.assume(booked, rng.choice(names))
+    return state, config, now
+
+
+@st.composite
+def wide_pods(draw: st.DrawFn) -> PodDemand:
+    """1 to 8 containers of up to 8 distinct shapes (past the engine's exact grouping)."""
+    containers = []
+    for i in range(draw(st.integers(1, 8))):
+        req = {"ai.compute/vram": f"{draw(st.integers(1, 70))}Gi"}
+        if draw(st.booleans()):
+            req["ai.compute/devices"] = str(draw(st.integers(1, 3)))
+        if draw(st.booleans()):
+            req["ai.compute/tflops-fp16"] = str(draw(st.integers(1, 300)))
+        containers.append({"name": f"c{i}", "resources": {"requests": req}})
+    return parse_pod(
+        {"metadata": {"name": "p", "uid": "probe"}, "spec": {"containers": containers}}
+    )
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenario=wide_clusters(), demand=wide_pods())
+def test_a_node_filter_passes_can_always_be_bound(
+    scenario: tuple[ClusterState, EngineConfig, float], demand: PodDemand
+) -> None:
+    """Filter says Fits => bind finds devices there, with the same books: otherwise
+    kube-scheduler would retry a bind that can never succeed, forever."""
+    state, config, now = scenario
+    req = compile_request(demand)
+    names = sorted(state.index)
+    codes = filter_nodes(state, req, names, config, now).codes
+    for name, code in zip(names, codes, strict=True):
+        if int(code) != 0:
+            continue
+        picks = select_devices(state, req, name, config, now)
+        used = [s for _, slots in picks for s in slots]
+        assert len(used) == len(set(used)) == sum(c.devices for c in demand.placement)
