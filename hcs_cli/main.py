@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -583,7 +584,13 @@ def _controller(args: argparse.Namespace, vendors: VendorTable) -> int:
     if not namespace or not name:
         raise ConfigError(f"--lease {args.lease!r}: expected NAMESPACE/NAME")
     run_leader_elected(
-        runner, args.interval, namespace=namespace, name=name, identity=socket.gethostname()
+        runner,
+        args.interval,
+        namespace=namespace,
+        name=name,
+        # Unique per process (client-go's default): two replicas sharing a hostname
+        # (hostNetwork) must still be two candidates.
+        identity=f"{socket.gethostname()}_{uuid.uuid4()}",
     )
     return 0
 
