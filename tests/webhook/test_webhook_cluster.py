@@ -231,3 +231,54 @@ async def test_namespaces_that_refuse_hostpaths_get_no_driver_mounts(
     ops = json.loads(base64.b64decode(again["patch"]))
     mounts = [op for op in ops if op["path"].endswith("/volumeMounts")]
     assert mounts and all(m["readOnly"] for m in mounts[0]["value"])
+
+
+async def test_two_webhook_replicas_never_over_admit_and_a_retry_elsewhere_heals(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """The Deployment runs two replicas behind one Service: concurrent reviews spread over both
+    charge one ComputeQuota by compare-and-swap and never admit past the hard limit. A review
+    the API server retries on the other replica is charged again there (each replica remembers
+    only its own reviews); the quota controller's next recount from live pods returns it."""
+    from cluster.controllers import ControllerRunner
+
+    fake = FakeApiServer()
+    fake.put(NODES, node_dict("n1", n_devices=8, heartbeat=now()))
+    fake.put(QUOTAS, quota_dict({"vram": "40Gi"}))
+    server = await aiohttp_server(fake.app())
+    cfg = client.Configuration()
+    cfg.host = str(server.make_url("")).rstrip("/")
+    replicas = []
+    for _ in range(2):
+        api = client.ApiClient(cfg)
+        config = EngineConfig(heartbeat_max_age_s=60)
+        service = SchedulerService(ClusterState(), config)
+        book = KubeQuotaBook(api)
+        sync = ClusterSync(service, api, quota_book=book, watch_timeout_s=2, backoff=(0.05, 0.2))
+        context = AdmissionContext(service.state, book, engine=config)
+        webhook = Webhook(fake, await aiohttp_client(create_app(context, sync=sync)))
+        await webhook.ready()
+        replicas.append(webhook)
+    answers = await asyncio.gather(
+        *(replicas[i % 2].admit(review(f"r{i}", {"ai.compute/vram": "8Gi"})) for i in range(10))
+    )
+    assert sum(a["allowed"] for a in answers) == 5
+    assert replicas[0].used()["vram"] == "40Gi"
+    # A retried review on the other replica: charged again until the recount.
+    fake.put(QUOTAS, quota_dict({"vram": "100Gi"}, used={"vram": "0"}))
+    first = await replicas[0].admit(review("x", {"ai.compute/vram": "8Gi"}))
+    again = await replicas[1].admit(review("x", {"ai.compute/vram": "8Gi"}))
+    assert first["allowed"] and again["allowed"]
+    assert replicas[0].used()["vram"] == "16Gi"
+    pod = generated_pod({"ai.compute/vram": "8Gi"})
+    pod["metadata"].update(name="x", uid="uid-x")
+    ops = json.loads(base64.b64decode(first["patch"]))
+    annotations = next(
+        o["value"] for o in ops if o["path"] == "/metadata/annotations/hcs.io~1request"
+    )
+    pod["metadata"]["annotations"]["hcs.io/request"] = annotations
+    pod["metadata"]["annotations"]["hcs.io/assigned-vendor"] = "nvidia"
+    fake.put(PODS, pod)  # the one pod that was really created
+    runner = ControllerRunner(client.ApiClient(cfg))
+    await asyncio.to_thread(runner.round)
+    assert replicas[0].used()["vram"] == "8Gi"
