@@ -67,7 +67,8 @@ class FakeApiServer:
         self.hanging: dict[str, asyncio.Event] = {}
         self.stalled: dict[str, asyncio.Event] = {}
         """Kinds whose list requests get no answer until the event is set (`hang`)."""
-        self.bind_failures: list[tuple[int, bool, float]] = []
+        self.bind_failures: list[tuple[int, bool, float | asyncio.Event]] = []
+        """(status, committed first, delay or an event to wait for) per coming Binding."""
         """The next Bindings answer these (status, after committing?, after how many seconds)
         instead of 201."""
         self.delay_s = 0.0
@@ -426,7 +427,7 @@ class FakeApiServer:
             )
         failure = self.bind_failures.pop(0) if self.bind_failures else None
         if failure is not None and not failure[1]:
-            await asyncio.sleep(failure[2])
+            await _wait(failure[2])
             return _status(failure[0], "InternalError", "injected failure before the Binding")
         pod = copy.deepcopy(pod)
         pod["spec"]["nodeName"] = body["target"]["name"]
@@ -434,7 +435,7 @@ class FakeApiServer:
         annotations.update((body.get("metadata") or {}).get("annotations") or {})
         self.put(PODS, pod)
         if failure is not None:  # committed, but the caller hears of a failure
-            await asyncio.sleep(failure[2])
+            await _wait(failure[2])
             return _status(failure[0], "InternalError", "injected failure after the Binding")
         return web.json_response(
             {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201
@@ -499,3 +500,11 @@ def _field_selector(text: str) -> Callable[[dict[str, Any]], bool]:
         return all((value(obj, f) == wanted) is equal for f, equal, wanted in terms)
 
     return match
+
+
+async def _wait(delay: float | asyncio.Event) -> None:
+    """A fixed delay, or until the test says so (no timing window to lose under load)."""
+    if isinstance(delay, asyncio.Event):
+        await delay.wait()
+    else:
+        await asyncio.sleep(delay)

@@ -4,6 +4,7 @@ import numpy as np
 
 from hcs.demand import PodDemand, parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, filter_nodes
+from hcs.errors import PlacementError
 from hcs.ledger import Ledger
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
@@ -152,7 +153,7 @@ def test_random_sequences_of_updates_match_a_rebuild() -> None:
                     ),
                     node,
                 )
-            except Exception as exc:  # does not fit there: fine, nothing must be charged
+            except PlacementError as exc:  # does not fit there: fine, nothing must be charged
                 assert f"u{uid}" not in state.allocations, exc
         elif state.allocations:
             ledger.release(rng.choice(sorted(state.allocations)))

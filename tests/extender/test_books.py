@@ -135,10 +135,12 @@ async def test_a_late_failure_never_releases_what_a_retry_confirmed(start: Start
     leaves the confirmed allocation and the node's lock alone (the ledger's current record is
     checked)."""
     fake, c, p = await one_pod_filtered(start)
-    fake.bind_failures.append((422, False, 0.5))  # the first Binding is refused, late
+    late = asyncio.Event()
+    fake.bind_failures.append((422, False, late))  # the first Binding is refused, late
     first = asyncio.create_task(c.bind(p, "n1"))
     await until(lambda: len(fake.bindings) == 1)
     assert await c.bind(p, "n1") == ""  # kube-scheduler's retry binds and confirms
+    late.set()  # only now does the first one hear its refusal
     assert (await first).startswith("BindFailed")
     assert c.service.state.allocations["uid-a"].state == "confirmed"
     assert fake.lease_holder("n1") == "uid-a"  # still the pod's, until its Allocate

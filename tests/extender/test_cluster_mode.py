@@ -189,10 +189,17 @@ async def test_bind_creates_the_binding_with_the_device_annotations(start: Start
     assert c.service.state.allocations["uid-train"].state == "confirmed"
     # kube-scheduler retries a bind whose reply it lost: the Binding exists, the answer is success.
     assert await c.bind(p, "n1") == ""
-    # The watch brings the bound pod back; the allocation is unchanged, not doubled.
-    await until(lambda: fake.objects[PODS]["team-a/train"]["spec"]["nodeName"] == "n1")
-    await asyncio.sleep(0.2)
-    assert list(c.service.state.allocations) == ["uid-train"]
+    # The watch brings the bound pod back; the allocation is unchanged, not doubled: each of
+    # its two devices is charged once, and nothing else is charged on the node.
+    # A marker pod written after the bind: once the watch applied it, it applied the bound
+    # pod's event too (events arrive in order).
+    fake.put(PODS, pod("marker", {"cpu": "1"}))
+    await until(lambda: "uid-marker" in c.sync.pods.known)
+    (alloc,) = c.service.state.allocations.values()
+    assert alloc.uid == "uid-train" and len(alloc.charges) == 2
+    row = c.service.state.index["n1"]
+    holders = c.service.state.dev_holders[row].tolist()
+    assert sum(holders) == 2 and max(holders) == 1
 
 
 async def test_bind_of_a_pod_filter_never_saw_reads_it_from_the_api_server(start: Start) -> None:

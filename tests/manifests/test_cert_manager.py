@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from certs import service_names
@@ -59,7 +60,7 @@ def test_the_ca_injection_names_the_serving_certificate_and_the_shipped_configur
 def test_kubectl_kustomize_renders_the_component_when_kubectl_is_here(tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:  # the two tests above check the same promise by hand
-        return
+        pytest.skip("kubectl is not installed here")
     base = os.path.relpath(MANIFESTS, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         f"resources: [{base}]\ncomponents: [{base}/components/cert-manager]\n"

@@ -14,13 +14,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
 from cluster.sync import ClusterSync, KubeQuotaBook
-from hcs.admission import AdmissionContext
+from hcs.admission import AdmissionContext, AdmissionResponse
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
 from hcs.synthetic import node_dict, quota_dict
 from tests.fake_apiserver import NAMESPACES, NODES, PODS, QUOTAS, FakeApiServer
 from tests.webhook.reviews import admission_review, generated_pod
+from tests.webhook.test_admission import applied
 from webhook.app import create_app
 
 Client = TestClient[web.Request, web.Application]
@@ -50,10 +51,10 @@ class Webhook:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
 
-    async def admit(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def admit(self, body: dict[str, Any]) -> AdmissionResponse:
         resp = await self.http.post("/mutate", json=body)
         assert resp.status == 200
-        response: dict[str, Any] = (await resp.json())["response"]
+        response: AdmissionResponse = (await resp.json())["response"]
         return response
 
     def used(self) -> dict[str, str]:
@@ -168,15 +169,13 @@ async def test_routing_counts_devices_that_pods_already_hold(
         },
     )
     webhook = await _start(aiohttp_server, aiohttp_client)(fake)
-    response = await webhook.admit(
-        review(
-            "f",
-            {"ai.compute/vram": "8Gi"},
-            annotations={"hcs.io/vendor-preference": "nvidia,huawei"},
-        )
+    body = review(
+        "f",
+        {"ai.compute/vram": "8Gi"},
+        annotations={"hcs.io/vendor-preference": "nvidia,huawei"},
     )
-    ops = json.loads(base64.b64decode(response["patch"]))
-    vendor = next(op["value"] for op in ops if op["path"].endswith("assigned-vendor"))
+    out = applied(body["request"]["object"], await webhook.admit(body))
+    vendor = out["metadata"]["annotations"]["hcs.io/assigned-vendor"]
     assert vendor == "huawei"  # the only NVIDIA node is fully held
 
 
@@ -221,16 +220,22 @@ async def test_namespaces_that_refuse_hostpaths_get_no_driver_mounts(
     webhook = await _start(aiohttp_server, aiohttp_client)(fake)
     body = review("a", {"ai.compute/vram": "8Gi"})
     response = await webhook.admit(body)
-    assert response["allowed"]
-    ops = json.loads(base64.b64decode(response["patch"]))
-    assert not any("volume" in op["path"].lower() for op in ops)
+    out = applied(body["request"]["object"], response)
+    assert "volumes" not in out["spec"]
+    assert "volumeMounts" not in out["spec"]["containers"][0]
     assert any("Pod Security baseline" in w for w in response["warnings"])
     fake.put(NAMESPACES, {"metadata": {"name": "team-a", "labels": {}}})  # privileged again
-    await asyncio.sleep(0.3)  # the watch delivers it
-    again = await webhook.admit(review("b", {"ai.compute/vram": "8Gi"}))
-    ops = json.loads(base64.b64decode(again["patch"]))
-    mounts = [op for op in ops if op["path"].endswith("/volumeMounts")]
-    assert mounts and all(m["readOnly"] for m in mounts[0]["value"])
+    # Wait for the watch to deliver it: admit (dry runs, nothing charged) until it shows.
+    deadline = time.monotonic() + 10
+    while True:
+        body = review("b", {"ai.compute/vram": "8Gi"}, dry_run=True)
+        out = applied(body["request"]["object"], await webhook.admit(body))
+        mounts = out["spec"]["containers"][0].get("volumeMounts") or []
+        if mounts:
+            break
+        assert time.monotonic() < deadline, "the namespace's new level never arrived"
+        await asyncio.sleep(0.02)
+    assert all(m["readOnly"] for m in mounts)
 
 
 async def test_two_webhook_replicas_never_over_admit_and_a_retry_elsewhere_heals(

@@ -23,6 +23,7 @@ from hcs.quota import QuotaBook
 from hcs.state import ClusterState
 from hcs.synthetic import make_node
 from tests.webhook.reviews import admission_review, generated_pod
+from tests.webhook.test_admission import applied
 from webhook.app import cert_reloader, create_app, ssl_context
 
 SERVER_NAME = "hcs-webhook.hcs-system.svc"
@@ -80,7 +81,8 @@ async def webhook(tmp_path: Path) -> AsyncIterator[Webhook]:
 async def test_a_client_verifying_the_ca_and_service_name_gets_the_envelope(
     webhook: Webhook,
 ) -> None:
-    resp = await webhook.post(review_body("abc-123"))
+    sent = review_body("abc-123")
+    resp = await webhook.post(sent)
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("application/json")
     body = await resp.json()
@@ -90,6 +92,7 @@ async def test_a_client_verifying_the_ca_and_service_name_gets_the_envelope(
     assert response["uid"] == "abc-123" and response["allowed"] is True
     assert response["patchType"] == "JSONPatch"
     base64.b64decode(response["patch"], validate=True)  # standard base64 with padding
+    applied(sent["request"]["object"], response)  # and it applies to the pod as sent
 
 
 async def test_denials_are_200_with_allowed_false(webhook: Webhook) -> None:
