@@ -53,7 +53,7 @@ def serve(
     sync: ClusterSync | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     shutdown_timeout: float = 10.0,
-    metrics: tuple[str, int] = ("0.0.0.0", 0),
+    metrics: tuple[str, int | None] = ("0.0.0.0", None),
 ) -> None:
     # The inventory's model objects live as long as the process: keep the cyclic GC off them,
     # so collections triggered by per-request garbage stay short.

@@ -97,17 +97,31 @@ def _configure_logging(level: str, fmt: str | None = None) -> None:
     logging.basicConfig(level=level, handlers=[handler])  # no-op where logging is set up
 
 
+ANY_PORT = -1  # `--metrics-port any`: the OS picks a free port; the log line names it
+
+
+def _port(text: str) -> int:
+    """A port number, or `any` (a free port the OS picks, logged once bound)."""
+    if text == "any":
+        return ANY_PORT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port 0-65535 or 'any'") from None
+
+
 def _metrics_args(p: argparse.ArgumentParser, *, standalone: bool = False) -> None:
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         metavar="PORT",
-        help="serve GET /metrics over plain HTTP on this port, for Prometheus (default "
-        "%(default)s: off)"
+        help="serve GET /metrics over plain HTTP on this port, for Prometheus; 'any': a free "
+        "port the OS picks, logged (default %(default)s: off)"
         if standalone
         else "also serve GET /metrics and /healthz over plain HTTP on this port, for "
-        "Prometheus (default %(default)s: only on the main port)",
+        "Prometheus; 'any': a free port the OS picks, logged (default %(default)s: only on "
+        "the main port)",
     )
     p.add_argument(
         "--metrics-host",
@@ -116,10 +130,14 @@ def _metrics_args(p: argparse.ArgumentParser, *, standalone: bool = False) -> No
     )
 
 
-def _metrics(args: argparse.Namespace) -> tuple[str, int]:
-    if not 0 <= args.metrics_port <= 65535:
-        raise ConfigError(f"--metrics-port {args.metrics_port}: expected a port 0-65535")
-    return args.metrics_host, args.metrics_port
+def _metrics(args: argparse.Namespace) -> tuple[str, int | None]:
+    """(host, port): port None is off, 0 is any free port."""
+    port: int = args.metrics_port
+    if port == ANY_PORT:
+        return args.metrics_host, 0
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics-port {port}: expected a port 0-65535 or 'any'")
+    return args.metrics_host, port or None
 
 
 def _exit_on_sigterm() -> None:
@@ -133,16 +151,17 @@ def _serve_registry(args: argparse.Namespace, registry: CollectorRegistry, what:
     from prometheus_client import start_http_server
 
     host, port = _metrics(args)
-    if not port:
+    if port is None:
         return
     try:
-        start_http_server(port, addr=host, registry=registry)
+        server, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {host}:{port} for {what} metrics: {exc.strerror} (another "
             "process has the port? choose another with --metrics-port)"
         ) from None
-    logging.getLogger("hcs").info("serving %s metrics on http://%s:%d/metrics", what, host, port)
+    bound = server.server_address[1]
+    logging.getLogger("hcs").info("serving %s metrics on http://%s:%d/metrics", what, host, bound)
 
 
 def _webhook_args(p: argparse.ArgumentParser) -> None:
@@ -227,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     lock_namespace_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=8888, help="port (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8888, help="port; 0: a free one, logged (default %(default)s)"
+    )
     _metrics_args(p)
     p.add_argument(
         "--max-body-mb",
@@ -250,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     _webhook_args(p)
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=8443, help="port (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8443, help="port; 0: a free one, logged (default %(default)s)"
+    )
     _metrics_args(p)
 
     p = sub.add_parser(

@@ -85,11 +85,20 @@ def metrics_app(source: web.Application) -> web.Application:
 Site = tuple[web.Application, str, int, ssl.SSLContext | None]
 
 
-def with_metrics(site: Site, metrics_host: str, metrics_port: int) -> list[Site]:
-    """`site`, plus its metrics on `metrics_host:metrics_port` when the port is not 0."""
-    if not metrics_port:
+def with_metrics(site: Site, metrics_host: str, metrics_port: int | None) -> list[Site]:
+    """`site`, plus its metrics on `metrics_host:metrics_port` unless the port is None (0: any
+    free port)."""
+    if metrics_port is None:
         return [site]
     return [site, (metrics_app(site[0]), metrics_host, metrics_port, None)]
+
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    """The port the site really listens on (port 0 asks the OS for a free one)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
 
 
 def serve_apps(
@@ -114,8 +123,9 @@ def serve_apps(
                     "--extender-port, --webhook-port or --metrics-port)"
                 ) from None
             runners.append(runner)
+            bound = _bound_port(runner, port)
             log.info(
-                "serving %s on %s://%s:%d", app[COMPONENT], "https" if tls else "http", host, port
+                "serving %s on %s://%s:%d", app[COMPONENT], "https" if tls else "http", host, bound
             )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

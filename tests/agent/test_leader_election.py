@@ -5,16 +5,14 @@ stops, the other takes over once the lease runs out."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from hcs.synthetic import quota_dict
-from tests.core.test_metrics_port import free_port, get
+from tests.core.test_metrics_port import get
 from tests.fake_apiserver import LEASES, QUOTAS, FakeApiServer, write_kubeconfig
+from tests.processes import Started
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,23 +35,16 @@ async def test_two_controllers_elect_one_leader_and_hand_over(
     fake.put(QUOTAS, quota_dict({"vram": "100Gi"}))
     server = await aiohttp_server(fake.app())
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
-    ports = [free_port(), free_port()]
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from hcs_cli.main import main; sys.exit(main())",
-                *("controller", "--interval", "0.2", "--kubeconfig", str(kubeconfig)),
-                *("--lease", "hcs-system/hcs-controller"),
-                *("--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
-            ],
-            cwd=ROOT,
-            stderr=subprocess.DEVNULL,
+        Started(
+            *("controller", "--interval", "0.2", "--kubeconfig", str(kubeconfig)),
+            *("--lease", "hcs-system/hcs-controller"),
+            *("--metrics-host", "127.0.0.1", "--metrics-port", "any"),
         )
-        for port in ports
+        for _ in range(2)
     ]
     try:
+        ports = [await asyncio.to_thread(p.port, "controller metrics") for p in procs]
         deadline = time.monotonic() + 30
         flags: list[int | None] = [None, None]
         while sorted(f for f in flags if f is not None) != [0, 1]:
@@ -64,10 +55,11 @@ async def test_two_controllers_elect_one_leader_and_hand_over(
         holder = fake.objects[LEASES]["hcs-system/hcs-controller"]["spec"]["holderIdentity"]
         assert holder
         # The leader's rounds write the quota's status (the follower's would too, if it ran).
-        await asyncio.sleep(0.5)
-        assert fake.status_updates >= 1
-        procs[leader].send_signal(signal.SIGTERM)
-        await asyncio.to_thread(procs[leader].wait, 15)
+        while fake.status_updates < 1:
+            assert time.monotonic() < deadline, "the leader never wrote the quota's status"
+            await asyncio.sleep(0.1)
+        code, _ = await asyncio.to_thread(procs[leader].stop)
+        assert code == 0
         other = 1 - leader
         deadline = time.monotonic() + 40  # the lease (15 s) must run out first
         while await asyncio.to_thread(leader_flag, ports[other]) != 1:
@@ -77,6 +69,4 @@ async def test_two_controllers_elect_one_leader_and_hand_over(
         assert new and new != holder
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(p.wait, 15)
+            await asyncio.to_thread(p.stop)

@@ -5,9 +5,6 @@ only the operational endpoints there)."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,16 +15,10 @@ import pytest
 
 from hcs.synthetic import quota_dict
 from tests.fake_apiserver import QUOTAS, FakeApiServer, write_kubeconfig
+from tests.processes import Started
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = str(ROOT / "examples" / "inventory")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def get(url: str, deadline: float) -> tuple[int, str]:
@@ -53,39 +44,25 @@ def get(url: str, deadline: float) -> tuple[int, str]:
 def test_metrics_are_served_on_their_own_plain_port(
     command: list[str], series: str, tmp_path: Path
 ) -> None:
-    port, metrics = free_port(), free_port()
     extra = ["--cert-dir", str(tmp_path)] if command[0] == "webhook" else []
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from hcs_cli.main import main; sys.exit(main())",
-            *command,
-            *extra,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics),
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
+    started = Started(
+        *command,
+        *extra,
+        *("--host", "127.0.0.1", "--port", "0"),
+        *("--metrics-host", "127.0.0.1", "--metrics-port", "any"),
     )
     try:
+        main = started.port(f"hcs-{command[0]}")
+        metrics = started.port(f"hcs-{command[0]}-metrics")
+        assert main != metrics and 0 not in (main, metrics)
         deadline = time.monotonic() + 30
         status, text = get(f"http://127.0.0.1:{metrics}/metrics", deadline)
         assert status == 200 and series in text
         assert get(f"http://127.0.0.1:{metrics}/healthz", deadline)[0] == 200
         assert get(f"http://127.0.0.1:{metrics}/readyz", deadline)[0] == 404  # only metrics
     finally:
-        process.terminate()
-        _, err = process.communicate(timeout=15)
-    assert process.returncode == 0, err
-    assert f"serving hcs-{command[0]}-metrics on http://127.0.0.1:{metrics}" in err
+        code, err = started.stop()
+    assert code == 0, err
 
 
 def test_a_port_out_of_range_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,25 +107,17 @@ async def test_the_controller_and_the_agent_serve_metrics(
     )
     server = await aiohttp_server(fake.app())
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
-    metrics = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from hcs_cli.main import main; sys.exit(main())",
-            *command,
-            *("--interval", "0.2", "--kubeconfig", str(kubeconfig)),
-            *("--metrics-host", "127.0.0.1", "--metrics-port", str(metrics)),
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
+    started = Started(
+        *command,
+        *("--interval", "0.2", "--kubeconfig", str(kubeconfig)),
+        *("--metrics-host", "127.0.0.1", "--metrics-port", "any"),
     )
     try:
+        metrics = await asyncio.to_thread(started.port, f"{command[0]} metrics")
         deadline = time.monotonic() + 30
         text = ""
         while series not in text:  # the first round or discovery fills the series
-            assert process.poll() is None, process.communicate()[1]
+            assert started.process.poll() is None, started.stderr
             assert time.monotonic() < deadline, text
             status, text = await asyncio.to_thread(
                 get, f"http://127.0.0.1:{metrics}/metrics", deadline
@@ -156,7 +125,14 @@ async def test_the_controller_and_the_agent_serve_metrics(
             assert status == 200
             await asyncio.sleep(0.1)
     finally:
-        process.terminate()
-        _, err = await asyncio.to_thread(process.communicate, timeout=15)
-    assert process.returncode == 0, err  # SIGTERM ends the loop cleanly
-    assert f"serving {command[0]} metrics on http://127.0.0.1:{metrics}/metrics" in err
+        code, err = await asyncio.to_thread(started.stop)
+    assert code == 0, err  # SIGTERM ends the loop cleanly
+
+
+def test_a_port_that_is_not_a_number_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from hcs_cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["extender", "--inventory", INVENTORY, "--metrics-port", "nine"])
+    assert exit_.value.code == 2
+    assert "--metrics-port: 'nine': expected a port 0-65535 or 'any'" in capsys.readouterr().err
