@@ -155,7 +155,14 @@ class _StateCollector(Collector):
         )
         for code, n in sorted(self.service.filter_errors.items()):
             errors.add_metric([code], float(n))
-        yield from (nodes, devices, allocs, outcomes, errors)
+        queue = GaugeMetricFamily(
+            "hcs_extender_node_lock_queue",
+            "Binds waiting for a node's lock (another pod is being admitted there), per node",
+            labels=["node"],
+        )
+        for node, n in sorted(self.service.queue_depth.items()):
+            queue.add_metric([node], n)
+        yield from (nodes, devices, allocs, outcomes, errors, queue)
         yield from _node_metrics(state, self.service.config.min_health)
 
 
@@ -231,6 +238,13 @@ def create_app(
         ["result"],
         registry=registry,
     )
+    waits = Histogram(
+        "hcs_extender_node_lock_wait_seconds",
+        "Time a bind waited for its node's lock (kubelet admitting the pods ahead of it)",
+        registry=registry,
+        buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0),
+    )
+    service.on_lock_wait = waits.observe
     registry.register(_StateCollector(service))
     app.cleanup_ctx.append(_expire_unknown_binds)
     app.router.add_post("/filter", filter_handler)

@@ -27,6 +27,7 @@ ErrorCode = Literal[
     "NotReady",
     "AgentNotConnected",
     "AllocationConflict",
+    "NodeAdmitting",
     "QuotaExceeded",
 ]
 

@@ -30,9 +30,10 @@ their node's lock) never reaches the leader leases hcs-system/hcs-scheduler and 
 
 
 class NodeBusyError(HcsError):
-    """Another pod holds the node's lock: kube-scheduler retries the bind later."""
+    """Another pod holds the node's lock. The extender's bind waits its turn in the node's queue
+    for a bounded time (`--bind-wait`); past it, kube-scheduler retries the bind later."""
 
-    code = "InsufficientDevices"
+    code = "NodeAdmitting"
 
 
 def lease_name(node: str) -> str:

@@ -62,6 +62,11 @@ from hcs.wire import (
 
 log = logging.getLogger("hcs.extender")
 POD_CACHE_SIZE = 10_000
+BIND_WAIT_S = 10.0
+"""How long a bind waits its turn for a node whose lock another pod holds (below the extender
+`httpTimeout` kube-scheduler is given, 15 s in the manifests)."""
+LOCK_POLL_S = (0.02, 0.1)
+"""The head of a node's queue re-reads the lock every 20 ms, backing off to 100 ms."""
 ASSUMED_MAX_AGE_S = 60.0
 """A bind whose outcome stayed unknown keeps its devices booked this long at most (well past
 any Binding still in flight: every call on the bind path times out within 1.5 s)."""
@@ -113,6 +118,10 @@ class SchedulerService:
     gate: Callable[[], str | None] | None = None
     """Cluster mode: why the books are incomplete now (None: complete). While it says so,
     filter passes no node and bind records nothing."""
+    bind_wait_s: float = BIND_WAIT_S
+    """A bind waits this long at most for its node's lock, in a FIFO queue per node."""
+    on_lock_wait: Callable[[float], None] | None = None
+    """Called with each bind's wait for its node's lock, in seconds (for metrics)."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.state, self.config)
@@ -123,6 +132,9 @@ class SchedulerService:
         """Cumulative per-reason node counts, for metrics."""
         self.filter_errors: Counter[str] = Counter()
         """Filter calls answered with an Error, by its code, for metrics."""
+        self._node_queues: dict[str, asyncio.Lock] = {}
+        self.queue_depth: Counter[str] = Counter()
+        """Binds waiting for (or polling) each node's lock now."""
 
     # ----------------------------------------------------------------- pods
 
@@ -296,6 +308,10 @@ class SchedulerService:
         ev = evaluate(self.state, seen.request, found.rows, self.config)
         percent = score_percent(self.state, seen.request, ev, self.config)
         scores = normalize_scores(percent, ev.codes == 0)
+        if self.queue_depth:
+            # A node admitting other pods comes after an equal alternative elsewhere.
+            busy = np.isin(found.names, list(self.queue_depth)) & (scores > 0)
+            scores = np.where(busy, scores - 1, scores)
         return encode_host_scores(
             [(found.names[scores == s].tolist(), s) for s in np.unique(scores).tolist()]
         )
@@ -333,7 +349,7 @@ class SchedulerService:
                 if alloc is not None:
                     # One HCS pod at a time between bind and Allocate on a node, so the device
                     # plugin knows for certain which pod kubelet is admitting.
-                    await loop.run_in_executor(None, self.binder.lock, node, namespace, name, uid)
+                    await self._take_node(node, namespace, name, uid)
                     locked = True
                 await loop.run_in_executor(
                     None, self.binder.bind, namespace, name, uid, node, annotations
@@ -358,6 +374,53 @@ class SchedulerService:
                 alloc.score,
             )
         return {"Error": ""}
+
+    async def _take_node(self, node: str, namespace: str, name: str, uid: str) -> None:
+        """Take the node's lock, waiting in the node's FIFO queue while another pod holds it,
+        for `bind_wait_s` at most (then NodeBusyError: kube-scheduler retries later). Only the
+        head of the queue polls the lock; a waiting bind holds its devices booked, so later
+        binds choose around them and nothing is booked twice."""
+        assert self.binder is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self.bind_wait_s
+        queue = self._node_queues.setdefault(node, asyncio.Lock())
+        ahead = self.queue_depth[node]
+        self.queue_depth[node] += 1
+        try:
+            try:
+                await asyncio.wait_for(queue.acquire(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise NodeBusyError(
+                    f"node {node} is admitting other pods ({ahead} binds were ahead of this "
+                    f"one); waited {self.bind_wait_s:g} s (--bind-wait), the bind is retried"
+                ) from None
+            try:
+                delay = LOCK_POLL_S[0]
+                while True:
+                    try:
+                        # Never cancelled midway: a lock taken after giving up would leak.
+                        await loop.run_in_executor(
+                            None, self.binder.lock, node, namespace, name, uid
+                        )
+                        return
+                    except NodeBusyError as exc:
+                        if loop.time() + delay > deadline:
+                            raise NodeBusyError(
+                                f"{exc}; waited {self.bind_wait_s:g} s (--bind-wait)"
+                            ) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LOCK_POLL_S[1])
+            finally:
+                queue.release()
+        finally:
+            self.queue_depth[node] -= 1
+            if not self.queue_depth[node]:
+                del self.queue_depth[node]
+                if not queue.locked():
+                    self._node_queues.pop(node, None)
+            if self.on_lock_wait is not None:
+                self.on_lock_wait(loop.time() - start)
 
     async def _after_failed_bind(
         self,

@@ -25,7 +25,7 @@ from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents, load_inventory
 from hcs.models import HEARTBEAT_INTERVAL_S, ComputeNode, ComputeQuota
 from hcs.quota import QuotaBook
-from hcs.scheduling import SchedulerService
+from hcs.scheduling import BIND_WAIT_S, SchedulerService
 from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
@@ -245,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p, json_flag=False, cluster=True)
     _cluster_args(p)
     lock_namespace_option(p)
+    p.add_argument(
+        "--bind-wait",
+        type=float,
+        default=BIND_WAIT_S,
+        metavar="SECONDS",
+        help="cluster mode: a bind for a node whose lock another pod holds waits its turn in "
+        "the node's FIFO queue this long at most, then answers NodeAdmitting (keep it below "
+        "kube-scheduler's extender httpTimeout; default %(default)s)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument(
         "--port", type=int, default=8888, help="port; 0: a free one, logged (default %(default)s)"
@@ -545,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stale_after_s=args.stale_after,
                     lock_namespace=args.lock_namespace,
                 )
+                if not 0 <= args.bind_wait <= 300:
+                    raise ConfigError(f"--bind-wait {args.bind_wait}: expected 0-300 seconds")
+                service.bind_wait_s = args.bind_wait
             serve(
                 service,
                 args.host,

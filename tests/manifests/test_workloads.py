@@ -278,3 +278,22 @@ def test_every_optional_component_renders_with_the_base(tmp_path: Path) -> None:
     ).stdout
     kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
     assert {"ServiceMonitor", "Certificate", "RuntimeClass", "Deployment"} <= kinds
+
+
+def test_the_extender_timeout_outlasts_a_waiting_bind() -> None:
+    """kube-scheduler gives each extender call `httpTimeout`; a bind may wait `--bind-wait`
+    for its node's lock, then make its API calls (lock, Binding, read-back, 1.5 s each)."""
+    from cluster.kubeio import CALL_TIMEOUT_S
+
+    config = yaml.safe_load((MANIFESTS / "scheduler" / "kube-scheduler-config.yaml").read_text())
+    (extender,) = config["extenders"]
+    timeout = float(extender["httpTimeout"].removesuffix("s"))
+    parser = build_parser()
+    waits = [
+        parser.parse_args(c["args"]).bind_wait
+        for _, spec in pod_specs()
+        for c in spec["containers"]
+        if c["image"] == "hcs" and c["args"][0] == "extender"
+    ]
+    assert waits, "no extender container in the manifests"
+    assert all(timeout > wait + 3 * CALL_TIMEOUT_S for wait in waits), (timeout, waits)
