@@ -389,7 +389,10 @@ class SchedulerService:
         self.queue_depth[node] += 1
         try:
             try:
-                await asyncio.wait_for(queue.acquire(), max(deadline - loop.time(), 0.0))
+                if queue.locked():
+                    await asyncio.wait_for(queue.acquire(), max(deadline - loop.time(), 0.0))
+                else:
+                    await queue.acquire()  # free: taken at once, whatever the wait allowed
             except TimeoutError:
                 raise NodeBusyError(
                     f"node {node} is admitting other pods ({ahead} binds were ahead of this "
@@ -407,7 +410,7 @@ class SchedulerService:
                     except NodeBusyError as exc:
                         if loop.time() + delay > deadline:
                             raise NodeBusyError(
-                                f"{exc}; waited {self.bind_wait_s:g} s (--bind-wait)"
+                                f"{exc.args[0]}; waited {self.bind_wait_s:g} s (--bind-wait)"
                             ) from None
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, LOCK_POLL_S[1])
