@@ -56,6 +56,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/extender_http.py
 	$(BIN)/python benchmarks/webhook_https.py
 	$(BIN)/python benchmarks/device_plugin.py
+	$(BIN)/python benchmarks/burst.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -408,11 +408,12 @@ class SchedulerService:
                         )
                         return
                     except NodeBusyError as exc:
-                        if loop.time() + delay > deadline:
+                        left = deadline - loop.time()
+                        if left <= 0:
                             raise NodeBusyError(
                                 f"{exc.args[0]}; waited {self.bind_wait_s:g} s (--bind-wait)"
                             ) from None
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(min(delay, left))  # the last try at the deadline
                     delay = min(delay * 2, LOCK_POLL_S[1])
             finally:
                 queue.release()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from hcs.assignment import container_devices
+from tests.extender.test_extender_http import metric
 from tests.fake_apiserver import PODS, FakeApiServer
 from tests.node.burst import one_gpu_pod, run_burst
 from tests.node.harness import (
@@ -117,8 +118,19 @@ async def test_a_pod_kubelet_never_admits_holds_the_queue_only_for_the_wait(clus
         answer = await http.post_json("/bind", {**args, "Node": "gpu-0"})
         return str(answer["Error"])
 
+    async def metrics() -> str:
+        return str(await (await http.http.get("/metrics")).text())
+
     assert await bind(first) == ""  # bound; kubelet never runs Allocate for it
-    error = await bind(second)
+    waiting = asyncio.create_task(bind(second))
+    await wait_for(lambda: service.queue_depth.get("gpu-0") == 1)
+    assert metric(await metrics(), "hcs_extender_node_lock_queue", node="gpu-0") == 1
+    error = await waiting
+    text = await metrics()
+    assert metric(text, "hcs_extender_binds_total", result="NodeAdmitting") == 1
+    assert metric(text, "hcs_extender_node_lock_wait_seconds_count") == 2  # both binds
+    assert metric(text, "hcs_extender_node_lock_wait_seconds_sum") >= 0.5
+    assert "hcs_extender_node_lock_queue{" not in text  # nobody waits now
     assert error.startswith("NodeAdmitting: node gpu-0 is admitting pod ml/stuck"), error
     assert "waited 0.5 s (--bind-wait)" in error
     assert "uid-next" not in service.state.allocations  # its devices went back
