@@ -101,6 +101,8 @@ class ContainerDevices:
     cdi_devices: tuple[str, ...] = ()
     mounts: tuple[tuple[str, str], ...] = ()
     """(container path, host path), read-only: NVIDIA's volume-mount device list."""
+    writable_mounts: tuple[tuple[str, str], ...] = ()
+    """(container path, host path), read-write: a share limiter's state (hcs.limiter)."""
     annotations: dict[str, str] = field(default_factory=dict)
     """Container annotations: CDI devices for runtimes that read `cdi.k8s.io/*`."""
 
@@ -143,4 +145,6 @@ def allocation(
             cdi_names
         )
     cdi_devices = cdi_names if profile.cdi_kind and "cdi-cri" in strategies else ()
-    return ContainerDevices(envs, tuple(dict.fromkeys(nodes)), cdi_devices, mounts, annotations)
+    return ContainerDevices(
+        envs, tuple(dict.fromkeys(nodes)), cdi_devices, mounts, annotations=annotations
+    )

@@ -55,6 +55,8 @@ class NodeDevice:
     numa: int | None = None
     identity: str | None = None
     model: str = ""
+    vram_mib: int = 0
+    fp16_milli_tflops: int = 0
 
 
 def device_of(kubelet_id: str) -> str:

@@ -34,6 +34,8 @@ from hcs_cli.output import print_explanation, print_placements
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from node.deviceplugin import HamiCore
 from node.discovery import TOOLS
 
 
@@ -490,6 +492,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas, decides (one source); default %(default)s: exclusive",
     )
     p.add_argument(
+        "--limiter",
+        choices=["hami-core"],
+        default=None,
+        help="enforce each fractional container's booking inside the container: hami-core "
+        "(NVIDIA; HAMi-core's libvgpu.so from --limiter-dir, which HCS does not ship). Without "
+        "a limiter, --replicas above 1 shares devices with no isolation and needs "
+        "--allow-unenforced-sharing",
+    )
+    p.add_argument(
+        "--limiter-dir",
+        default="/usr/local/vgpu",
+        metavar="DIR",
+        help="host folder holding libvgpu.so for --limiter hami-core (default %(default)s)",
+    )
+    p.add_argument(
+        "--limiter-state-dir",
+        default="/var/lib/hcs/vgpu",
+        metavar="DIR",
+        help="host folder for the limiter's per-container folders, cleaned when their pod is "
+        "gone (default %(default)s)",
+    )
+    p.add_argument(
+        "--allow-unenforced-sharing",
+        action="store_true",
+        help="allow --replicas above 1 with no --limiter: pods sharing a device are not "
+        "isolated (one can take the whole memory); the node owner's explicit choice",
+    )
+    p.add_argument(
         "--device-list-strategy",
         default="",
         metavar="LIST",
@@ -666,6 +696,24 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limiter(args: argparse.Namespace, vendors: VendorTable) -> HamiCore | None:
+    """The share limiter the plugin hands fractional containers to; refuses sharing that
+    nothing enforces unless the node's owner asked for it."""
+    from node.deviceplugin import HamiCore
+
+    if args.limiter is None:
+        if args.replicas > 1 and not args.allow_unenforced_sharing:
+            raise ConfigError(
+                f"--replicas {args.replicas} without --limiter: pods sharing a device would not "
+                "be isolated (one can take all its memory); pass --limiter hami-core, or "
+                "--allow-unenforced-sharing to accept that"
+            )
+        return None
+    if args.vendor != "nvidia":
+        raise ConfigError(f"--limiter {args.limiter}: enforces NVIDIA GPUs only, not {args.vendor}")
+    return HamiCore.prepare(Path(args.limiter_dir), Path(args.limiter_state_dir), vendors)
+
+
 def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
     from hcs.assignment import check_strategies, default_strategies
@@ -682,6 +730,7 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     _configure_logging(args.log_level)
     if args.replicas < 1:
         raise ConfigError(f"--replicas {args.replicas}: expected a whole number >= 1")
+    limiter = _limiter(args, vendors)
     opts = AgentOptions(
         node_name=args.node_name,
         vendor=args.vendor,
@@ -704,6 +753,7 @@ def _device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
         CachedNodeApi(cache, writer),
         replicas=args.replicas,
         strategies=strategies,
+        limiter=limiter,
     )
 
     def discover() -> list[PluginDevice] | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +30,15 @@ from typing import Any, Final, Protocol
 import grpc
 
 from hcs.assignment import ContainerDevices, allocation, check_strategies, default_strategies
-from hcs.errors import HcsError
+from hcs.errors import ConfigError, HcsError
+from hcs.limiter import (
+    HAMI_LIBRARY,
+    HAMI_LIBRARY_PATH,
+    DeviceSize,
+    Enforcement,
+    container_demand,
+    hami_core,
+)
 from hcs.models import SLOTS_LABEL
 from hcs.nodeplan import (
     REPLICA,
@@ -46,7 +55,8 @@ from hcs.nodeplan import (
     reconcile,
     requesting,
 )
-from hcs.vendors import VendorProfile
+from hcs.quantity import milli_tflops, vram_mib
+from hcs.vendors import VendorProfile, VendorTable
 from node.podresources import list_devices
 from node.v1beta1 import api_pb2, api_pb2_grpc
 
@@ -72,9 +82,77 @@ def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[No
                 numa=(d.get("topology") or {}).get("numaNode"),
                 identity=d.get("identity"),
                 model=str(d.get("model") or ""),
+                vram_mib=_size(vram_mib, d.get("vram")),
+                fp16_milli_tflops=_size(milli_tflops, (d.get("compute") or {}).get("fp16")),
             )
         )
     return out
+
+
+def _size(convert: Callable[..., int], value: Any) -> int:
+    """A capacity from the ComputeNode, 0 when absent or unreadable (no share is derived)."""
+    try:
+        return convert(value, round_up=False) if value is not None else 0
+    except HcsError:
+        return 0
+
+
+@dataclass(frozen=True)
+class HamiCore:
+    """`--limiter hami-core`: HAMi-core (installed by the node's owner in `library_dir`)
+    enforces each fractional container's booking (hcs.limiter). Per-container folders live
+    under `state_dir` and go when their pod is gone."""
+
+    library_dir: Path
+    state_dir: Path
+    vendors: VendorTable
+
+    @classmethod
+    def prepare(cls, library_dir: Path, state_dir: Path, vendors: VendorTable) -> HamiCore:
+        """Check the library and lay out `state_dir`; ConfigError in one line otherwise."""
+        library = library_dir / HAMI_LIBRARY
+        if not library.is_file() or not os.access(library, os.R_OK):
+            raise ConfigError(
+                f"--limiter hami-core: {library} is missing or unreadable; HCS does not ship "
+                "HAMi-core: install libvgpu.so there (--limiter-dir) or run without --limiter"
+            )
+        try:
+            (state_dir / "containers").mkdir(parents=True, exist_ok=True)
+            (state_dir / "vgpulock").mkdir(exist_ok=True)
+            (state_dir / "ld.so.preload").write_text(HAMI_LIBRARY_PATH + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--limiter-state-dir {state_dir}: {exc.strerror}") from None
+        return cls(library_dir, state_dir, vendors)
+
+    def enforce(
+        self, pod: Mapping[str, Any], container: str, devices: Sequence[NodeDevice]
+    ) -> Enforcement | None:
+        demand = container_demand(pod, container, self.vendors)
+        if demand is None:
+            return None
+        sizes = [DeviceSize(d.vram_mib, d.fp16_milli_tflops) for d in devices]
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        folder = self.state_dir / "containers" / f"{uid}_{container}"
+        enforcement = hami_core(
+            demand,
+            sizes,
+            library_dir=str(self.library_dir),
+            container_dir=str(folder),
+            lock_dir=str(self.state_dir / "vgpulock"),
+            preload_file=str(self.state_dir / "ld.so.preload"),
+        )
+        if enforcement is not None:
+            folder.mkdir(exist_ok=True)
+        return enforcement
+
+    def clean(self, live_uids: set[str]) -> list[str]:
+        """Remove the folders of containers whose pod is gone; their names."""
+        gone = []
+        for folder in (self.state_dir / "containers").iterdir():
+            if folder.name.split("_", 1)[0] not in live_uids:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone.append(folder.name)
+        return gone
 
 
 def published_view(
@@ -128,6 +206,8 @@ class Allocator:
     """How Allocate names the devices (hcs.assignment.STRATEGIES); empty: the vendor's default,
     one where a pod's own env cannot widen them."""
     devices: list[NodeDevice] = field(default_factory=list)
+    limiter: HamiCore | None = None
+    """The share limiter Allocate hands fractional containers to (None: no enforcement)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -152,9 +232,23 @@ class Allocator:
     def _books(self) -> Books:
         return Books(tuple(live(self.api.pods())), tuple(self.devices))
 
-    def _answer(self, devices: Sequence[str]) -> ContainerDevices:
+    def _answer(
+        self, devices: Sequence[str], pod: Mapping[str, Any], container: str
+    ) -> ContainerDevices:
         identities = {d.id: d.identity for d in self.devices if d.identity}
-        return allocation(self.profile, devices, identities, strategies=self.strategies)
+        answer = allocation(self.profile, devices, identities, strategies=self.strategies)
+        if self.limiter is None:
+            return answer
+        by_id = {d.id: d for d in self.devices}
+        enforced = self.limiter.enforce(pod, container, [by_id[d] for d in devices if d in by_id])
+        if enforced is None:
+            return answer
+        return replace(
+            answer,
+            envs={**answer.envs, **enforced.envs},
+            mounts=(*answer.mounts, *((c, h) for c, h, ro in enforced.mounts if ro)),
+            writable_mounts=tuple((c, h) for c, h, ro in enforced.mounts if not ro),
+        )
 
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int) -> list[str]:
         """GetPreferredAllocation; any failure is no preference (logged), never an error:
@@ -191,9 +285,9 @@ class Allocator:
                     if left <= 0 or not self.api.wait_for_change(left):
                         raise
             if isinstance(decision, Repeat):
-                return self._answer(decision.devices)
+                return self._answer(decision.devices, decision.pod, decision.container)
             self._apply(decision)
-            return self._answer(decision.devices)
+            return self._answer(decision.devices, decision.want.pod, decision.want.container)
 
     def reconcile(self, given: Mapping[tuple[str, str], Mapping[str, Sequence[str]]]) -> int:
         """Record what kubelet really gave (PodResources) where the books miss it: the writes
@@ -283,8 +377,14 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
                     ],
                     cdi_devices=[api_pb2.CDIDevice(name=n) for n in answer.cdi_devices],
                     mounts=[
-                        api_pb2.Mount(container_path=c, host_path=h, read_only=True)
-                        for c, h in answer.mounts
+                        *(
+                            api_pb2.Mount(container_path=c, host_path=h, read_only=True)
+                            for c, h in answer.mounts
+                        ),
+                        *(
+                            api_pb2.Mount(container_path=c, host_path=h, read_only=False)
+                            for c, h in answer.writable_mounts
+                        ),
                     ],
                     annotations=answer.annotations,
                 )

@@ -68,6 +68,8 @@ class SimNode:
     """kubelet's Go map order."""
     discover_fails: bool = False
     """The vendor tool fails (as at a boot before the driver is loaded)."""
+    limiter: Any = None
+    """The plugin's share limiter (node.deviceplugin.HamiCore), if any."""
 
     @property
     def resource(self) -> str:
@@ -84,6 +86,7 @@ class SimNode:
             CachedNodeApi(self.cache, self.writer),
             replicas=self.replicas,
             strategies=self.strategies,
+            limiter=self.limiter,
         )
         plugin = DevicePlugin(
             allocator,

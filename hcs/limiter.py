@@ -1,0 +1,111 @@
+"""Handing a booked share to the enforcement layer the node's owner installed (pure rules).
+
+HAMi-core (`libvgpu.so`, NVIDIA; facts in docs/node.md, "Enforced shares"): a container of a
+fractional pod gets, in Allocate's answer,
+- `CUDA_DEVICE_MEMORY_LIMIT_<i>=<MiB>m` for its i-th visible device (i counts within the
+  container, in the order of its devices), HCS's VRAM booking for that container and device;
+- `CUDA_DEVICE_SM_LIMIT=<percent>`: the share of the device's FP16 TFLOPS it booked (100 when it
+  booked none);
+- `CUDA_DEVICE_MEMORY_SHARED_CACHE`: a path of its own, in its own folder;
+- mounts: the library read-only at exactly `/usr/local/vgpu/libvgpu.so`, its own host folder at
+  `/usr/local/vgpu/containers` (read-write), the node's `/tmp/vgpulock` (read-write), and
+  `/etc/ld.so.preload` read-only, naming the library.
+A container that books whole devices gets none of it: nothing to share, nothing to limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from hcs.demand import ContainerDemand, parse_pod
+from hcs.errors import HcsError
+from hcs.vendors import VendorTable
+
+Limiter = Literal["hami-core", "vnpu"]
+LIMITERS: Final = ("hami-core", "vnpu")
+LIMITER_VENDOR: Final[Mapping[str, str]] = {"hami-core": "nvidia", "vnpu": "huawei"}
+HAMI_LIBRARY: Final = "libvgpu.so"
+HAMI_LIBRARY_PATH: Final = "/usr/local/vgpu/libvgpu.so"
+"""Exactly here inside the container: other paths crash cuDNN 9 applications."""
+HAMI_CONTAINER_DIR: Final = "/usr/local/vgpu/containers"
+HAMI_LOCK_DIR: Final = "/tmp/vgpulock"
+LD_SO_PRELOAD: Final = "/etc/ld.so.preload"
+
+
+@dataclass(frozen=True)
+class DeviceSize:
+    """What the plugin knows of a device's size (the agent's ComputeNode)."""
+
+    vram_mib: int
+    fp16_milli_tflops: int
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    envs: dict[str, str]
+    mounts: tuple[tuple[str, str, bool], ...]
+    """(container path, host path, read-only)."""
+
+
+class LimiterError(HcsError):
+    code = "InvalidRequest"
+
+
+def container_demand(
+    pod: Mapping[str, Any], container: str, vendors: VendorTable
+) -> ContainerDemand | None:
+    """The container's per-device booking, as HCS parsed the pod (None: it asks for nothing)."""
+    demand = parse_pod(pod, vendors)
+    for c in demand.all_containers:
+        if c.name == container:
+            return c
+    return None
+
+
+def is_share(demand: ContainerDemand, sizes: Sequence[DeviceSize]) -> bool:
+    """Does the container book less than the whole of some device it was given?"""
+    if demand.whole:
+        return False
+    return any(
+        demand.vram_mib < s.vram_mib
+        or 0 < demand.fp16_milli_tflops < s.fp16_milli_tflops
+        or (demand.vram_mib == 0 and demand.fp16_milli_tflops == 0)
+        for s in sizes
+    )
+
+
+def hami_core(
+    demand: ContainerDemand,
+    sizes: Sequence[DeviceSize],
+    *,
+    library_dir: str,
+    container_dir: str,
+    lock_dir: str,
+    preload_file: str,
+) -> Enforcement | None:
+    """HAMi-core's contract for one container given `sizes` (its devices, in its order);
+    None for a whole-device container. `container_dir` is the container's own host folder,
+    `lock_dir` the node's lock folder HAMi-core's processes share, `preload_file` a host file
+    holding HAMI_LIBRARY_PATH."""
+    if not sizes or not is_share(demand, sizes):
+        return None
+    envs: dict[str, str] = {}
+    for i, size in enumerate(sizes):
+        limit = demand.vram_mib if demand.vram_mib else size.vram_mib
+        envs[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] = f"{limit}m"
+    smallest = min(s.fp16_milli_tflops for s in sizes)
+    if demand.fp16_milli_tflops and smallest:
+        percent = max(1, min(100, demand.fp16_milli_tflops * 100 // smallest))
+    else:
+        percent = 100
+    envs["CUDA_DEVICE_SM_LIMIT"] = str(percent)
+    envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = f"{HAMI_CONTAINER_DIR}/cudevshr.cache"
+    mounts = (
+        (HAMI_LIBRARY_PATH, f"{library_dir.rstrip('/')}/{HAMI_LIBRARY}", True),
+        (HAMI_CONTAINER_DIR, container_dir, False),
+        (HAMI_LOCK_DIR, lock_dir, False),
+        (LD_SO_PRELOAD, preload_file, True),
+    )
+    return Enforcement(envs, mounts)
