@@ -27,6 +27,10 @@ from hcs.vendors import VENDOR_NAMES, VendorName
 API_GROUP: Final = "hcs.io"
 API_VERSION: Final = "hcs.io/v1alpha1"
 SHARING_LABEL: Final = "hcs.io/device-sharing"
+ENFORCEMENT_LABEL: Final = "hcs.io/share-enforcement"
+"""What keeps a container to its share on a shared node: a limiter (`hami-core`, `vnpu`), or
+`none` (the node's owner allowed sharing nothing enforces: `--allow-unenforced-sharing`)."""
+ENFORCEMENTS: Final = ("hami-core", "vnpu", "none")
 SLOTS_LABEL: Final = "hcs.io/device-slots"
 HEARTBEAT_INTERVAL_S: Final = 30.0
 """How often the agent publishes its ComputeNode's status (`hcs agent --interval`)."""
@@ -282,8 +286,19 @@ class ComputeNode:
 
     @property
     def shared(self) -> bool:
-        """Devices split between containers (label `hcs.io/device-sharing: shared`)."""
-        return self.meta.labels.get(SHARING_LABEL) == "shared"
+        """Devices split between containers: label `hcs.io/device-sharing: shared` and a
+        sharing mode (`hcs.io/share-enforcement`). A node asking to share with no mode stated
+        is treated as exclusive: nothing says its shares are enforced or allowed unenforced."""
+        return (
+            self.meta.labels.get(SHARING_LABEL) == "shared"
+            and self.meta.labels.get(ENFORCEMENT_LABEL) in ENFORCEMENTS
+        )
+
+    @property
+    def share_enforcement(self) -> str:
+        """How shares are kept on this node: hami-core, vnpu, none (allowed unenforced), or
+        exclusive (devices are not split)."""
+        return self.meta.labels.get(ENFORCEMENT_LABEL, "none") if self.shared else "exclusive"
 
     @property
     def device_slots(self) -> int | None:
@@ -324,6 +339,11 @@ class ComputeNode:
             ck.problem(
                 f"metadata.labels[{SHARING_LABEL}]",
                 f'"{meta.labels[SHARING_LABEL]}" is not one of shared, exclusive',
+            )
+        if ENFORCEMENT_LABEL in meta.labels and meta.labels[ENFORCEMENT_LABEL] not in ENFORCEMENTS:
+            ck.problem(
+                f"metadata.labels[{ENFORCEMENT_LABEL}]",
+                f'"{meta.labels[ENFORCEMENT_LABEL]}" is not one of {", ".join(ENFORCEMENTS)}',
             )
         slots = meta.labels.get(SLOTS_LABEL)
         if slots is not None and not (slots.isdigit() and 1 <= int(slots) <= 1024):

@@ -19,7 +19,7 @@ from hcs.engine import EngineConfig, node_availability
 from hcs.models import ComputeQuota
 from hcs.quantity import format_mib, format_milli
 from hcs.quota import render
-from hcs.state import ClusterState, IntArray
+from hcs.state import SHARING_MODES, ClusterState, IntArray
 from hcs.vendors import VENDOR_NAMES
 
 
@@ -74,6 +74,12 @@ def _triple(fmt: Any, total: int, used: int, free: int) -> dict[str, str]:
     return {"allocatable": fmt(total), "allocated": fmt(used), "free": fmt(free)}
 
 
+SHARING_DISPLAY = tuple(
+    m if m == "exclusive" else f"shared ({'unenforced' if m == 'none' else m})"
+    for m in SHARING_MODES
+)
+"""How `kubectl hcs top nodes` shows each node's sharing mode, by `node_sharing` index."""
+
 # `node_figures` name -> `Use` field.
 _FIGURES = {
     "devices": "devices",
@@ -109,14 +115,14 @@ def node_report(
     ready, agent = node_availability(state, rows, config, now)
     status = np.select([~ready, ~agent], ["NotReady", "AgentNotConnected"], "Ready")
     vendors = np.asarray(VENDOR_NAMES)[state.node_vendor[rows]]
-    shared = state.node_shared_mask[rows]
+    modes = np.asarray(SHARING_DISPLAY)[state.node_sharing[rows]]
     columns = {field: figs[f].tolist() for f, field in _FIGURES.items()}
     out = [
         Use(
             str(state.node_names[row]),
             str(vendors[i]),
             str(status[i]),
-            "shared" if shared[i] else "exclusive",
+            str(modes[i]),
             **{field: int(c[i]) for field, c in columns.items()},
             nodes_ready=int(status[i] == "Ready"),
         )

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hcs.errors import PlacementError
-from hcs.models import ComputeNode
+from hcs.models import ENFORCEMENTS, ComputeNode
 from hcs.vendors import VENDOR_CODES, VendorName, VendorProfile, VendorTable
 
 IntArray = npt.NDArray[np.int64]
@@ -129,6 +129,8 @@ class ClusterState:
         self.node_heartbeat_s: npt.NDArray[np.float64] = np.full(n, NO_HEARTBEAT, np.float64)
         self.node_shared_mask: BoolArray = np.zeros(n, np.bool_)
         self.node_slots: npt.NDArray[np.int32] = np.full(n, UNLIMITED_SLOTS, np.int32)
+        self.node_sharing: npt.NDArray[np.int8] = np.zeros(n, np.int8)
+        """Index into SHARING_MODES: exclusive, or how a shared node keeps its shares."""
         self.node_resource: npt.NDArray[np.int32] = np.zeros(n, np.int32)
         """Index into resource_names: the resource the node's device model is advertised as."""
         self.model_names: list[str] = []
@@ -400,6 +402,7 @@ class ClusterState:
         hb = node.last_heartbeat
         self.node_heartbeat_s[row] = hb.timestamp() if hb is not None else NO_HEARTBEAT
         self.node_shared_mask[row] = node.shared
+        self.node_sharing[row] = SHARING_MODES.index(node.share_enforcement)
         self.node_slots[row] = node.device_slots or UNLIMITED_SLOTS
         profile = self.vendors[node.vendor]
         resource = profile.resource_for(node.devices[0].model) if node.devices else profile.resource
@@ -581,6 +584,7 @@ def _pad(values: list[int], width: int) -> list[int]:
 
 
 UNLIMITED_SLOTS: Final = 1 << 30
+SHARING_MODES: Final = ("exclusive", *ENFORCEMENTS)
 MAX_CLIQUES_EXAMINED: Final = 20_000
 
 

@@ -39,6 +39,7 @@ def node_dict(
     links: Sequence[Sequence[int]] | None = None,
     numa: Sequence[int] | None = None,
     shared: bool = False,
+    enforcement: str = "none",
     phase: str = "Ready",
     conditions: dict[str, str] | None = None,
     heartbeat: str | None = HEARTBEAT,
@@ -82,7 +83,9 @@ def node_dict(
         "kind": "ComputeNode",
         "metadata": {
             "name": name,
-            "labels": {"hcs.io/device-sharing": "shared"} if shared else {},
+            "labels": {"hcs.io/device-sharing": "shared", "hcs.io/share-enforcement": enforcement}
+            if shared
+            else {},
         },
         "spec": {
             "vendor": vendor,

@@ -256,15 +256,17 @@ def _tf(milli: int) -> str:
 def _use_rows(uses: Sequence[Use], first: str, *, wide: bool, vendor_rows: bool) -> list[list[str]]:
     head = [first, "STATUS" if not vendor_rows else "NODES"]
     if not vendor_rows:
-        head.insert(1, "VENDOR")
+        head[1:1] = ["VENDOR"]
+        head += ["SHARING"]
     head += ["DEVICES", "UNHEALTHY", "VRAM-USED", "VRAM-FREE", "VRAM", "FP16-USED", "FP16-FREE"]
     if wide:
-        head += ["FP16", "FP32-USED", "FP32-FREE", "FP32"] + ([] if vendor_rows else ["SHARING"])
+        head += ["FP16", "FP32-USED", "FP32-FREE", "FP32"]
     rows = [head]
     for u in uses:
         row = [u.name] + ([] if vendor_rows else [u.vendor])
+        row += [u.status] if not vendor_rows else [f"{u.nodes_ready}/{u.nodes} ready"]
+        row += [] if vendor_rows else [u.sharing]
         row += [
-            u.status if not vendor_rows else f"{u.nodes_ready}/{u.nodes} ready",
             f"{u.devices_used}/{u.devices}",
             str(u.devices_unhealthy),
             _gib(u.vram_used_mib),
@@ -275,7 +277,6 @@ def _use_rows(uses: Sequence[Use], first: str, *, wide: bool, vendor_rows: bool)
         ]
         if wide:
             row += [_tf(u.fp16_mtf), _tf(u.fp32_used_mtf), _tf(u.fp32_free_mtf), _tf(u.fp32_mtf)]
-            row += [] if vendor_rows else [u.sharing]
         rows.append(row)
     return rows
 

@@ -325,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
         "hcs.io/device-sharing: shared and hcs.io/device-slots: N (pass the plugin the same N)",
     )
     p.add_argument(
+        "--limiter",
+        choices=["hami-core", "vnpu"],
+        default=None,
+        help="shared nodes: what enforces each container's share (pass the device plugin the "
+        "same); published as hcs.io/share-enforcement",
+    )
+    p.add_argument(
+        "--allow-unenforced-sharing",
+        action="store_true",
+        help="shared nodes with no --limiter: publish hcs.io/share-enforcement: none (pods "
+        "sharing a device are not isolated); without it a shared node needs --limiter",
+    )
+    p.add_argument(
         "--no-nvml",
         action="store_true",
         help="NVIDIA: run nvidia-smi even where NVML (nvidia-ml-py) loads",
@@ -682,6 +695,7 @@ def _agent(args: argparse.Namespace) -> int:
         model_table=load_model_table(args.model_table),
         shared=args.shared,
         replicas=args.replicas,
+        enforcement=_enforcement(args),
         use_nvml=not args.no_nvml,
     )
     if args.dry_run:
@@ -694,6 +708,21 @@ def _agent(args: argparse.Namespace) -> int:
     _exit_on_sigterm()
     run_agent(opts, Publisher(api), args.interval, once=args.once, metrics=metrics)
     return 0
+
+
+def _enforcement(args: argparse.Namespace) -> str | None:
+    """The agent's published sharing mode; a shared node must state one."""
+    if not (args.shared or args.replicas > 1):
+        return None
+    if args.limiter:
+        return str(args.limiter)
+    if args.allow_unenforced_sharing:
+        return "none"
+    raise ConfigError(
+        "a shared node (--shared or --replicas above 1) without --limiter: pods sharing a "
+        "device would not be isolated; pass --limiter hami-core|vnpu, or "
+        "--allow-unenforced-sharing to accept that"
+    )
 
 
 def _limiter(args: argparse.Namespace, vendors: VendorTable) -> HamiCore | None:

@@ -40,6 +40,9 @@ class AgentOptions:
     shared: bool = False
     replicas: int = 1
     """Shared nodes: containers per device, as the device plugin advertises replicas."""
+    enforcement: str | None = None
+    """Shared nodes: what keeps containers to their shares (hcs.models.ENFORCEMENTS), published
+    as `hcs.io/share-enforcement`; the extender shares devices only on nodes that state it."""
     use_nvml: bool = True
 
 
@@ -121,6 +124,7 @@ def desired_node(
             table=opts.model_table,
             shared=opts.shared or opts.replicas > 1,
             slots=opts.replicas if opts.replicas > 1 else None,
+            enforcement=opts.enforcement,
             unschedulable=marks,
         )
         ComputeNode.from_dict(node)  # what we publish must be what HCS accepts

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
-from hcs.models import SHARING_LABEL, SLOTS_LABEL
+from hcs.models import ENFORCEMENT_LABEL, SHARING_LABEL, SLOTS_LABEL
 from hcs.quantity import format_milli, milli_tflops
 from hcs.vendors import VendorName
 from node.devices import RawDevice, Topology
@@ -219,6 +219,7 @@ def build_compute_node(
     table: Mapping[str, ModelFigures] | None = None,
     shared: bool = False,
     slots: int | None = None,
+    enforcement: str | None = None,
     unschedulable: Mapping[str, str] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
@@ -295,6 +296,7 @@ def build_compute_node(
             "labels": {
                 "vendor": vendor,
                 **({SHARING_LABEL: "shared"} if shared else {}),
+                **({ENFORCEMENT_LABEL: enforcement} if shared and enforcement else {}),
                 **({SLOTS_LABEL: str(slots)} if slots else {}),
             },
         },

@@ -222,3 +222,29 @@ def test_dry_run_with_fake_devices_prints_a_valid_compute_node(
 def test_a_bad_tool_output_flag_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agent", "--dry-run", "--node-name", "n1", "--tool-output", "gpu-z=x"]) == 2
     assert "expected TOOL=FILE" in capsys.readouterr().err
+
+
+def test_a_shared_node_publishes_its_sharing_mode_or_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fixtures = ROOT / "tests" / "agent" / "fixtures"
+    base = [
+        *("agent", "--dry-run", "--node-name", "n1", "--vendor", "nvidia", "--no-nvml"),
+        *("--tool-output", f"nvidia-smi={fixtures / 'nvidia-smi-a100-nounits.csv'}"),
+        *("--tool-output", f"nvidia-smi-topo={fixtures / 'nvidia-smi-topo-a100.txt'}"),
+        *("--replicas", "4"),
+    ]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "without --limiter: pods sharing a device would not be isolated" in err
+    assert "--allow-unenforced-sharing" in err
+    for extra, mode in (
+        (["--limiter", "hami-core"], "hami-core"),
+        (["--allow-unenforced-sharing"], "none"),
+    ):
+        assert main([*base, *extra]) == 0
+        node = ComputeNode.from_dict(yaml.safe_load(capsys.readouterr().out))
+        assert node.shared and node.share_enforcement == mode and node.device_slots == 4
+    assert main([*base[:-2], "--limiter", "hami-core"]) == 0  # exclusive: no mode published
+    node = ComputeNode.from_dict(yaml.safe_load(capsys.readouterr().out))
+    assert not node.shared and "hcs.io/share-enforcement" not in node.meta.labels

@@ -80,7 +80,18 @@ def cluster() -> FakeApiServer:
     8 x 64Gi, one taken by a pod another scheduler placed (no HCS assignment)."""
     fake = FakeApiServer()
     fake.put(NODES, node_dict("gpu-1", "nvidia", 8, vram_gi=80, heartbeat=now()))
-    fake.put(NODES, node_dict("gpu-2", "nvidia", 4, vram_gi=80, heartbeat=now(-600)))
+    fake.put(
+        NODES,
+        node_dict(
+            "gpu-2",
+            "nvidia",
+            4,
+            vram_gi=80,
+            heartbeat=now(-600),
+            shared=True,
+            enforcement="hami-core",
+        ),
+    )
     fake.put(NODES, node_dict("npu-1", "huawei", 8, vram_gi=64, heartbeat=now()))
     fake.put(
         PODS,
@@ -171,16 +182,17 @@ async def test_top_nodes_shows_used_and_free_per_node_and_vendor(
     nodes_table, vendor_table = out.strip().split("\n\n")
     header, *rows = nodes_table.splitlines()
     names = [
-        *("NAME", "VENDOR", "STATUS", "DEVICES", "UNHEALTHY"),
+        *("NAME", "VENDOR", "STATUS", "SHARING", "DEVICES", "UNHEALTHY"),
         *("VRAM-USED", "VRAM-FREE", "VRAM", "FP16-USED", "FP16-FREE"),
     ]
     cells = {r.split()[0]: columns(r, header, names) for r in rows}
     # Two A100s of 312 dense FP16 TFLOPS each are taken, six are free.
     assert cells["gpu-1"] == [
-        *("gpu-1", "nvidia", "Ready", "2/8", "0"),
+        *("gpu-1", "nvidia", "Ready", "exclusive", "2/8", "0"),
         *("160Gi", "480Gi", "640Gi", "624", "1872"),
     ]
-    assert cells["npu-1"][3] == "1/8"
+    assert cells["gpu-2"][3] == "shared (hami-core)"  # how its shares are kept
+    assert cells["npu-1"][4] == "1/8"
     vheader, *vrows = vendor_table.splitlines()
     assert vheader.split()[:3] == ["VENDOR", "NODES", "DEVICES"]
     assert [r.split()[:2] for r in vrows] == [["nvidia", "1/2"], ["huawei", "1/1"]]

@@ -21,7 +21,7 @@ from hcs.errors import PlacementError, ValidationError
 from hcs.ledger import Ledger
 from hcs.models import ComputeNode
 from hcs.state import ClusterState
-from hcs.synthetic import make_node
+from hcs.synthetic import make_node, node_dict
 
 CFG = EngineConfig()
 
@@ -207,6 +207,19 @@ def test_shared_devices_split_vram() -> None:
     assert code_of(st, demand({"ai.compute/vram": "31Gi"}), "a") is Reason.InsufficientVRAM
     # A legacy whole-device request needs a device nobody holds.
     assert code_of(st, demand(limits={"nvidia.com/gpu": "1"}), "a") is (Reason.InsufficientDevices)
+
+
+def test_a_node_without_a_sharing_mode_does_not_share_devices() -> None:
+    """Fractional containers share a device only where the node states how shares are kept
+    (a limiter, or unenforced sharing the owner allowed); elsewhere each takes a device."""
+    raw = node_dict("a", n_devices=1, vram_gi=80, shared=True)
+    del raw["metadata"]["labels"]["hcs.io/share-enforcement"]
+    for labels, fits in (({}, False), ({"hcs.io/share-enforcement": "hami-core"}, True)):
+        raw["metadata"]["labels"].update(labels)
+        st = state_of(ComputeNode.from_dict(raw))
+        Ledger(st).assume(demand({"ai.compute/vram": "16Gi"}, uid="first"), "a")
+        second = code_of(st, demand({"ai.compute/vram": "16Gi"}), "a")
+        assert (second is Reason.Fits) is fits, (labels, second)
 
 
 def test_containers_of_one_pod_get_distinct_devices() -> None:

@@ -205,10 +205,23 @@ def test_label_selector_expressions() -> None:
     assert not selector.matches({"tier": "gold", "frozen": "1"})
 
 
-def test_shared_label_marks_a_node_shared() -> None:
+def test_a_node_shares_devices_only_with_a_sharing_mode() -> None:
     raw = load("computenode.yaml")
     raw["metadata"]["labels"]["hcs.io/device-sharing"] = "shared"
-    assert ComputeNode.from_dict(raw).shared
+    node = ComputeNode.from_dict(raw)
+    assert not node.shared  # nothing says its shares are enforced, or allowed unenforced
+    assert node.share_enforcement == "exclusive"
+    for mode in ("hami-core", "vnpu", "none"):
+        raw["metadata"]["labels"]["hcs.io/share-enforcement"] = mode
+        node = ComputeNode.from_dict(raw)
+        assert node.shared and node.share_enforcement == mode
+    raw["metadata"]["labels"]["hcs.io/share-enforcement"] = "honour"
+    with pytest.raises(ValidationError) as info:
+        ComputeNode.from_dict(raw)
+    assert (
+        'metadata.labels[hcs.io/share-enforcement]: "honour" is not one of hami-core, vnpu, none'
+        in str(info.value)
+    )
 
 
 def test_ready_follows_phase_and_conditions() -> None:
