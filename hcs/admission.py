@@ -575,6 +575,13 @@ def finish(
         )
     if not route.fits_now:
         warnings.append(f"hcs: no {route.vendor} node can hold the pod now; it waits Pending")
+    hami = sorted({key for c in demand.all_containers for key in c.hami})
+    if hami and not ctx.state.enforces_shares(route.vendor):
+        warnings.append(
+            f"hcs: {', '.join(hami)} became ai.compute/vram, but no {route.vendor} node enforces "
+            "shares (hcs.io/share-enforcement): unlike under HAMi, nothing holds the containers "
+            "to their memory"
+        )
     log.info(
         "admit pod=%s/%s vendor=%s fits_now=%s downgraded=%s quotas=%s",
         demand.namespace,

@@ -281,6 +281,17 @@ class ClusterState:
         """Rows of every node, in row order."""
         return np.flatnonzero(self.node_valid_mask)
 
+    def enforces_shares(self, vendor: str) -> bool:
+        """Does some node of `vendor` keep containers to their shares with a limiter?"""
+        limited = [SHARING_MODES.index(m) for m in ENFORCEMENTS if m != "none"]
+        return bool(
+            np.any(
+                self.node_valid_mask
+                & (self.node_vendor == VENDOR_CODES[vendor])
+                & np.isin(self.node_sharing, limited)
+            )
+        )
+
     def node_figures(self, min_health: int) -> tuple[IndexArray, dict[str, IntArray]]:
         """Per-node sums for monitoring, one vector per figure over `all_rows()`: VRAM (MiB)
         and TFLOPS (milli) allocatable / allocated by HCS / free, and devices present / idle /

@@ -289,6 +289,16 @@ class Allocator:
             self._apply(decision)
             return self._answer(decision.devices, decision.want.pod, decision.want.container)
 
+    def clean_limiter(self) -> list[str]:
+        """Remove the limiter's folders of containers whose pod is no longer live."""
+        if self.limiter is None:
+            return []
+        uids = {str((p.get("metadata") or {}).get("uid")) for p in live(self.api.pods())}
+        gone = self.limiter.clean(uids)
+        for name in gone:
+            log.info("limiter: removed the folder of %s (its pod is gone)", name)
+        return gone
+
     def reconcile(self, given: Mapping[tuple[str, str], Mapping[str, Sequence[str]]]) -> int:
         """Record what kubelet really gave (PodResources) where the books miss it: the writes
         a crash lost, or a pod admitted while the plugin was away. Returns how many."""
@@ -541,6 +551,10 @@ class DevicePlugin:
             return
         if self.cache is not None and not self.cache.synced.is_set():
             return  # Allocate must be able to answer from memory first
+        try:
+            self.allocator.clean_limiter()
+        except OSError as exc:
+            log.warning("limiter: cleaning folders failed: %s", exc)
         renamed = self.registered_as not in (None, self.allocator.resource)
         if renamed:
             log.info(

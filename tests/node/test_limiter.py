@@ -13,7 +13,7 @@ import pytest
 
 from hcs.vendors import VendorTable
 from node.deviceplugin import HamiCore
-from tests.fake_apiserver import FakeApiServer
+from tests.fake_apiserver import PODS, FakeApiServer
 from tests.node.burst import run_burst
 from tests.node.harness import (
     SimNode,
@@ -22,6 +22,7 @@ from tests.node.harness import (
     compute_node,
     put_nodes,
     start_extender,
+    wait_for,
     webhook_context,
 )
 from tests.node.test_burst import Client
@@ -62,7 +63,7 @@ async def node(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> Asyn
 
 
 async def test_each_container_gets_exactly_its_booked_share(node: Any) -> None:
-    fake, http, service, sim, limiter, tmp_path = node
+    fake, http, service, sim, _, tmp_path = node
     ctx = webhook_context(service.state)
     pods = [
         admitted_pod(
@@ -92,9 +93,14 @@ async def test_each_container_gets_exactly_its_booked_share(node: Any) -> None:
     whole = books["u-whole"].answers["c0"]
     assert not any(k.startswith("CUDA_DEVICE_") for k in dict(whole.envs))
     assert "/etc/ld.so.preload" not in {m.container_path for m in whole.mounts}
-    # a pod gone: its folders go
-    assert sorted(limiter.clean({"u-whole"})) == ["u-two_c0", "u-two_c1"]
-    assert not (tmp_path / "state" / "containers" / "u-two_c0").exists()
+    # a pod gone: the plugin's loop removes its folders, and only its
+    fake.delete(PODS, "ml/two")
+    own = tmp_path / "state" / "containers"
+    await wait_for(lambda: not (own / "u-two_c0").exists() and not (own / "u-two_c1").exists())
+    keep = own / "u-whole_c0"
+    keep.mkdir()
+    await asyncio.sleep(1.0)  # two rounds of the plugin's loop (poll 0.05 s)
+    assert keep.is_dir()  # its pod is live
 
 
 def test_a_missing_library_is_one_clear_line(tmp_path: Path) -> None:

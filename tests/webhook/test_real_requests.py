@@ -362,3 +362,20 @@ def test_image_rebinding_swaps_in_the_routed_vendors_build() -> None:
     assert applied(other, told)["spec"]["containers"][0]["image"] == (
         "registry.example.com/triton:24.05"
     )
+
+
+def test_a_hami_share_warns_when_no_node_of_its_vendor_enforces_shares() -> None:
+    pod = k8s_pod(container("main", limits={"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4000"}))
+    ctx, _ = context()  # exclusive nodes only
+    answer = review(request_for(pod), ctx)
+    assert answer["allowed"]
+    (warning,) = [w for w in answer.get("warnings", []) if "enforces" in w]
+    assert warning.startswith("hcs: nvidia.com/gpumem became ai.compute/vram, but no nvidia node")
+    for mode, warns in (("none", True), ("hami-core", False)):
+        shared = make_node("g2", shared=True, enforcement=mode)
+        ctx = AdmissionContext(ClusterState.from_nodes([make_node("g"), shared]), QuotaBook({}))
+        answer = review(request_for(pod, uid=mode), ctx)
+        assert any("enforces shares" in w for w in answer.get("warnings", [])) is warns, mode
+    plain = k8s_pod(container("main", limits={"ai.compute/vram": "4000Mi"}))  # not HAMi's
+    answer = review(request_for(plain, uid="plain"), context()[0])
+    assert not any("enforces shares" in w for w in answer.get("warnings", []))
