@@ -243,8 +243,10 @@ def test_optional_components_list_files_that_exist() -> None:
     for kustomization in (MANIFESTS / "components").rglob("kustomization.yaml"):
         doc = yaml.safe_load(kustomization.read_text())
         assert doc["kind"] == "Component"
-        for resource in doc["resources"]:
-            assert (kustomization.parent / resource).exists(), resource
+        files = [*doc.get("resources", []), *(p["path"] for p in doc.get("patches", []))]
+        assert files, kustomization
+        for file in files:
+            assert (kustomization.parent / file).exists(), file
     (runtime_class,) = objects("RuntimeClass")
     assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia"
 
@@ -297,3 +299,36 @@ def test_the_extender_timeout_outlasts_a_waiting_bind() -> None:
     ]
     assert waits, "no extender container in the manifests"
     assert all(timeout > wait + 3 * CALL_TIMEOUT_S for wait in waits), (timeout, waits)
+
+
+def test_the_hami_core_component_enforces_shares_with_host_paths(tmp_path: Path) -> None:
+    """The agent and the plugin state the same replicas and limiter; the plugin's library and
+    state folders are mounted at their host paths (Allocate answers kubelet with host paths)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    base = os.path.relpath(MANIFESTS, tmp_path)
+    component = os.path.relpath(MANIFESTS / "components" / "hami-core", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{base}]\ncomponents: [{component}]\n"
+    )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    (ds,) = [
+        d for d in yaml.safe_load_all(out) if d and d["metadata"]["name"] == "hcs-agent-nvidia"
+    ]
+    spec = ds["spec"]["template"]["spec"]
+    parser = build_parser()
+    by_name = {c["name"]: c for c in spec["containers"]}
+    agent = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in by_name["agent"]["args"]])
+    plugin_c = by_name["device-plugin"]
+    plugin = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in plugin_c["args"]])
+    assert agent.replicas == plugin.replicas > 1
+    assert agent.limiter == plugin.limiter == "hami-core"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in plugin_c["volumeMounts"]}
+    for folder in (plugin.limiter_dir, plugin.limiter_state_dir):
+        assert volumes[mounts[folder]["name"]]["hostPath"]["path"] == folder
+    assert mounts[plugin.limiter_dir].get("readOnly") is True
+    assert not mounts[plugin.limiter_state_dir].get("readOnly")
