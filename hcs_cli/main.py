@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="shared node whose device plugin advertises N replicas per device: publish "
-        "hcs.io/device-sharing: shared and hcs.io/device-slots: N (pass the plugin the same N)",
+        "hcs.io/device-sharing: shared and hcs.io/device-slots: N (pass the plugin the same N; "
+        "needs --limiter or --allow-unenforced-sharing)",
     )
     p.add_argument(
         "--limiter",
@@ -502,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared nodes: advertise each device N times so kubelet admits N pods on it "
         "(the extender's VRAM books decide what fits), until the node's ComputeNode is seen: "
         "from then on its hcs.io/device-slots, which the agent publishes from its own "
-        "--replicas, decides (one source); default %(default)s: exclusive",
+        "--replicas, decides (one source); above 1 needs --limiter or "
+        "--allow-unenforced-sharing; default %(default)s: exclusive",
     )
     p.add_argument(
         "--limiter",
