@@ -712,11 +712,23 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limiter_vendor(limiter: str, vendor: str) -> None:
+    """A limiter enforces one vendor's devices (hcs.limiter.LIMITER_VENDOR)."""
+    from hcs.limiter import LIMITER_VENDOR
+
+    if vendor != LIMITER_VENDOR[limiter]:
+        raise ConfigError(
+            f"--limiter {limiter}: enforces {LIMITER_VENDOR[limiter]} devices only, not {vendor}"
+        )
+
+
 def _enforcement(args: argparse.Namespace) -> str | None:
     """The agent's published sharing mode; a shared node must state one."""
     if not (args.shared or args.replicas > 1):
         return None
     if args.limiter:
+        if args.vendor:
+            _limiter_vendor(args.limiter, args.vendor)
         return str(args.limiter)
     if args.allow_unenforced_sharing:
         return "none"
@@ -740,8 +752,7 @@ def _limiter(args: argparse.Namespace, vendors: VendorTable) -> HamiCore | None:
                 "--allow-unenforced-sharing to accept that"
             )
         return None
-    if args.vendor != "nvidia":
-        raise ConfigError(f"--limiter {args.limiter}: enforces NVIDIA GPUs only, not {args.vendor}")
+    _limiter_vendor(args.limiter, args.vendor)
     return HamiCore.prepare(Path(args.limiter_dir), Path(args.limiter_state_dir), vendors)
 
 

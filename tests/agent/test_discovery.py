@@ -248,3 +248,5 @@ def test_a_shared_node_publishes_its_sharing_mode_or_is_refused(
     assert main([*base[:-2], "--limiter", "hami-core"]) == 0  # exclusive: no mode published
     node = ComputeNode.from_dict(yaml.safe_load(capsys.readouterr().out))
     assert not node.shared and "hcs.io/share-enforcement" not in node.meta.labels
+    assert main([*base, "--limiter", "vnpu"]) == 2  # vNPU templates are Ascend's
+    assert "--limiter vnpu: enforces huawei devices only, not nvidia" in capsys.readouterr().err

@@ -132,3 +132,13 @@ def test_sharing_nothing_enforces_is_refused_at_start(
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert "--allow-unenforced-sharing" in err or "--limiter-dir" in err
+
+
+def test_hami_core_is_refused_on_another_vendor(capsys: pytest.CaptureFixture[str]) -> None:
+    from hcs_cli.main import main
+
+    argv = ["device-plugin", "--node-name", "n", "--vendor", "huawei", "--limiter", "hami-core"]
+    assert main(argv) == 2
+    assert (
+        "--limiter hami-core: enforces nvidia devices only, not huawei" in capsys.readouterr().err
+    )
