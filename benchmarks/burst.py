@@ -27,22 +27,11 @@ from common import print_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the in-test API server, kubelet
 
-from cluster.sync import ClusterSync, KubeBinder
 from extender.app import create_app
-from hcs.engine import EngineConfig
-from hcs.scheduling import BIND_WAIT_S, SchedulerService
-from hcs.state import ClusterState
+from hcs.scheduling import BIND_WAIT_S
 from tests.fake_apiserver import FakeApiServer
-from tests.node.burst import one_gpu_pod, run_burst
-from tests.node.harness import SimNode, api_client, compute_node, put_nodes
-
-
-class Client:
-    def __init__(self, http: TestClient[Any, Any]) -> None:
-        self.http = http
-
-    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
-        return await (await self.http.post(path, json=body)).json()
+from tests.node.burst import JsonClient, one_gpu_pod, run_burst
+from tests.node.harness import SimNode, api_client, cluster_extender, compute_node, put_nodes
 
 
 async def scenario(n_nodes: int, n_pods: int, bind_wait: float, seed: int) -> dict[str, object]:
@@ -52,11 +41,8 @@ async def scenario(n_nodes: int, n_pods: int, bind_wait: float, seed: int) -> di
     api_server = TestServer(fake.app())
     await api_server.start_server()
     url = str(api_server.make_url("")).rstrip("/")
-    service = SchedulerService(
-        ClusterState(), EngineConfig(heartbeat_max_age_s=600), binder=KubeBinder(api_client(url))
-    )
+    service, sync = cluster_extender(url, watch_timeout_s=5)
     service.bind_wait_s = bind_wait
-    sync = ClusterSync(service, api_client(url), watch_timeout_s=5, backoff=(0.05, 0.2))
     http: TestClient[Any, Any] = TestClient(TestServer(create_app(service, sync=sync)))
     await http.start_server()
     nodes = [SimNode(c["metadata"]["name"], "nvidia", c, api_client(url)) for c in computes]
@@ -68,7 +54,7 @@ async def scenario(n_nodes: int, n_pods: int, bind_wait: float, seed: int) -> di
         for node in nodes:
             await asyncio.to_thread(node.start)
         pods = [one_gpu_pod(f"p{i}") for i in range(n_pods)]
-        outcome = await run_burst(fake, Client(http), list(nodes), pods, seed=seed, timeout=300)
+        outcome = await run_burst(fake, JsonClient(http), list(nodes), pods, seed=seed, timeout=300)
     finally:
         for node in nodes:
             await asyncio.to_thread(node.close)

@@ -896,28 +896,19 @@ def route_vendor(
     )
     order = listed + extra
     first = demand.preference[0] if demand.preference else None
-    for vendor in order:
-        if fits_by_vendor[VENDOR_CODES[vendor]]:
-            family = _family(
-                state,
-                rows=rows,
-                vendor_of_row=vendor_of_row,
-                codes=ev.codes,
-                free_vram=ready_free,
-                vendor=vendor,
-            )
-            return Route(vendor, True, first is not None and vendor != first, family)
+    fitting = [v for v in order if fits_by_vendor[VENDOR_CODES[v]]]
+    fits_now = bool(fitting)
     # Nothing fits now: wait for the first vendor that could ever hold the pod.
-    waiting = next(v for v in order if ever_by_vendor[VENDOR_CODES[v]])
+    vendor = fitting[0] if fitting else next(v for v in order if ever_by_vendor[VENDOR_CODES[v]])
     family = _family(
         state,
         rows=rows,
         vendor_of_row=vendor_of_row,
-        codes=ever.codes,
+        codes=ev.codes if fits_now else ever.codes,
         free_vram=ready_free,
-        vendor=waiting,
+        vendor=vendor,
     )
-    return Route(waiting, False, first is not None and waiting != first, family)
+    return Route(vendor, fits_now, first is not None and vendor != first, family)
 
 
 def _family(

@@ -35,6 +35,16 @@ class Http(Protocol):
     async def post_json(self, path: str, body: dict[str, Any]) -> Any: ...
 
 
+class JsonClient:
+    """An aiohttp test client as `Http`: POST a JSON body, read the JSON answer."""
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        return await (await self.http.post(path, json=body)).json()
+
+
 class Admits(Protocol):
     name: str
 

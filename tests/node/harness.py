@@ -213,6 +213,17 @@ def put_nodes(fake: FakeApiServer, *nodes: dict[str, Any]) -> None:
         fake.put(NODES, node)
 
 
+def cluster_extender(url: str, watch_timeout_s: int = 1) -> tuple[SchedulerService, ClusterSync]:
+    """The extender's service and watches in cluster mode against the API server at `url`."""
+    service = SchedulerService(
+        ClusterState(), EngineConfig(heartbeat_max_age_s=600), binder=KubeBinder(api_client(url))
+    )
+    sync = ClusterSync(
+        service, api_client(url), watch_timeout_s=watch_timeout_s, backoff=(0.05, 0.2)
+    )
+    return service, sync
+
+
 async def start_extender(
     fake: FakeApiServer, aiohttp_server: Any, aiohttp_client: Any, n_nodes: int
 ) -> tuple[Any, SchedulerService, str]:
@@ -220,10 +231,7 @@ async def start_extender(
     `n_nodes` ComputeNodes: (HTTP client, service, API server URL)."""
     server = await aiohttp_server(fake.app())
     url = str(server.make_url("")).rstrip("/")
-    service = SchedulerService(
-        ClusterState(), EngineConfig(heartbeat_max_age_s=600), binder=KubeBinder(api_client(url))
-    )
-    sync = ClusterSync(service, api_client(url), watch_timeout_s=1, backoff=(0.05, 0.2))
+    service, sync = cluster_extender(url)
     http = await aiohttp_client(create_extender(service, sync=sync))
     await wait_for(lambda: service.state.n_nodes == n_nodes and sync.readiness()[0])
     return http, service, url

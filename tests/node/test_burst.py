@@ -14,7 +14,7 @@ import pytest
 from hcs.assignment import container_devices
 from tests.extender.test_extender_http import metric
 from tests.fake_apiserver import PODS, FakeApiServer
-from tests.node.burst import one_gpu_pod, run_burst
+from tests.node.burst import JsonClient, one_gpu_pod, run_burst
 from tests.node.harness import (
     SimNode,
     api_client,
@@ -23,14 +23,6 @@ from tests.node.harness import (
     start_extender,
     wait_for,
 )
-
-
-class Client:
-    def __init__(self, http: Any) -> None:
-        self.http = http
-
-    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
-        return await (await self.http.post(path, json=body)).json()
 
 
 @pytest.fixture
@@ -42,7 +34,7 @@ async def cluster(aiohttp_server: Any, aiohttp_client: Any) -> AsyncIterator[Any
     nodes = [SimNode(c["metadata"]["name"], "nvidia", c, api_client(url)) for c in computes]
     for node in nodes:
         await asyncio.to_thread(node.start)
-    yield fake, Client(http), service, nodes
+    yield fake, JsonClient(http), service, nodes
     for node in nodes:
         await asyncio.to_thread(node.close)
 

@@ -14,7 +14,7 @@ import pytest
 from hcs.vendors import VendorTable
 from node.deviceplugin import HamiCore
 from tests.fake_apiserver import PODS, FakeApiServer
-from tests.node.burst import run_burst
+from tests.node.burst import JsonClient, run_burst
 from tests.node.harness import (
     SimNode,
     admitted_pod,
@@ -25,7 +25,6 @@ from tests.node.harness import (
     wait_for,
     webhook_context,
 )
-from tests.node.test_burst import Client
 
 GI = 1024
 
@@ -58,7 +57,7 @@ async def node(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> Asyn
     http, service, url = await start_extender(fake, aiohttp_server, aiohttp_client, 1)
     sim = SimNode("gpu-0", "nvidia", cn, api_client(url), replicas=4, limiter=limiter)
     await asyncio.to_thread(sim.start)
-    yield fake, Client(http), service, sim, limiter, tmp_path
+    yield fake, JsonClient(http), service, sim, limiter, tmp_path
     await asyncio.to_thread(sim.close)
 
 
