@@ -588,6 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from extender.server import cluster_service, local_service, serve
 
             _configure_logging(args.log_level)
+            if not 0 <= args.bind_wait <= 300:
+                raise ConfigError(f"--bind-wait {args.bind_wait}: expected 0-300 seconds")
             if args.inventory:
                 service, sync = local_service(args.inventory, config, vendors), None
             else:
@@ -599,8 +601,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stale_after_s=args.stale_after,
                     lock_namespace=args.lock_namespace,
                 )
-                if not 0 <= args.bind_wait <= 300:
-                    raise ConfigError(f"--bind-wait {args.bind_wait}: expected 0-300 seconds")
                 service.bind_wait_s = args.bind_wait
             serve(
                 service,

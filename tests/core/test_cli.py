@@ -175,3 +175,8 @@ def test_validate_takes_folders_and_the_invalid_examples_say_why(
     assert main(["validate", str(root / "invalid")]) == 1
     out = capsys.readouterr().out
     assert "INVALID typo.yaml#1" in out and "did you mean hcs.io/vendor-preference?" in out
+
+
+def test_a_bind_wait_out_of_range_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["extender", "--inventory", INVENTORY, "--bind-wait", "-1"]) == 2
+    assert "--bind-wait -1.0: expected 0-300 seconds" in capsys.readouterr().err
