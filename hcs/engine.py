@@ -352,11 +352,19 @@ class _Kernel:
             self.codes = np.zeros(len(vendor_ok), np.int8)
             self.fit = np.zeros_like(present)
             self.group_fit = ()
+            self.booked: list[tuple[IntArray | int, BoolArray | bool]] = []
             self._present = self._open = self._healthy = present
             self._vram_free = state.dev_vram_free_mib[sel]
             return
-        need_fp16 = any(g.fp16_milli_tflops for g in req.groups)
-        need_fp32 = any(g.fp32_milli_tflops for g in req.groups)
+        # Where shares are fixed templates (vNPU) a fractional group books a template, TFLOPS
+        # included, whatever it asked.
+        templated = (
+            state.node_templated[sel]
+            if state.has_templated_nodes and not all(g.whole for g in req.groups)
+            else None
+        )
+        need_fp16 = templated is not None or any(g.fp16_milli_tflops for g in req.groups)
+        need_fp32 = templated is not None or any(g.fp32_milli_tflops for g in req.groups)
         if empty_cluster:
             valid = state.node_valid_mask[sel]
             ready = agent = valid
@@ -373,17 +381,29 @@ class _Kernel:
             fp16_free = state.dev_fp16_free_mtf[sel] if need_fp16 else None
             fp32_free = state.dev_fp32_free_mtf[sel] if need_fp32 else None
         base, health_ok, vram_ok, all_ok = [], [], [], []
+        self.booked = []
         for g in req.groups:
             b = idle if g.whole else open_
+            needs: tuple[IntArray | int, ...] = (
+                g.vram_mib,
+                g.fp16_milli_tflops,
+                g.fp32_milli_tflops,
+            )
+            whole_rows: BoolArray | bool = False
+            if templated is not None and not g.whole:
+                needs, whole_rows = _template_needs(state, g, sel, templated)
+                b = np.where(whole_rows[:, None], idle, open_)
+            vram, fp16, fp32 = needs
+            self.booked.append((vram, whole_rows))
             h = b & healthy
-            v = h & (vram_free >= g.vram_mib)
+            v = h & (vram_free >= _column(vram))
             a = v
-            if g.fp16_milli_tflops:
+            if isinstance(fp16, np.ndarray) or fp16:
                 assert fp16_free is not None
-                a = a & (fp16_free >= g.fp16_milli_tflops)
-            if g.fp32_milli_tflops:
+                a = a & (fp16_free >= _column(fp16))
+            if isinstance(fp32, np.ndarray) or fp32:
                 assert fp32_free is not None
-                a = a & (fp32_free >= g.fp32_milli_tflops)
+                a = a & (fp32_free >= _column(fp32))
             base.append(b)
             health_ok.append(h)
             vram_ok.append(v)
@@ -425,14 +445,54 @@ class _Kernel:
     def scores(self) -> IntArray:
         """Score percent 0..100 per selected row (rows that fail included; masked later)."""
         if self._scores is None:
-            self._scores = _score_rows(self.state, self.req, self.config, self.sel, self.fit)
+            self._scores = _score_rows(
+                self.state, self.req, self.config, self.sel, self.fit, booked=self.booked
+            )
         return self._scores
 
 
+def _column(value: IntArray | int) -> IntArray | int:
+    """A per-row requirement as a column against (n, width) device arrays."""
+    return value[:, None] if isinstance(value, np.ndarray) else value
+
+
+def _template_needs(
+    state: ClusterState, g: Group, sel: slice | IndexArray, templated: BoolArray
+) -> tuple[tuple[IntArray, IntArray, IntArray], BoolArray]:
+    """Per selected row, what a fractional group books per device: the smallest template
+    holding it where shares are templates, else its request; and the rows where no template
+    holds it (it takes whole devices there). hcs.limiter.choose_template, over every row."""
+    t_vram = state.node_tmpl_vram_mib[sel]
+    t_fp16 = state.node_tmpl_fp16_mtf[sel]
+    t_fp32 = state.node_tmpl_fp32_mtf[sel]
+    holds = (
+        (t_vram >= g.vram_mib) & (t_fp16 >= g.fp16_milli_tflops) & (t_fp32 >= g.fp32_milli_tflops)
+    )
+    first = holds.argmax(axis=1)[:, None]
+    use = templated & holds.any(axis=1)
+    needs = tuple(
+        np.where(use, np.take_along_axis(t, first, axis=1)[:, 0], asked)
+        for t, asked in (
+            (t_vram, g.vram_mib),
+            (t_fp16, g.fp16_milli_tflops),
+            (t_fp32, g.fp32_milli_tflops),
+        )
+    )
+    return (needs[0], needs[1], needs[2]), templated & ~use
+
+
 def _score_rows(
-    state: ClusterState, req: Request, config: EngineConfig, sel: slice | IndexArray, fit: BoolArray
+    state: ClusterState,
+    req: Request,
+    config: EngineConfig,
+    sel: slice | IndexArray,
+    fit: BoolArray,
+    *,
+    booked: Sequence[tuple[IntArray | int, BoolArray | bool]],
 ) -> IntArray:
-    """Per-mille components combined into 0..100; inputs already checked."""
+    """Per-mille components combined into 0..100; inputs already checked. `booked`: per
+    group, the VRAM a fractional container books per device and the rows where it takes whole
+    devices (the kernel's `_template_needs`)."""
     wts = config.weights
     n = len(fit)
     shared = state.node_shared_mask[sel]
@@ -440,11 +500,11 @@ def _score_rows(
     used = state.node_vram_used_mib[sel]
     avg = state.node_vram_avg_mib[sel]
     placed = np.zeros(n, np.int64)
-    for g in req.groups:
+    for g, (vram, whole_rows) in zip(req.groups, booked, strict=True):
         if g.whole:
             placed += g.devices * avg
         else:
-            placed += g.devices * np.where(shared, g.vram_mib, avg)
+            placed += g.devices * np.where(shared & ~np.asarray(whole_rows), vram, avg)
     frac = np.minimum((used + placed) * 1000 // np.maximum(total, 1), 1000)
     pack = frac if config.strategy == "binpack" else 1000 - frac
 
@@ -813,13 +873,16 @@ def make_allocation(
     # `hcs.io/assigned-devices` can be split back per container.
     order = {c.name: i for i, c in enumerate(d.all_containers)}
     for c, chosen in sorted(picks, key=lambda pick: order.get(pick[0].name, 0)):
+        share = None
+        if not c.whole:
+            share = state.booked_share(row, c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops)
         for slot in chosen:
-            if c.whole:
+            if share is None:
                 vram = max(int(state.dev_vram_free_mib[row, slot]), 0)
                 fp16 = max(int(state.dev_fp16_free_mtf[row, slot]), 0)
                 fp32 = max(int(state.dev_fp32_free_mtf[row, slot]), 0)
             else:
-                vram, fp16, fp32 = c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops
+                vram, fp16, fp32 = share
             charges.append(DeviceCharge(ids[slot], c.name, vram, fp16, fp32))
     assignment: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if d.init_containers:

@@ -11,6 +11,13 @@ fractional pod gets, in Allocate's answer,
   `/usr/local/vgpu/containers` (read-write), the node's `/tmp/vgpulock` (read-write), and
   `/etc/ld.so.preload` read-only, naming the library.
 A container that books whole devices gets none of it: nothing to share, nothing to limit.
+
+vNPU (Ascend): the chip is cut into fixed templates (`ASCEND_VNPU_SPECS=<template>` beside
+`ASCEND_VISIBLE_DEVICES`, applied by Ascend Docker Runtime). A share is booked as the smallest
+template of the chip (vendor table, `share_templates`) that holds its memory and its TFLOPS, a
+template's TFLOPS being its AI cores' part of the chip's; a share no template holds takes
+whole devices. The engine, the reference, the books read back from pods and the plugin all take
+the template from `template_options` and `choose_template`.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from typing import Any, Final, Literal
 
 from hcs.demand import ContainerDemand, parse_pod
 from hcs.errors import HcsError
-from hcs.vendors import VendorTable
+from hcs.models import ComputeNode
+from hcs.vendors import ChipTemplates, VendorTable
 
 Limiter = Literal["hami-core", "vnpu"]
 LIMITERS: Final = ("hami-core", "vnpu")
@@ -32,6 +40,68 @@ HAMI_LIBRARY_PATH: Final = "/usr/local/vgpu/libvgpu.so"
 HAMI_CONTAINER_DIR: Final = "/usr/local/vgpu/containers"
 HAMI_LOCK_DIR: Final = "/tmp/vgpulock"
 LD_SO_PRELOAD: Final = "/etc/ld.so.preload"
+VNPU_ENV: Final = "ASCEND_VNPU_SPECS"
+TEMPLATE_LIMITERS: Final = frozenset({"vnpu"})
+"""Sharing modes whose shares are fixed templates (booked as the template, not the request)."""
+
+
+@dataclass(frozen=True)
+class TemplateBooking:
+    """A template as booked on one node: its name and what it holds of a device there."""
+
+    template: str
+    vram_mib: int
+    fp16_milli_tflops: int
+    fp32_milli_tflops: int
+
+
+def chip_options(
+    chip: ChipTemplates | None, fp16_cap_mtf: int, fp32_cap_mtf: int
+) -> tuple[TemplateBooking, ...]:
+    """The templates of `chip` on a device of those TFLOPS, smallest first."""
+    if chip is None:
+        return ()
+    return tuple(
+        TemplateBooking(
+            t.name,
+            t.memory_mib,
+            fp16_cap_mtf * t.ai_cores // chip.ai_cores,
+            fp32_cap_mtf * t.ai_cores // chip.ai_cores,
+        )
+        for t in chip.templates
+    )
+
+
+def uses_templates(node: ComputeNode) -> bool:
+    """Are `node`'s shares fixed templates (a shared node whose limiter is vNPU)?"""
+    return node.shared and node.share_enforcement in TEMPLATE_LIMITERS
+
+
+def template_options(node: ComputeNode, vendors: VendorTable) -> tuple[TemplateBooking, ...]:
+    """The templates a share can be booked as on `node` (its first device's model and size);
+    empty when its shares are not templates, or its chip has none (shares then take whole
+    devices)."""
+    if not uses_templates(node) or not node.devices:
+        return ()
+    first = node.devices[0]
+    chip = vendors[node.vendor].templates_for(first.model)
+    return chip_options(chip, first.fp16_milli_tflops, first.fp32_milli_tflops)
+
+
+def choose_template(
+    options: Sequence[TemplateBooking], vram_mib: int, fp16_mtf: int, fp32_mtf: int
+) -> TemplateBooking | None:
+    """The smallest template holding the share, or None (the share takes whole devices)."""
+    return next(
+        (
+            t
+            for t in options
+            if t.vram_mib >= vram_mib
+            and t.fp16_milli_tflops >= fp16_mtf
+            and t.fp32_milli_tflops >= fp32_mtf
+        ),
+        None,
+    )
 
 
 @dataclass(frozen=True)
@@ -109,3 +179,19 @@ def hami_core(
         (LD_SO_PRELOAD, preload_file, True),
     )
     return Enforcement(envs, mounts)
+
+
+def vnpu(
+    demand: ContainerDemand, options: Sequence[TemplateBooking], sizes: Sequence[DeviceSize]
+) -> Enforcement | None:
+    """vNPU's contract for one container: `ASCEND_VNPU_SPECS` naming the template HCS booked;
+    None for a whole-device container, or a share no template holds (it was given whole
+    devices)."""
+    if not sizes or not is_share(demand, sizes):
+        return None
+    chosen = choose_template(
+        options, demand.vram_mib, demand.fp16_milli_tflops, demand.fp32_milli_tflops
+    )
+    if chosen is None:
+        return None
+    return Enforcement({VNPU_ENV: chosen.template}, ())

@@ -57,6 +57,7 @@ class NodeDevice:
     model: str = ""
     vram_mib: int = 0
     fp16_milli_tflops: int = 0
+    fp32_milli_tflops: int = 0
 
 
 def device_of(kubelet_id: str) -> str:

@@ -71,7 +71,10 @@ def allocation_from_pod(
                 continue
             c_book = booked.get(c.name, init_book) if c.phase != "init" else init_book
             vram, fp16, fp32 = c_book.vram_mib, c_book.fp16_milli_tflops, c_book.fp32_milli_tflops
-            if c_book.whole and row is not None and device in state.device_ids[row]:
+            share = None if c_book.whole else state.booked_share(row, vram, fp16, fp32)
+            if share is not None:
+                vram, fp16, fp32 = share  # a template where the node's shares are templates
+            elif row is not None and device in state.device_ids[row]:
                 slot = state.device_ids[row].index(device)
                 vram = int(state.dev_vram_cap_mib[row, slot])
                 fp16 = int(state.dev_fp16_cap_mtf[row, slot])

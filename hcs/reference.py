@@ -18,6 +18,7 @@ from itertools import combinations
 
 from hcs.demand import PodDemand
 from hcs.engine import MAX_SCORE, EngineConfig, Reason
+from hcs.limiter import choose_template, template_options, uses_templates
 from hcs.models import ComputeNode, Device
 from hcs.state import ClusterState
 
@@ -126,6 +127,20 @@ def _container_units(demand: PodDemand) -> list[tuple[int, int, int, bool]]:
     ]
 
 
+def _booked(
+    state: ClusterState, node: ComputeNode, unit: tuple[int, int, int, bool]
+) -> tuple[int, int, int, bool]:
+    """What a unit books on `node`: a share on a node whose shares are templates is the
+    smallest template holding it, or whole devices when none does."""
+    vram, fp16, fp32, whole = unit
+    if whole or not uses_templates(node):
+        return unit
+    chosen = choose_template(template_options(node, state.vendors), vram, fp16, fp32)
+    if chosen is None:
+        return vram, fp16, fp32, True
+    return chosen.vram_mib, chosen.fp16_milli_tflops, chosen.fp32_milli_tflops, False
+
+
 def _levels(
     devs: list[_Dev],
     unit: tuple[int, int, int, bool],
@@ -186,7 +201,7 @@ def _node_reason(
         return Reason.VendorNotSupported, [], set()
     devs = _devices(state, node)
     units = _container_units(demand)
-    levels = [_levels(devs, u, node, config) for u in units]
+    levels = [_levels(devs, _booked(state, node, u), node, config) for u in units]
     ok = [_matchable([lv[i] for lv in levels], len(devs)) for i in range(4)]
     base_ok, health_ok, vram_ok, all_ok = ok
     if not health_ok and base_ok:
@@ -245,12 +260,20 @@ def score_percent_reference(
             scores.append(0)
             continue
         node = state.nodes[name]
-        scores.append(_score(node, devs, fitting, demand, config))
+        scores.append(
+            _score(state, node=node, devs=devs, fitting=fitting, demand=demand, config=config)
+        )
     return scores
 
 
 def _score(
-    node: ComputeNode, devs: list[_Dev], fitting: set[int], demand: PodDemand, config: EngineConfig
+    state: ClusterState,
+    *,
+    node: ComputeNode,
+    devs: list[_Dev],
+    fitting: set[int],
+    demand: PodDemand,
+    config: EngineConfig,
 ) -> int:
     w = config.weights
     total = sum(d.device.vram_allocatable_mib for d in devs)
@@ -264,7 +287,10 @@ def _score(
     avg = total // max(len(devs), 1)
     placed = 0
     for c in demand.placement:
-        per = c.vram_mib if (node.shared and not c.whole) else avg
+        vram, _, _, whole = _booked(
+            state, node, (c.vram_mib, c.fp16_milli_tflops, c.fp32_milli_tflops, c.whole)
+        )
+        per = vram if (node.shared and not whole) else avg
         placed += c.devices * per
     frac = min((used + placed) * 1000 // max(total, 1), 1000)
     pack = frac if config.strategy == "binpack" else 1000 - frac

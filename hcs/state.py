@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hcs.errors import PlacementError
+from hcs.limiter import TemplateBooking, choose_template, template_options, uses_templates
 from hcs.models import ENFORCEMENTS, ComputeNode
 from hcs.vendors import VENDOR_CODES, VendorName, VendorProfile, VendorTable
 
@@ -131,6 +132,15 @@ class ClusterState:
         self.node_slots: npt.NDArray[np.int32] = np.full(n, UNLIMITED_SLOTS, np.int32)
         self.node_sharing: npt.NDArray[np.int8] = np.zeros(n, np.int8)
         """Index into SHARING_MODES: exclusive, or how a shared node keeps its shares."""
+        # Nodes whose shares are fixed templates (vNPU): the templates' sizes, smallest first,
+        # padded with -1 (holds nothing); a share no template holds takes whole devices there.
+        self.node_templated: BoolArray = np.zeros(n, np.bool_)
+        self.template_width = 4
+        self.node_tmpl_vram_mib: IntArray = np.full((n, self.template_width), -1, np.int64)
+        self.node_tmpl_fp16_mtf: IntArray = np.full((n, self.template_width), -1, np.int64)
+        self.node_tmpl_fp32_mtf: IntArray = np.full((n, self.template_width), -1, np.int64)
+        self.share_options: list[tuple[TemplateBooking, ...]] = [()] * n
+        """Per row, the templates a share is booked as (hcs.limiter.template_options)."""
         self.node_resource: npt.NDArray[np.int32] = np.zeros(n, np.int32)
         """Index into resource_names: the resource the node's device model is advertised as."""
         self.model_names: list[str] = []
@@ -281,6 +291,28 @@ class ClusterState:
         """Rows of every node, in row order."""
         return np.flatnonzero(self.node_valid_mask)
 
+    @property
+    def has_templated_nodes(self) -> bool:
+        """Does some node book shares as templates? (The engine skips the rule otherwise.)"""
+        key = ("templated",)
+        cache = self.kernel_cache()
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = bool(np.any(self.node_templated & self.node_valid_mask))
+        return bool(hit)
+
+    def booked_share(
+        self, row: int | None, vram_mib: int, fp16_mtf: int, fp32_mtf: int
+    ) -> tuple[int, int, int] | None:
+        """What a share (per device) is booked as on `row`: itself, or the smallest template
+        holding it where shares are templates; None when it must take whole devices there."""
+        if row is None or not self.node_templated[row]:
+            return vram_mib, fp16_mtf, fp32_mtf
+        chosen = choose_template(self.share_options[row], vram_mib, fp16_mtf, fp32_mtf)
+        if chosen is None:
+            return None
+        return chosen.vram_mib, chosen.fp16_milli_tflops, chosen.fp32_milli_tflops
+
     def enforces_shares(self, vendor: str) -> bool:
         """Does some node of `vendor` keep containers to their shares with a limiter?"""
         limited = [SHARING_MODES.index(m) for m in ENFORCEMENTS if m != "none"]
@@ -350,6 +382,7 @@ class ClusterState:
         self.device_ids[row] = ()
         self.node_valid_mask[row] = False
         self.node_vendor[row] = -1
+        self.node_templated[row] = False
         self.dev_present_mask[row] = False
         self.dev_idle_mask[row] = False
         self.dev_open_mask[row] = False
@@ -379,13 +412,16 @@ class ClusterState:
         for attr in self._node_arrays() + self._device_arrays():
             arr = getattr(self, attr)
             fill = (
-                NO_HEARTBEAT if attr == "node_heartbeat_s" else (-1 if attr == "node_vendor" else 0)
+                NO_HEARTBEAT
+                if attr == "node_heartbeat_s"
+                else (-1 if attr == "node_vendor" or attr.startswith("node_tmpl_") else 0)
             )
             grown = np.full((rows, *arr.shape[1:]), fill, arr.dtype)
             grown[:old] = arr
             setattr(self, attr, grown)
         self.node_names.extend([None] * (rows - old))
         self.device_ids.extend([()] * (rows - old))
+        self.share_options.extend([()] * (rows - old))
         self._free_rows = list(range(rows - 1, old - 1, -1)) + self._free_rows
         self.rows = rows
 
@@ -415,6 +451,7 @@ class ClusterState:
         self.node_shared_mask[row] = node.shared
         self.node_sharing[row] = SHARING_MODES.index(node.share_enforcement)
         self.node_slots[row] = node.device_slots or UNLIMITED_SLOTS
+        self._write_templates(row, node)
         profile = self.vendors[node.vendor]
         resource = profile.resource_for(node.devices[0].model) if node.devices else profile.resource
         if resource not in self.resource_names:
@@ -446,6 +483,22 @@ class ClusterState:
         self.dev_numa[row] = numa
         self.dev_clique_bits[row] = _group_bits(cliques, n)
         self.dev_numa_bits[row] = _group_bits(numa, n)
+
+    def _write_templates(self, row: int, node: ComputeNode) -> None:
+        options = template_options(node, self.vendors)
+        self.node_templated[row] = uses_templates(node)
+        self.share_options[row] = options
+        if len(options) > self.template_width:
+            width = len(options)
+            for attr in ("node_tmpl_vram_mib", "node_tmpl_fp16_mtf", "node_tmpl_fp32_mtf"):
+                grown = np.full((self.rows, width), -1, np.int64)
+                grown[:, : self.template_width] = getattr(self, attr)
+                setattr(self, attr, grown)
+            self.template_width = width
+        pad = [-1] * (self.template_width - len(options))
+        self.node_tmpl_vram_mib[row] = [t.vram_mib for t in options] + pad
+        self.node_tmpl_fp16_mtf[row] = [t.fp16_milli_tflops for t in options] + pad
+        self.node_tmpl_fp32_mtf[row] = [t.fp32_milli_tflops for t in options] + pad
 
     # ------------------------------------------------------------------ allocations
 

@@ -124,7 +124,8 @@ def make_node(name: str, vendor: str = "nvidia", n_devices: int = 8, **kwargs: A
 def random_cluster(
     n_nodes: int, seed: int = 0, *, devices: int = 8, vary_devices: bool = False
 ) -> list[ComputeNode]:
-    """A mixed four-vendor cluster: ~5% NotReady, ~3% agent lost, ~10% shared, a few unhealthy
+    """A mixed four-vendor cluster: ~5% NotReady, ~3% agent lost, ~10% shared (half the shared
+    Ascend nodes with vNPU templates), a few unhealthy
     devices, random VRAM already in use and NVLink/HCCS cliques of four; one node in five has
     random partial-mesh links instead."""
     rng = random.Random(seed)
@@ -152,7 +153,9 @@ def random_cluster(
                 cliques=[list(range(s, min(s + 4, n))) for s in range(0, n, 4)],
                 links=mesh,
                 numa=[0 if j < n // 2 else 1 for j in range(n)],
-                shared=rng.random() < 0.1,
+                shared=(shared := rng.random() < 0.1),
+                # Ascend shares kept by vNPU templates half the time (booked as templates).
+                enforcement="vnpu" if shared and vendor == "huawei" and i % 2 else "none",
                 phase="NotReady" if rng.random() < 0.05 else "Ready",
                 conditions=conditions,
             )

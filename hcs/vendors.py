@@ -22,7 +22,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from hcs.errors import ConfigError
+from hcs.errors import ConfigError, QuantityError
+from hcs.quantity import vram_mib
 
 VendorName = Literal["nvidia", "huawei", "hygon", "cambricon"]
 VENDOR_NAMES: Final[tuple[VendorName, ...]] = ("nvidia", "huawei", "hygon", "cambricon")
@@ -39,6 +40,25 @@ class HostMount:
     host_path: str
     mount_path: str
     read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ShareTemplate:
+    """A slice a chip can be cut into (Ascend's vNPU templates): its AI cores and memory."""
+
+    name: str
+    ai_cores: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class ChipTemplates:
+    """The templates of the chips whose model matches `model` (an fnmatch pattern), smallest
+    first, and the chip's AI cores (a template's compute is its cores' part of the chip's)."""
+
+    model: str
+    ai_cores: int
+    templates: tuple[ShareTemplate, ...]
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,13 @@ class VendorProfile:
     refused_resources: tuple[tuple[str, str], ...] = ()
     """(name pattern, what to ask instead): shares HCS cannot express (HAMi's core and
     percentage resources), refused by name."""
+    share_templates: tuple[ChipTemplates, ...] = ()
+    """Fixed slices per chip model (Ascend vNPU): on a node whose shares are kept by such
+    templates, a share is booked as the smallest template that holds it."""
+
+    def templates_for(self, model: str) -> ChipTemplates | None:
+        """The share templates of chips of `model` (the first matching entry), or None."""
+        return next((t for t in self.share_templates if fnmatch.fnmatchcase(model, t.model)), None)
 
     def resource_for(self, model: str) -> str:
         """The device-plugin resource that nodes of `model` advertise."""
@@ -227,6 +254,27 @@ DEFAULT_PROFILES: Final[dict[VendorName, VendorProfile]] = {
         model_resources=(
             ("Ascend310P*", "huawei.com/Ascend310P"),
             ("Ascend310", "huawei.com/Ascend310"),
+        ),
+        # vNPU templates (ASCEND_VNPU_SPECS) with the memory HAMi's Ascend plugin gives them
+        # (docs/node.md, "Enforced shares"); `virNN` holds NN of the chip's AI cores.
+        share_templates=(
+            ChipTemplates(
+                "Ascend310P*",
+                8,
+                (
+                    ShareTemplate("vir01", 1, 3072),
+                    ShareTemplate("vir02", 2, 6144),
+                    ShareTemplate("vir04", 4, 12288),
+                ),
+            ),
+            ChipTemplates(
+                "Ascend910B3*",
+                20,
+                (
+                    ShareTemplate("vir05_1c_16g", 5, 16384),
+                    ShareTemplate("vir10_3c_32g", 10, 32768),
+                ),
+            ),
         ),
     ),
     "hygon": VendorProfile(
@@ -404,6 +452,7 @@ _OVERRIDABLE: Final = {
     "memoryResources",
     "refusedResources",
     "runtimeClass",
+    "shareTemplates",
 }
 
 
@@ -531,6 +580,8 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
                 raise ConfigError(f"{at}: expected null or {{name: ..., value: ...}}")
         elif key == "mounts":
             changes["mounts"] = _mounts(value, at)
+        elif key == "shareTemplates":
+            changes["share_templates"] = _share_templates(value, at)
         else:
             attr = {
                 "aliases": "aliases",
@@ -542,6 +593,51 @@ def _apply_overrides(profile: VendorProfile, overrides: Any, where: str) -> Vend
             }.get(key, "high_bandwidth_links")
             changes[attr] = _str_list(value, at)
     return replace(profile, **changes)
+
+
+_TEMPLATES_EXPECTED: Final = (
+    "a mapping of model pattern to {aiCores: N, templates: {name: {aiCores: N, memory: 16Gi}}}"
+)
+
+
+def _share_templates(value: Any, where: str) -> tuple[ChipTemplates, ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected {_TEMPLATES_EXPECTED}")
+    chips = []
+    for model, chip in value.items():
+        at = f"{where}.{model}"
+        if not isinstance(chip, dict) or set(chip) != {"aiCores", "templates"}:
+            raise ConfigError(f"{at}: expected {{aiCores: N, templates: {{...}}}}")
+        cores = _positive_int(chip["aiCores"], f"{at}.aiCores")
+        if not isinstance(chip["templates"], dict) or not chip["templates"]:
+            raise ConfigError(
+                f"{at}.templates: expected a mapping of template name to "
+                "{aiCores: N, memory: 16Gi}"
+            )
+        templates = []
+        for name, t in chip["templates"].items():
+            tat = f"{at}.templates.{name}"
+            if not isinstance(t, dict) or set(t) != {"aiCores", "memory"}:
+                raise ConfigError(f"{tat}: expected {{aiCores: N, memory: 16Gi}}")
+            t_cores = _positive_int(t["aiCores"], f"{tat}.aiCores")
+            if t_cores > cores:
+                raise ConfigError(f"{tat}.aiCores: {t_cores} is more than the chip's {cores}")
+            try:
+                memory = vram_mib(t["memory"], f"{tat}.memory")
+            except QuantityError as exc:
+                raise ConfigError(exc.message) from exc
+            if memory <= 0:
+                raise ConfigError(f"{tat}.memory: must be more than 0")
+            templates.append(ShareTemplate(str(name), t_cores, memory))
+        templates.sort(key=lambda t: (t.memory_mib, t.ai_cores))
+        chips.append(ChipTemplates(str(model), cores, tuple(templates)))
+    return tuple(chips)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}: {value!r} must be a whole number above 0")
+    return value
 
 
 def _mounts(value: Any, where: str) -> tuple[HostMount, ...]:

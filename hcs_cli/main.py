@@ -35,7 +35,7 @@ from hcs_cli.output import print_explanation, print_placements
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from node.deviceplugin import HamiCore
+    from node.deviceplugin import Limiter
 from node.discovery import TOOLS
 
 
@@ -508,12 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limiter",
-        choices=["hami-core"],
+        choices=["hami-core", "vnpu"],
         default=None,
         help="enforce each fractional container's booking inside the container: hami-core "
-        "(NVIDIA; HAMi-core's libvgpu.so from --limiter-dir, which HCS does not ship). Without "
-        "a limiter, --replicas above 1 shares devices with no isolation and needs "
-        "--allow-unenforced-sharing",
+        "(NVIDIA; HAMi-core's libvgpu.so from --limiter-dir, which HCS does not ship) or vnpu "
+        "(Ascend; ASCEND_VNPU_SPECS names the vNPU template the extender booked, applied by "
+        "Ascend Docker Runtime). Without a limiter, --replicas above 1 shares devices with no "
+        "isolation and needs --allow-unenforced-sharing",
     )
     p.add_argument(
         "--limiter-dir",
@@ -739,20 +740,22 @@ def _enforcement(args: argparse.Namespace) -> str | None:
     )
 
 
-def _limiter(args: argparse.Namespace, vendors: VendorTable) -> HamiCore | None:
+def _limiter(args: argparse.Namespace, vendors: VendorTable) -> Limiter | None:
     """The share limiter the plugin hands fractional containers to; refuses sharing that
     nothing enforces unless the node's owner asked for it."""
-    from node.deviceplugin import HamiCore
+    from node.deviceplugin import HamiCore, Vnpu
 
     if args.limiter is None:
         if args.replicas > 1 and not args.allow_unenforced_sharing:
             raise ConfigError(
                 f"--replicas {args.replicas} without --limiter: pods sharing a device would not "
-                "be isolated (one can take all its memory); pass --limiter hami-core, or "
+                "be isolated (one can take all its memory); pass --limiter hami-core|vnpu, or "
                 "--allow-unenforced-sharing to accept that"
             )
         return None
     _limiter_vendor(args.limiter, args.vendor)
+    if args.limiter == "vnpu":
+        return Vnpu(vendors)
     return HamiCore.prepare(Path(args.limiter_dir), Path(args.limiter_state_dir), vendors)
 
 

@@ -36,8 +36,10 @@ from hcs.limiter import (
     HAMI_LIBRARY_PATH,
     DeviceSize,
     Enforcement,
+    chip_options,
     container_demand,
     hami_core,
+    vnpu,
 )
 from hcs.models import SLOTS_LABEL
 from hcs.nodeplan import (
@@ -84,6 +86,7 @@ def devices_of(compute_node: Mapping[str, Any], min_health: int = 60) -> list[No
                 model=str(d.get("model") or ""),
                 vram_mib=_size(vram_mib, d.get("vram")),
                 fp16_milli_tflops=_size(milli_tflops, (d.get("compute") or {}).get("fp16")),
+                fp32_milli_tflops=_size(milli_tflops, (d.get("compute") or {}).get("fp32")),
             )
         )
     return out
@@ -155,6 +158,34 @@ class HamiCore:
         return gone
 
 
+@dataclass(frozen=True)
+class Vnpu:
+    """`--limiter vnpu`: Ascend Docker Runtime cuts the chip into the vNPU template HCS booked
+    (`ASCEND_VNPU_SPECS`, hcs.limiter.vnpu); the templates per chip come from the vendor
+    table, the same entries the extender books by."""
+
+    vendors: VendorTable
+
+    def enforce(
+        self, pod: Mapping[str, Any], container: str, devices: Sequence[NodeDevice]
+    ) -> Enforcement | None:
+        demand = container_demand(pod, container, self.vendors)
+        if demand is None or not devices:
+            return None
+        first = devices[0]
+        chip = self.vendors["huawei"].templates_for(first.model)
+        options = chip_options(chip, first.fp16_milli_tflops, first.fp32_milli_tflops)
+        sizes = [DeviceSize(d.vram_mib, d.fp16_milli_tflops) for d in devices]
+        return vnpu(demand, options, sizes)
+
+    def clean(self, live_uids: set[str]) -> list[str]:
+        """Nothing kept on the node: the runtime destroys a vNPU with its container."""
+        return []
+
+
+Limiter = HamiCore | Vnpu
+
+
 def published_view(
     found: list[NodeDevice], published: Mapping[str, Any] | None
 ) -> tuple[list[NodeDevice], int | None]:
@@ -206,7 +237,7 @@ class Allocator:
     """How Allocate names the devices (hcs.assignment.STRATEGIES); empty: the vendor's default,
     one where a pod's own env cannot widen them."""
     devices: list[NodeDevice] = field(default_factory=list)
-    limiter: HamiCore | None = None
+    limiter: Limiter | None = None
     """The share limiter Allocate hands fractional containers to (None: no enforcement)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -151,8 +151,9 @@ def test_engine_equals_reference_on_random_clusters(
 
 @st.composite
 def wide_clusters(draw: st.DrawFn) -> tuple[ClusterState, EngineConfig, float]:
-    """Small clusters with what the first generator lacks: shared nodes with slot limits,
-    TFLOPS and whole-device (legacy) bookings, unhealthy devices, stale heartbeats."""
+    """Small clusters with what the first generator lacks: shared nodes with slot limits and
+    vNPU templates, TFLOPS and whole-device (legacy) bookings, unhealthy devices, stale
+    heartbeats."""
     from hcs.synthetic import node_dict
 
     rng = random.Random(draw(st.integers(0, 10_000)))
@@ -171,6 +172,8 @@ def wide_clusters(draw: st.DrawFn) -> tuple[ClusterState, EngineConfig, float]:
             cliques=[list(range(s, min(s + 4, n))) for s in range(0, n, 4)],
             numa=[0 if j < n // 2 else 1 for j in range(n)],
             shared=shared,
+            # Ascend shares as vNPU templates (booked as the smallest template that holds them).
+            enforcement="vnpu" if vendor == "huawei" and rng.random() < 0.6 else "none",
             heartbeat=time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - rng.choice((5, 5, 5, 500)))
             ),
@@ -225,13 +228,17 @@ def wide_pods(draw: st.DrawFn) -> PodDemand:
     )
 
 
-@settings(
+WIDE = given(scenario=wide_clusters(), demand=wide_pods())
+WIDE_SETTINGS = settings(
     max_examples=150,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(scenario=wide_clusters(), demand=wide_pods())
+
+
+@WIDE_SETTINGS
+@WIDE
 def test_a_node_filter_passes_can_always_be_bound(
     scenario: tuple[ClusterState, EngineConfig, float], demand: PodDemand
 ) -> None:
@@ -247,3 +254,20 @@ def test_a_node_filter_passes_can_always_be_bound(
         picks = select_devices(state, req, name, config, now)
         used = [s for _, slots in picks for s in slots]
         assert len(used) == len(set(used)) == sum(c.devices for c in demand.placement)
+
+
+@WIDE_SETTINGS
+@WIDE
+def test_engine_equals_reference_on_shared_and_template_nodes(
+    scenario: tuple[ClusterState, EngineConfig, float], demand: PodDemand
+) -> None:
+    """The same agreement where shares have slot limits or are booked as vNPU templates."""
+    state, config, now = scenario
+    req = compile_request(demand)
+    names = [*sorted(state.index), "ghost-node"]
+    engine_codes = [int(c) for c in filter_nodes(state, req, names, config, now).codes]
+    assert engine_codes == [int(r) for r in filter_reference(state, demand, names, config, now)]
+    ev = evaluate(state, req, state.lookup(names), config, now)
+    assert score_percent(state, req, ev, config).tolist() == score_percent_reference(
+        state, demand, names, config, now
+    )

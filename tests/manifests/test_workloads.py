@@ -1,6 +1,7 @@
 """The deployable manifests: they parse, every built-in object is valid for a current
 Kubernetes, and they say what the issue asks (security settings, webhook configuration)."""
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -301,29 +302,35 @@ def test_the_extender_timeout_outlasts_a_waiting_bind() -> None:
     assert all(timeout > wait + 3 * CALL_TIMEOUT_S for wait in waits), (timeout, waits)
 
 
-def test_the_hami_core_component_enforces_shares_with_host_paths(tmp_path: Path) -> None:
-    """The agent and the plugin state the same replicas and limiter; the plugin's library and
-    state folders are mounted at their host paths (Allocate answers kubelet with host paths)."""
+def _with_component(
+    tmp_path: Path, component: str, daemonset: str
+) -> tuple[dict[str, Any], argparse.Namespace, argparse.Namespace]:
+    """The DaemonSet as rendered with `component`, and its agent's and plugin's arguments."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed here")
     base = os.path.relpath(MANIFESTS, tmp_path)
-    component = os.path.relpath(MANIFESTS / "components" / "hami-core", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(
-        f"resources: [{base}]\ncomponents: [{component}]\n"
-    )
+    path = os.path.relpath(MANIFESTS / "components" / component, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\ncomponents: [{path}]\n")
     out = subprocess.run(
         [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=True
     ).stdout
-    (ds,) = [
-        d for d in yaml.safe_load_all(out) if d and d["metadata"]["name"] == "hcs-agent-nvidia"
-    ]
-    spec = ds["spec"]["template"]["spec"]
+    (ds,) = [d for d in yaml.safe_load_all(out) if d and d["metadata"]["name"] == daemonset]
+    spec: dict[str, Any] = ds["spec"]["template"]["spec"]
     parser = build_parser()
     by_name = {c["name"]: c for c in spec["containers"]}
-    agent = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in by_name["agent"]["args"]])
-    plugin_c = by_name["device-plugin"]
-    plugin = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in plugin_c["args"]])
+    agent, plugin = (
+        parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in by_name[name]["args"]])
+        for name in ("agent", "device-plugin")
+    )
+    return spec, agent, plugin
+
+
+def test_the_hami_core_component_enforces_shares_with_host_paths(tmp_path: Path) -> None:
+    """The agent and the plugin state the same replicas and limiter; the plugin's library and
+    state folders are mounted at their host paths (Allocate answers kubelet with host paths)."""
+    spec, agent, plugin = _with_component(tmp_path, "hami-core", "hcs-agent-nvidia")
+    plugin_c = {c["name"]: c for c in spec["containers"]}["device-plugin"]
     assert agent.replicas == plugin.replicas > 1
     assert agent.limiter == plugin.limiter == "hami-core"
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -332,3 +339,10 @@ def test_the_hami_core_component_enforces_shares_with_host_paths(tmp_path: Path)
         assert volumes[mounts[folder]["name"]]["hostPath"]["path"] == folder
     assert mounts[plugin.limiter_dir].get("readOnly") is True
     assert not mounts[plugin.limiter_state_dir].get("readOnly")
+
+
+def test_the_vnpu_component_states_one_mode_on_both_containers(tmp_path: Path) -> None:
+    _, agent, plugin = _with_component(tmp_path, "vnpu", "hcs-agent-huawei")
+    assert agent.replicas == plugin.replicas > 1
+    assert agent.limiter == plugin.limiter == "vnpu"
+    assert agent.vendor == plugin.vendor == "huawei"
