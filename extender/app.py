@@ -75,7 +75,7 @@ async def _or_400(
 
 
 async def prioritize_handler(request: web.Request) -> web.Response:
-    return await _or_400(request, lambda svc, body: svc.prioritize(svc.decode_args(body)))
+    return await _or_400(request, lambda svc, body: svc.prioritize_body(body))
 
 
 async def bind_handler(request: web.Request) -> web.Response:

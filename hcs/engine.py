@@ -26,12 +26,13 @@ health of the fitting devices, and the preferred vendor.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,11 @@ from hcs.state import Allocation, BoolArray, ClusterState, DeviceCharge, IndexAr
 from hcs.vendors import VENDOR_CODES, VENDOR_NAMES, VendorName
 
 MAX_SCORE: Final = 10  # kube-scheduler's MaxExtenderPriority
+PATCH_LIMIT: Final = 64
+"""A kept evaluation is patched when at most this many changes (or 1/16 of the nodes) came
+since; otherwise it is made afresh."""
+EVALUATIONS_KEPT: Final = 32
+"""Request shapes whose evaluation over every row is kept (each holds a few bytes per device)."""
 MAX_EXACT_GROUPS: Final = 8
 
 Strategy = Literal["binpack", "spread"]
@@ -339,6 +345,7 @@ class _Kernel:
         empty_cluster: bool,
     ) -> None:
         self.state, self.req, self.config, self.sel = state, req, config, sel
+        self.empty_cluster = empty_cluster
         self._scores: IntArray | None = None
         vendor_ok = state.vendor_mask(req.vendor_codes)[sel]
         d = req.demand
@@ -353,8 +360,6 @@ class _Kernel:
             self.fit = np.zeros_like(present)
             self.group_fit = ()
             self.booked: list[tuple[IntArray | int, BoolArray | bool]] = []
-            self._present = self._open = self._healthy = present
-            self._vram_free = state.dev_vram_free_mib[sel]
             return
         # Where shares are fixed templates (vNPU) a fractional group books a template, TFLOPS
         # included, whatever it asked.
@@ -426,21 +431,50 @@ class _Kernel:
             fit = fit | a
         self.fit = fit
         self.group_fit = tuple(all_ok)
-        self._present, self._open, self._healthy, self._vram_free = (
-            present,
-            open_,
-            healthy,
-            vram_free,
-        )
 
     def figures(self) -> dict[str, IntArray]:
+        """Device counts per selected row, read from the books the kernel was made (or last
+        patched) for: they are the current books whenever the kernel is used."""
+        state, sel = self.state, self.sel
+        present = state.dev_present_mask[sel]
+        if self.empty_cluster:
+            open_ = healthy = present
+            vram_free = state.dev_vram_cap_mib[sel]
+        else:
+            open_ = state.dev_open_mask[sel]
+            healthy = state.dev_health[sel] >= self.config.min_health
+            vram_free = state.dev_vram_free_mib[sel]
         return {
-            "devices": _row_counts(self._present),
-            "free_devices": _row_counts(self._open),
-            "healthy_free_devices": _row_counts(self._open & self._healthy),
-            "max_free_vram_mib": _row_max(np.where(self._present, self._vram_free, 0)),
+            "devices": _row_counts(present),
+            "free_devices": _row_counts(open_),
+            "healthy_free_devices": _row_counts(open_ & healthy),
+            "max_free_vram_mib": _row_max(np.where(present, vram_free, 0)),
             "fitting_devices": _row_counts(self.fit),
         }
+
+    def patched(self, rows: IndexArray, now: float | None) -> _Kernel:
+        """This kernel (over every row) brought up to the current books, where only `rows`
+        changed since it was made: those rows are evaluated again and written into copies of
+        its arrays. The result equals a kernel made afresh (tests/core/test_incremental.py)."""
+        sub = _Kernel(
+            self.state, self.req, self.config, now, rows, empty_cluster=self.empty_cluster
+        )
+        out = copy.copy(self)
+        out.codes = _overwrite(self.codes, rows, sub.codes)
+        out.group_fit = tuple(
+            _overwrite(full, rows, part)
+            for full, part in zip(self.group_fit, sub.group_fit, strict=True)
+        )
+        out.fit = (
+            out.group_fit[0] if len(out.group_fit) == 1 else _overwrite(self.fit, rows, sub.fit)
+        )
+        n = len(self.codes)
+        out.booked = [
+            (_overwrite_any(v, rows, sv, n), _overwrite_any(w, rows, sw, n))
+            for (v, w), (sv, sw) in zip(self.booked, sub.booked, strict=True)
+        ]
+        out._scores = None if self._scores is None else _overwrite(self._scores, rows, sub.scores())
+        return out
 
     def scores(self) -> IntArray:
         """Score percent 0..100 per selected row (rows that fail included; masked later)."""
@@ -449,6 +483,22 @@ class _Kernel:
                 self.state, self.req, self.config, self.sel, self.fit, booked=self.booked
             )
         return self._scores
+
+
+def _overwrite(full: npt.NDArray[Any], rows: IndexArray, part: npt.NDArray[Any]) -> Any:
+    """A copy of `full` with `rows` replaced by `part`."""
+    out = full.copy()
+    out[rows] = part
+    return out
+
+
+def _overwrite_any(full: Any, rows: IndexArray, part: Any, n: int) -> Any:
+    """`_overwrite` for a per-row value that may be one value for all `n` rows (a scalar)."""
+    if not isinstance(full, np.ndarray):
+        if not isinstance(part, np.ndarray) and full == part:
+            return full
+        full = np.full(n, full)
+    return _overwrite(full, rows, part)
 
 
 def _column(value: IntArray | int) -> IntArray | int:
@@ -462,23 +512,37 @@ def _template_needs(
     """Per selected row, what a fractional group books per device: the smallest template
     holding it where shares are templates, else its request; and the rows where no template
     holds it (it takes whole devices there). hcs.limiter.choose_template, over every row."""
-    t_vram = state.node_tmpl_vram_mib[sel]
-    t_fp16 = state.node_tmpl_fp16_mtf[sel]
-    t_fp32 = state.node_tmpl_fp32_mtf[sel]
-    holds = (
-        (t_vram >= g.vram_mib) & (t_fp16 >= g.fp16_milli_tflops) & (t_fp32 >= g.fp32_milli_tflops)
-    )
-    first = holds.argmax(axis=1)[:, None]
-    use = templated & holds.any(axis=1)
-    needs = tuple(
-        np.where(use, np.take_along_axis(t, first, axis=1)[:, 0], asked)
+    key = ("template-needs", g.vram_mib, g.fp16_milli_tflops, g.fp32_milli_tflops)
+    cache = state.layout_cache()
+    hit = cache.get(key)
+    if hit is None:
+        # Over the template rows only (a few), scattered into full rows; kept until the
+        # nodes change (templates do not depend on the allocations).
+        at = np.flatnonzero(state.node_templated)
+        t_vram = state.node_tmpl_vram_mib[at]
+        t_fp16 = state.node_tmpl_fp16_mtf[at]
+        t_fp32 = state.node_tmpl_fp32_mtf[at]
+        holds = (
+            (t_vram >= g.vram_mib)
+            & (t_fp16 >= g.fp16_milli_tflops)
+            & (t_fp32 >= g.fp32_milli_tflops)
+        )
+        first = holds.argmax(axis=1)[:, None]
+        fits = holds.any(axis=1)
+        needs = []
         for t, asked in (
             (t_vram, g.vram_mib),
             (t_fp16, g.fp16_milli_tflops),
             (t_fp32, g.fp32_milli_tflops),
-        )
-    )
-    return (needs[0], needs[1], needs[2]), templated & ~use
+        ):
+            row_need = np.full(state.rows, asked, np.int64)
+            row_need[at] = np.where(fits, np.take_along_axis(t, first, axis=1)[:, 0], asked)
+            needs.append(row_need)
+        whole = np.zeros(state.rows, np.bool_)
+        whole[at] = ~fits
+        hit = cache[key] = (needs[0], needs[1], needs[2], whole)
+    vram, fp16, fp32, whole_rows = cast(tuple[IntArray, IntArray, IntArray, BoolArray], hit)
+    return (vram[sel], fp16[sel], fp32[sel]), whole_rows[sel] & templated
 
 
 def _score_rows(
@@ -582,8 +646,11 @@ def evaluate(
     if req.empty:
         kernel = _Kernel(state, req, config, now, safe, empty_cluster=False)
         return Evaluation(rows, np.zeros(len(rows), np.int8), kernel, np.arange(len(rows)))
-    if 2 * len(rows) >= state.n_nodes:
-        kernel = _kernel_cached(state, req, config, now, empty_cluster=empty_cluster)
+    cached = _kernel_cached(state, req, config, now, empty_cluster=empty_cluster, build=False)
+    if cached is not None or 2 * len(rows) >= state.n_nodes:
+        # Every row evaluated already for this pod and these books (prioritize after filter,
+        # whatever share of the nodes passed), or worth evaluating whole.
+        kernel = cached or _kernel_cached(state, req, config, now, empty_cluster=empty_cluster)
         pos = safe
     else:
         kernel = _Kernel(state, req, config, now, safe, empty_cluster=empty_cluster)
@@ -594,6 +661,7 @@ def evaluate(
     return Evaluation(rows, codes, kernel, pos)
 
 
+@overload
 def _kernel_cached(
     state: ClusterState,
     req: Request,
@@ -601,19 +669,70 @@ def _kernel_cached(
     now: float | None,
     *,
     empty_cluster: bool,
-) -> _Kernel:
+    build: Literal[True] = True,
+) -> _Kernel: ...
+
+
+@overload
+def _kernel_cached(
+    state: ClusterState,
+    req: Request,
+    config: EngineConfig,
+    now: float | None,
+    *,
+    empty_cluster: bool,
+    build: bool,
+) -> _Kernel | None: ...
+
+
+def _kernel_cached(
+    state: ClusterState,
+    req: Request,
+    config: EngineConfig,
+    now: float | None,
+    *,
+    empty_cluster: bool,
+    build: bool = True,
+) -> _Kernel | None:
+    """The pod's evaluation over every row for the current books; None when none is kept and
+    not `build`.
+
+    Evaluations are kept per request shape across changes to the books: a bind changes one
+    node's row, so the next pod of the same shape re-evaluates only the rows changed since
+    (`_Kernel.patched`), not every node. Past PATCH_LIMIT changes it evaluates afresh.
+    """
     tick = None
     if config.heartbeat_max_age_s is not None and not empty_cluster:
         # Heartbeat ages at one-second resolution, so the filter and prioritize calls of one
         # pod (milliseconds apart) share an evaluation.
         now = float(int(time.time() if now is None else now))
         tick = now
-    key = (req.key, config, tick, empty_cluster)
-    cache = state.kernel_cache()
-    kernel = cache.get(key)
-    if not isinstance(kernel, _Kernel):
-        kernel = _Kernel(state, req, config, now, slice(None), empty_cluster=empty_cluster)
-        cache[key] = kernel
+    key = (req.key, config, empty_cluster)
+    kept = state.evaluations.get(key)
+    if kept is not None:
+        state.evaluations.move_to_end(key)
+        mark, version, was, kernel = cast(tuple[tuple[int, int], int, float | None, _Kernel], kept)
+        if version == state.version and was == tick:
+            return kernel
+        limit = max(PATCH_LIMIT, state.n_nodes // 16)
+        rows = state.rows_changed_since(mark, limit)
+        if rows is not None and was != tick:
+            # Heartbeats that aged past the limit between the two ticks.
+            assert was is not None and tick is not None and config.heartbeat_max_age_s
+            age = config.heartbeat_max_age_s
+            beats = state.node_heartbeat_s
+            aged = np.flatnonzero((beats >= was - age) != (beats >= tick - age))
+            rows = np.union1d(rows, aged) if len(aged) + len(rows) <= limit else None
+        if rows is not None:
+            kernel = kernel.patched(rows, now) if len(rows) else kernel
+            state.evaluations[key] = (state.change_mark, state.version, tick, kernel)
+            return kernel
+    if not build:
+        return None
+    kernel = _Kernel(state, req, config, now, slice(None), empty_cluster=empty_cluster)
+    state.evaluations[key] = (state.change_mark, state.version, tick, kernel)
+    if len(state.evaluations) > EVALUATIONS_KEPT:
+        state.evaluations.popitem(last=False)
     return kernel
 
 
@@ -625,6 +744,8 @@ class FilterResult:
     request: Request
     config: EngineConfig
     figures: dict[str, IntArray] | None = None
+    rows: IndexArray | None = None
+    """The candidates' state rows (-1 = unknown), shape (n_nodes,)."""
 
     @property
     def passed_mask(self) -> BoolArray:
@@ -658,7 +779,9 @@ def filter_nodes(
     """Pass/fail and a reason code per candidate node name."""
     found = state.resolve(names)
     ev = evaluate(state, req, found.rows, config, now)
-    return FilterResult(found.names, ev.codes, req, config, ev.figures if figures else None)
+    return FilterResult(
+        found.names, ev.codes, req, config, ev.figures if figures else None, found.rows
+    )
 
 
 def score_percent(
@@ -699,9 +822,11 @@ def normalize_scores(percent: IntArray, fit_mask: BoolArray) -> IntArray:
     percent : ndarray of shape (n_nodes,); fit_mask : ndarray of shape (n_nodes,).
     """
     out = np.zeros(len(percent), np.int64)
-    if not fit_mask.any():
+    fitting = percent[fit_mask]
+    if not len(fitting):
         return out
-    distinct = np.unique(percent[fit_mask])  # sorted ascending
+    # Percent scores are 0..100: the distinct ones by counting, not sorting.
+    distinct = np.flatnonzero(np.bincount(fitting, minlength=101))  # sorted ascending
     k = len(distinct)
     if k == 1:
         out[fit_mask] = MAX_SCORE
@@ -712,7 +837,9 @@ def normalize_scores(percent: IntArray, fit_mask: BoolArray) -> IntArray:
         steps = np.arange(k)
         ideal = np.maximum.accumulate(ideal - steps) + steps  # each above the one below
         ideal = np.minimum(ideal, MAX_SCORE - (k - 1 - steps))  # room left for those above
-    out[fit_mask] = ideal[np.searchsorted(distinct, percent[fit_mask])]
+    step = np.zeros(int(distinct[-1]) + 1, np.int64)
+    step[distinct] = ideal
+    out[fit_mask] = step[fitting]
     return out
 
 

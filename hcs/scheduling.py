@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from hcs.assignment import container_annotations
@@ -32,8 +33,10 @@ from hcs.demand import (
     parse_pod,
 )
 from hcs.engine import (
+    MAX_SCORE,
     UNRESOLVABLE,
     EngineConfig,
+    FilterResult,
     Reason,
     Request,
     compile_request,
@@ -45,7 +48,7 @@ from hcs.engine import (
 from hcs.errors import HcsError
 from hcs.ledger import Ledger
 from hcs.nodelock import NodeBusyError
-from hcs.state import Allocation, ClusterState
+from hcs.state import Allocation, Candidates, ClusterState
 from hcs.vendors import VendorTable
 from hcs.wire import (
     ExtenderBindingResult,
@@ -62,6 +65,10 @@ from hcs.wire import (
 
 log = logging.getLogger("hcs.extender")
 POD_CACHE_SIZE = 10_000
+PASSED_KEPT = 256
+REPLIES_KEPT = 64
+"""Request shapes whose last filter reply is kept for reuse."""
+"""Recent pods whose filter result prioritize may reuse (kube-scheduler's cycle is one pod)."""
 BIND_WAIT_S = 10.0
 """How long a bind waits its turn for a node whose lock another pod holds (below the extender
 `httpTimeout` kube-scheduler is given, 15 s in the manifests)."""
@@ -128,6 +135,13 @@ class SchedulerService:
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._names_cache: dict[tuple[int, bytes, bytes], tuple[bytes, list[str]]] = {}
         self._shapes: dict[bytes, _Seen] = {}
+        self._passed: OrderedDict[str, Candidates] = OrderedDict()
+        """The nodes each recent pod's filter passed, by pod UID (for its prioritize)."""
+        self._passed_bytes: dict[str, tuple[int, bytes]] = {}
+        self._filter_replies: dict[object, _FilterReply] = {}
+        """Each request shape's last filter reply, reused while its inputs are equal."""
+
+        """The same, as the JSON array the filter reply carried."""
         self.filter_reasons = np.zeros(len(Reason), np.int64)
         """Cumulative per-reason node counts, for metrics."""
         self.filter_errors: Counter[str] = Counter()
@@ -256,25 +270,28 @@ class SchedulerService:
             names, items = _candidates(args)
             seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
             if not seen.demand.asks_for_compute:
-                return _encode_filter(names, items, b"{}", b"{}")
+                return _encode_filter(orjson.dumps(names), items, b"{}", b"{}")
             result = filter_nodes(self.state, seen.request, names, self.config)
             _check_unknown_names(result.names[result.codes == Reason.NodeNotFound])
         except (WireError, HcsError) as exc:
             log.info("filter refused: %s", _message(exc))
             self.filter_errors[error_code(_message(exc))] += 1
             return orjson.dumps(filter_error(_message(exc)))
-        codes = result.codes
-        counts = np.bincount(codes, minlength=len(Reason))
-        self.filter_reasons += counts
-        passed_mask = codes == 0
-        failed: list[tuple[list[str], str]] = []
-        unresolvable: list[tuple[list[str], str]] = []
-        for code in (np.flatnonzero(counts[1:]) + 1).tolist():
-            reason = Reason(code)
-            target = unresolvable if reason in UNRESOLVABLE else failed
-            # One message per reason, shared by every node: kube-scheduler groups them.
-            target.append((result.names[codes == code].tolist(), result.message(code)))
-        passed = result.names[passed_mask].tolist()
+        if items is not None:
+            reply = _filter_reply(result, items)
+        else:
+            # Equal codes over the same candidate list make the same reply: after a bind that
+            # changed nothing this pod's shape cares about, the bytes are reused.
+            key = seen.request.key
+            kept = self._filter_replies.get(key)
+            codes = result.codes.tobytes()
+            if kept is not None and kept.names is result.names and kept.codes == codes:
+                reply = kept
+            else:
+                reply = self._filter_replies[key] = _filter_reply(result, None)
+                if len(self._filter_replies) > REPLIES_KEPT:
+                    del self._filter_replies[next(iter(self._filter_replies))]
+        self.filter_reasons += reply.counts
         if log.isEnabledFor(logging.INFO):
             d = seen.demand
             log.info(
@@ -282,26 +299,58 @@ class SchedulerService:
                 d.key,
                 ",".join(d.allowed_vendors),
                 len(names),
-                len(passed),
-                {Reason(i).name: int(n) for i, n in enumerate(counts) if i and n},
+                len(reply.passed.rows),
+                {Reason(i).name: int(n) for i, n in enumerate(reply.counts) if i and n},
             )
-        kept = None
-        if items is not None:
-            kept = np.asarray(items, dtype=object)[passed_mask].tolist()
-        return _encode_filter(passed, kept, encode_name_map(failed), encode_name_map(unresolvable))
+        if items is None and seen.demand.uid:
+            # Prioritize for this pod sends these names back (those kube-scheduler's own
+            # filters kept too): when its list is byte for byte this one, the rows are known.
+            self._passed[seen.demand.uid] = reply.passed
+            self._passed_bytes[seen.demand.uid] = (self.state.generation, reply.passed_json)
+            if len(self._passed) > PASSED_KEPT:
+                oldest = next(iter(self._passed))
+                del self._passed[oldest], self._passed_bytes[oldest]
+        return reply.body
 
     # ----------------------------------------------------------------- prioritize
 
-    def prioritize(self, raw: Any) -> bytes:
-        """Scores 0..10 for the candidates, as JSON bytes. Raises WireError or HcsError on bad
-        input (the server answers 400; kube-scheduler ignores prioritize errors)."""
+    def prioritize_body(self, body: bytes) -> bytes:
+        """Prioritize from the raw request body. When its candidates are byte for byte the
+        names this pod's filter passed (kube-scheduler's own filters removed none), their rows
+        are the filter's: the names are neither decoded nor looked up again. Raises
+        orjson.JSONDecodeError, WireError or HcsError on bad input."""
+        split = split_node_names(body)
+        if split is not None:
+            head, segment = split
+            try:
+                raw = orjson.loads(head)
+            except orjson.JSONDecodeError:
+                raw = None
+            if isinstance(raw, dict) and raw.get("NodeNames", 0) is None:
+                pod = raw.get("Pod")
+                meta = pod.get("metadata") if isinstance(pod, dict) else None
+                uid = meta.get("uid") if isinstance(meta, dict) else None
+                # The rows hold while the set of node names is the same (`generation`).
+                if isinstance(uid, str) and self._passed_bytes.get(uid) == (
+                    self.state.generation,
+                    segment,
+                ):
+                    return self.prioritize(raw, self._passed[uid])
+        return self.prioritize(self.decode_args(body))
+
+    def prioritize(self, raw: Any, found: Candidates | None = None) -> bytes:
+        """Scores 0..10 for the candidates (`found`: already known, `raw`'s NodeNames are
+        then not read), as JSON bytes. Raises WireError or HcsError on bad input (the server
+        answers 400; kube-scheduler ignores prioritize errors)."""
         args = normalize_keys(raw, "ExtenderArgs")
-        names, _ = _candidates(args)
+        names: list[str] = []
+        if found is None:
+            names, _ = _candidates(args)
         seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
         if not seen.demand.asks_for_compute:
-            return encode_host_scores([(names, 0)])
+            return encode_host_scores([(names if found is None else found.names.tolist(), 0)])
         try:
-            found = self.state.resolve(names)
+            found = self.state.resolve(names) if found is None else found
         except TypeError:
             raise WireError("ExtenderArgs.NodeNames: expected a list of node names") from None
         _check_unknown_names(found.names[found.rows < 0])
@@ -312,8 +361,9 @@ class SchedulerService:
             # A node admitting other pods comes after an equal alternative elsewhere.
             busy = np.isin(found.names, list(self.queue_depth)) & (scores > 0)
             scores = np.where(busy, scores - 1, scores)
+        present = np.flatnonzero(np.bincount(scores, minlength=MAX_SCORE + 1))
         return encode_host_scores(
-            [(found.names[scores == s].tolist(), s) for s in np.unique(scores).tolist()]
+            [(found.names[scores == s].tolist(), s) for s in present.tolist()]
         )
 
     # ----------------------------------------------------------------- bind
@@ -589,14 +639,58 @@ def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]
         raise WireError("ExtenderArgs.Nodes.items: every Node needs metadata.name") from None
 
 
+@dataclass(frozen=True)
+class _FilterReply:
+    """A filter reply and what it was made from."""
+
+    names: npt.NDArray[np.object_]
+    """The candidate names (the state's cached object while the list repeats)."""
+    codes: bytes
+    counts: npt.NDArray[np.int64]
+    """Nodes per Reason."""
+    body: bytes
+    passed: Candidates
+    passed_json: bytes
+
+
+def _filter_reply(result: FilterResult, items: list[dict[str, Any]] | None) -> _FilterReply:
+    """The ExtenderFilterResult for `result` (with the Node objects that passed when the call
+    sent `items`): every failing node named with its reason's message."""
+    codes = result.codes
+    counts = np.bincount(codes, minlength=len(Reason))
+    passed_mask = codes == 0
+    failed: list[tuple[list[str], str]] = []
+    unresolvable: list[tuple[list[str], str]] = []
+    for code in (np.flatnonzero(counts[1:]) + 1).tolist():
+        target = unresolvable if Reason(code) in UNRESOLVABLE else failed
+        # One message per reason, shared by every node: kube-scheduler groups them.
+        target.append((result.names[codes == code].tolist(), result.message(code)))
+    passed_names = result.names[passed_mask]
+    passed_json = orjson.dumps(passed_names.tolist())
+    kept = None
+    if items is not None:
+        kept = np.asarray(items, dtype=object)[passed_mask].tolist()
+    rows = result.rows if result.rows is not None else np.full(len(codes), -1, np.intp)
+    body = _encode_filter(passed_json, kept, encode_name_map(failed), encode_name_map(unresolvable))
+    return _FilterReply(
+        result.names,
+        codes.tobytes(),
+        counts,
+        body,
+        Candidates(rows[passed_mask], passed_names),
+        passed_json,
+    )
+
+
 def _encode_filter(
-    passed: list[str], items: list[dict[str, Any]] | None, failed: bytes, unresolvable: bytes
+    passed: bytes, items: list[dict[str, Any]] | None, failed: bytes, unresolvable: bytes
 ) -> bytes:
-    """The ExtenderFilterResult, assembled from encoded parts (see `encode_name_map`)."""
+    """The ExtenderFilterResult, assembled from encoded parts (`passed`: the JSON array of the
+    names that passed; see `encode_name_map`)."""
     if items is not None:
         head = b'{"NodeNames":null,"Nodes":' + orjson.dumps({"metadata": {}, "items": items})
     else:
-        head = b'{"NodeNames":' + orjson.dumps(passed) + b',"Nodes":null'
+        head = b'{"NodeNames":' + passed + b',"Nodes":null'
     return (
         head
         + b',"FailedNodes":'

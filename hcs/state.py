@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
@@ -115,8 +116,20 @@ class ClusterState:
         n, w = self.rows, self.width
         self.version = 0
         """Bumped by every change to the arrays (invalidates cached evaluations)."""
+        self._row_log: list[int] = []
+        """The row each change touched, in order (what a kept evaluation must redo)."""
+        self._row_log_start = 0
+        """How many changes were forgotten from the front of `_row_log`."""
+        self.shape_epoch = 0
+        """Bumped when the arrays are reshaped (more rows, wider rows): nothing kept from
+        before can be patched."""
+        self.evaluations: OrderedDict[object, object] = OrderedDict()
+        """The engine's evaluations over every row, kept across changes and patched with the
+        rows that changed (hcs.engine._kernel_cached); least recently used first."""
         self._kernel_cache: dict[object, object] = {}
         self._kernel_cache_version = -1
+        self._layout_cache: dict[object, object] = {}
+        self._layout_cache_version = -1
         self.layout_version = 0
         """Bumped when nodes are added, changed or removed (not by allocations)."""
         self._vendor_masks: dict[tuple[int, ...], BoolArray] = {}
@@ -237,6 +250,37 @@ class ClusterState:
         best = self.resource_names[int(np.argmax(counts))]
         return best if counts.max() > 0 else profile.resource
 
+    def _changed(self, row: int | None) -> None:
+        """Record a change to the arrays (of `row`, if any)."""
+        self.version += 1
+        if row is not None:
+            self._row_log.append(row)
+            if len(self._row_log) > ROW_LOG_KEPT:
+                half = len(self._row_log) // 2
+                del self._row_log[:half]
+                self._row_log_start += half
+
+    @property
+    def change_mark(self) -> tuple[int, int]:
+        """Where the books are now, for `rows_changed_since`."""
+        return self.shape_epoch, self._row_log_start + len(self._row_log)
+
+    def rows_changed_since(self, mark: tuple[int, int], limit: int) -> IndexArray | None:
+        """The rows changed since `mark` (sorted, distinct); None when the arrays were
+        reshaped, the changes are forgotten, or more than `limit` changes happened."""
+        epoch, at = mark
+        end = self._row_log_start + len(self._row_log)
+        if epoch != self.shape_epoch or at < self._row_log_start or end - at > limit:
+            return None
+        return np.unique(np.array(self._row_log[at - self._row_log_start :], np.intp))
+
+    def layout_cache(self) -> dict[object, object]:
+        """A scratch dict for the engine, emptied whenever nodes change (not allocations)."""
+        if self._layout_cache_version != self.layout_version or len(self._layout_cache) > 256:
+            self._layout_cache = {}
+            self._layout_cache_version = self.layout_version
+        return self._layout_cache
+
     def kernel_cache(self) -> dict[object, object]:
         """A scratch dict for the engine, emptied whenever the state changes."""
         if self._kernel_cache_version != self.version or len(self._kernel_cache) > 64:
@@ -295,7 +339,7 @@ class ClusterState:
     def has_templated_nodes(self) -> bool:
         """Does some node book shares as templates? (The engine skips the rule otherwise.)"""
         key = ("templated",)
-        cache = self.kernel_cache()
+        cache = self.layout_cache()
         hit = cache.get(key)
         if hit is None:
             hit = cache[key] = bool(np.any(self.node_templated & self.node_valid_mask))
@@ -368,7 +412,7 @@ class ClusterState:
             self._widen(len(node.devices))
         self._write_row(row, node)
         self._recharge_row(row)
-        self.version += 1
+        self._changed(row)
         self.layout_version += 1
 
     def remove_node(self, name: str) -> bool:
@@ -388,7 +432,7 @@ class ClusterState:
         self.dev_open_mask[row] = False
         self._free_rows.append(row)
         self.generation += 1
-        self.version += 1
+        self._changed(row)
         self.layout_version += 1
         return True
 
@@ -424,6 +468,7 @@ class ClusterState:
         self.share_options.extend([()] * (rows - old))
         self._free_rows = list(range(rows - 1, old - 1, -1)) + self._free_rows
         self.rows = rows
+        self.shape_epoch += 1
 
     def _widen(self, needed: int) -> None:
         width = _width_for(max(needed, self.width * 2))
@@ -434,6 +479,7 @@ class ClusterState:
             grown[:, : self.width] = arr
             setattr(self, attr, grown)
         self.width = width
+        self.shape_epoch += 1
         for row, name in enumerate(self.node_names):
             if name is not None:
                 self._write_row(row, self.nodes[name])
@@ -515,7 +561,7 @@ class ClusterState:
         if row is not None:
             self._charge(row, alloc, +1)
             self._refresh_free(row)
-        self.version += 1
+        self._changed(row)
 
     def remove_allocation(self, uid: str) -> Allocation | None:
         alloc = self.allocations.pop(uid, None)
@@ -530,7 +576,7 @@ class ClusterState:
         if row is not None:
             self._charge(row, alloc, -1)
             self._refresh_free(row)
-        self.version += 1
+        self._changed(row)
         return alloc
 
     def replace_allocation(self, alloc: Allocation) -> None:
@@ -648,6 +694,8 @@ def _pad(values: list[int], width: int) -> list[int]:
 
 
 UNLIMITED_SLOTS: Final = 1 << 30
+ROW_LOG_KEPT: Final = 4096
+"""Changes remembered for patching kept evaluations (older ones: evaluate afresh)."""
 SHARING_MODES: Final = ("exclusive", *ENFORCEMENTS)
 MAX_CLIQUES_EXAMINED: Final = 20_000
 
