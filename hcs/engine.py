@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any, Final, Literal, cast, overload
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -646,12 +646,13 @@ def evaluate(
     if req.empty:
         kernel = _Kernel(state, req, config, now, safe, empty_cluster=False)
         return Evaluation(rows, np.zeros(len(rows), np.int8), kernel, np.arange(len(rows)))
-    cached = _kernel_cached(state, req, config, now, empty_cluster=empty_cluster, build=False)
-    if cached is not None or 2 * len(rows) >= state.n_nodes:
-        # Every row evaluated already for this pod and these books (prioritize after filter,
-        # whatever share of the nodes passed), or worth evaluating whole.
-        kernel = cached or _kernel_cached(state, req, config, now, empty_cluster=empty_cluster)
-        pos = safe
+    # Every row evaluated already for this pod's shape (kept, patched to these books), or
+    # worth evaluating whole; otherwise only the candidates.
+    whole = _kernel_cached(
+        state, req, config, now, empty_cluster=empty_cluster, build=2 * len(rows) >= state.n_nodes
+    )
+    if whole is not None:
+        kernel, pos = whole, safe
     else:
         kernel = _Kernel(state, req, config, now, safe, empty_cluster=empty_cluster)
         pos = np.arange(len(rows))
@@ -659,30 +660,6 @@ def evaluate(
     if not all_valid:
         codes[~valid] = Reason.NodeNotFound
     return Evaluation(rows, codes, kernel, pos)
-
-
-@overload
-def _kernel_cached(
-    state: ClusterState,
-    req: Request,
-    config: EngineConfig,
-    now: float | None,
-    *,
-    empty_cluster: bool,
-    build: Literal[True] = True,
-) -> _Kernel: ...
-
-
-@overload
-def _kernel_cached(
-    state: ClusterState,
-    req: Request,
-    config: EngineConfig,
-    now: float | None,
-    *,
-    empty_cluster: bool,
-    build: bool,
-) -> _Kernel | None: ...
 
 
 def _kernel_cached(

@@ -61,6 +61,15 @@ def expected_scores(
     return dict(zip(names, scores.tolist(), strict=True))
 
 
+async def start(
+    aiohttp_client: MakeClient, n_nodes: int, seed: int
+) -> tuple[SchedulerService, Client]:
+    service = SchedulerService(
+        ClusterState.from_nodes(random_cluster(n_nodes, seed=seed)), EngineConfig()
+    )
+    return service, await aiohttp_client(create_app(service))
+
+
 async def call(http: Client, verb: str, p: dict[str, Any], names: list[str]) -> Any:
     # Go's encoder writes the fields in declaration order: NodeNames last.
     body = orjson.dumps({"Pod": p, "Nodes": None, "NodeNames": names})
@@ -72,9 +81,8 @@ async def call(http: Client, verb: str, p: dict[str, Any], names: list[str]) -> 
 async def test_every_reply_equals_a_fresh_engine_while_binds_change_the_books(
     aiohttp_client: MakeClient,
 ) -> None:
-    service = SchedulerService(ClusterState.from_nodes(random_cluster(60, seed=3)), EngineConfig())
-    http = await aiohttp_client(create_app(service))
-    names = sorted(service.state.index) + ["ghost"]
+    service, http = await start(aiohttp_client, 60, 3)
+    names = [*sorted(service.state.index), "ghost"]
     rng = random.Random(5)
     reused = 0
     for i in range(60):
@@ -113,8 +121,7 @@ async def test_every_reply_equals_a_fresh_engine_while_binds_change_the_books(
 async def test_a_node_gone_between_filter_and_prioritize_is_not_scored_from_old_rows(
     aiohttp_client: MakeClient,
 ) -> None:
-    service = SchedulerService(ClusterState.from_nodes(random_cluster(30, seed=4)), EngineConfig())
-    http = await aiohttp_client(create_app(service))
+    service, http = await start(aiohttp_client, 30, 4)
     names = sorted(service.state.index)
     p = k8s(pod("gone", SHAPES[0]))
     passed = (await call(http, "filter", p, names))["NodeNames"]
@@ -131,8 +138,7 @@ async def test_a_node_gone_between_filter_and_prioritize_is_not_scored_from_old_
 async def test_an_unchanged_outcome_gives_the_same_bytes_and_a_changed_one_new_bytes(
     aiohttp_client: MakeClient,
 ) -> None:
-    service = SchedulerService(ClusterState.from_nodes(random_cluster(40, seed=6)), EngineConfig())
-    http = await aiohttp_client(create_app(service))
+    service, http = await start(aiohttp_client, 40, 6)
     names = sorted(service.state.index)
 
     async def raw(uid: str) -> bytes:
