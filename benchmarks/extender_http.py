@@ -60,6 +60,7 @@ SHAPES: tuple[tuple[dict[str, Any], dict[str, str]], ...] = (
     ({"limits": {"huawei.com/Ascend910": "1"}}, {}),
 )
 TARGETS = {"cycle_p50": 1.5, "filter_p99": 1.5, "filters_per_s": 0.7}
+RATE_POOL = 24
 
 # A Pod as kube-scheduler sends it: the whole v1.Pod, with what a Deployment's pod carries.
 POD_TEMPLATE: dict[str, Any] = {
@@ -173,31 +174,34 @@ def _serve_floor(port: int, ready: Any) -> None:
     the rate test reuse the recorded replies in turn."""
     from aiohttp import web
 
-    filters: dict[str, Any] = {}
-    scores: dict[str, Any] = {}
-    ordered: list[str] = []
+    # Only the replies still to be sent are held (a pool of the last few for the rate test),
+    # so the floor's heap, and its garbage collector's work, stay small.
+    expected: dict[str, list[Any]] = {}
+    pool: list[list[Any]] = []
 
-    def _reply(table: dict[str, Any], uid: str) -> Any:
-        hit = table.get(uid)
-        if hit is None:
-            hit = table[ordered[int(uid.rsplit("-", 1)[1]) % len(ordered)]]
-        return hit
+    def _reply(uid: str, which: int) -> Any:
+        replies = expected.get(uid)
+        if replies is None:  # a pod of the rate test: the recorded replies in turn
+            return pool[int(uid.rsplit("-", 1)[1]) % len(pool)][which]
+        if which == 1 or not replies[1]:
+            del expected[uid]
+        return replies[which]
 
     async def expect(request: web.Request) -> web.Response:
         uid, filter_reply, prioritize_reply = orjson.loads(await request.read())
-        filters[uid] = filter_reply
-        scores[uid] = prioritize_reply
-        ordered.append(uid)
+        expected[uid] = [filter_reply, prioritize_reply]
+        pool.append([filter_reply, prioritize_reply])
+        del pool[:-RATE_POOL]
         return web.Response(body=b"{}", content_type="application/json")
 
     async def filter_(request: web.Request) -> web.Response:
         args = orjson.loads(await request.read())
-        reply = _reply(filters, args["Pod"]["metadata"]["uid"])
+        reply = _reply(args["Pod"]["metadata"]["uid"], 0)
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 
     async def prioritize(request: web.Request) -> web.Response:
         args = orjson.loads(await request.read())
-        reply = _reply(scores, args["Pod"]["metadata"]["uid"])
+        reply = _reply(args["Pod"]["metadata"]["uid"], 1)
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 
     async def bind(request: web.Request) -> web.Response:

@@ -41,7 +41,15 @@ from hcs.demand import ContainerDemand, PodDemand
 from hcs.errors import ConfigError, ErrorCode, PlacementError
 from hcs.quantity import format_mib
 from hcs.reuse import assign, owners
-from hcs.state import Allocation, BoolArray, ClusterState, DeviceCharge, IndexArray, IntArray
+from hcs.state import (
+    Allocation,
+    BoolArray,
+    Candidates,
+    ClusterState,
+    DeviceCharge,
+    IndexArray,
+    IntArray,
+)
 from hcs.vendors import VENDOR_CODES, VENDOR_NAMES, VendorName
 
 MAX_SCORE: Final = 10  # kube-scheduler's MaxExtenderPriority
@@ -721,8 +729,8 @@ class FilterResult:
     request: Request
     config: EngineConfig
     figures: dict[str, IntArray] | None = None
-    rows: IndexArray | None = None
-    """The candidates' state rows (-1 = unknown), shape (n_nodes,)."""
+    candidates: Candidates | None = None
+    """The candidates' state rows (-1 = unknown) and names, as resolved."""
 
     @property
     def passed_mask(self) -> BoolArray:
@@ -756,9 +764,7 @@ def filter_nodes(
     """Pass/fail and a reason code per candidate node name."""
     found = state.resolve(names)
     ev = evaluate(state, req, found.rows, config, now)
-    return FilterResult(
-        found.names, ev.codes, req, config, ev.figures if figures else None, found.rows
-    )
+    return FilterResult(found.names, ev.codes, req, config, ev.figures if figures else None, found)
 
 
 def score_percent(

@@ -58,6 +58,7 @@ from hcs.wire import (
     WireError,
     encode_host_scores,
     encode_name_map,
+    encode_names,
     filter_error,
     normalize_keys,
     split_node_names,
@@ -277,18 +278,20 @@ class SchedulerService:
             log.info("filter refused: %s", _message(exc))
             self.filter_errors[error_code(_message(exc))] += 1
             return orjson.dumps(filter_error(_message(exc)))
+        found = result.candidates
+        assert found is not None
         if items is not None:
-            reply = _filter_reply(result, items)
+            reply = _filter_reply(result, found, items)
         else:
             # Equal codes over the same candidate list make the same reply: after a bind that
             # changed nothing this pod's shape cares about, the bytes are reused.
             key = seen.request.key
             kept = self._filter_replies.get(key)
             codes = result.codes.tobytes()
-            if kept is not None and kept.names is result.names and kept.codes == codes:
+            if kept is not None and kept.candidates is found and kept.codes == codes:
                 reply = kept
             else:
-                reply = self._filter_replies[key] = _filter_reply(result, None)
+                reply = self._filter_replies[key] = _filter_reply(result, found, None)
                 if len(self._filter_replies) > REPLIES_KEPT:
                     del self._filter_replies[next(iter(self._filter_replies))]
         self.filter_reasons += reply.counts
@@ -348,7 +351,8 @@ class SchedulerService:
             names, _ = _candidates(args)
         seen = self._pod_request(args.get("pod"), "ExtenderArgs.Pod")
         if not seen.demand.asks_for_compute:
-            return encode_host_scores([(names if found is None else found.names.tolist(), 0)])
+            every = names if found is None else found.names.tolist()
+            return orjson.dumps([{"Host": h, "Score": 0} for h in every])
         try:
             found = self.state.resolve(names) if found is None else found
         except TypeError:
@@ -361,9 +365,21 @@ class SchedulerService:
             # A node admitting other pods comes after an equal alternative elsewhere.
             busy = np.isin(found.names, list(self.queue_depth)) & (scores > 0)
             scores = np.where(busy, scores - 1, scores)
-        present = np.flatnonzero(np.bincount(scores, minlength=MAX_SCORE + 1))
+        fragments = found.fragments
+        if fragments is None:  # a name needing escapes
+            return orjson.dumps(
+                [{"Host": h, "Score": s} for h, s in zip(found.names, scores.tolist(), strict=True)]
+            )
+        # Hosts in order of score (stable), each score's hosts one slice, joined in C.
+        counts = np.bincount(scores, minlength=MAX_SCORE + 1)
+        ends = np.cumsum(counts).tolist()
+        # (Scores are 0..10: sorted as bytes, several times faster than as int64.)
+        ordered = fragments[np.argsort(scores.astype(np.uint8), kind="stable")].tolist()
         return encode_host_scores(
-            [(found.names[scores == s].tolist(), s) for s in present.tolist()]
+            [
+                (ordered[ends[s] - int(counts[s]) : ends[s]], s)
+                for s in np.flatnonzero(counts).tolist()
+            ]
         )
 
     # ----------------------------------------------------------------- bind
@@ -643,8 +659,8 @@ def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]
 class _FilterReply:
     """A filter reply and what it was made from."""
 
-    names: npt.NDArray[np.object_]
-    """The candidate names (the state's cached object while the list repeats)."""
+    candidates: Candidates
+    """The candidates (the state's cached object while the list repeats)."""
     codes: bytes
     counts: npt.NDArray[np.int64]
     """Nodes per Reason."""
@@ -653,33 +669,42 @@ class _FilterReply:
     passed_json: bytes
 
 
-def _filter_reply(result: FilterResult, items: list[dict[str, Any]] | None) -> _FilterReply:
+def _filter_reply(
+    result: FilterResult, found: Candidates, items: list[dict[str, Any]] | None
+) -> _FilterReply:
     """The ExtenderFilterResult for `result` (with the Node objects that passed when the call
-    sent `items`): every failing node named with its reason's message."""
+    sent `items`): every failing node named with its reason's message.
+
+    The candidates are put in order of their code once (a stable sort keeps request order
+    within a code), and each code's names are one slice of that order, joined in C.
+    """
     codes = result.codes
     counts = np.bincount(codes, minlength=len(Reason))
-    passed_mask = codes == 0
-    failed: list[tuple[list[str], str]] = []
-    unresolvable: list[tuple[list[str], str]] = []
+    order = np.argsort(codes, kind="stable")
+    ends = np.cumsum(counts).tolist()
+    fragments = found.fragments
+    passed = found.take(order[: ends[0]])
+    # Name fragments in code order; plain names when some name needs escapes (never for DNS
+    # names), encoded as dicts then.
+    ordered = (fragments if fragments is not None else found.names)[order].tolist()
+    failed: list[tuple[list[Any], str]] = []
+    unresolvable: list[tuple[list[Any], str]] = []
     for code in (np.flatnonzero(counts[1:]) + 1).tolist():
         target = unresolvable if Reason(code) in UNRESOLVABLE else failed
         # One message per reason, shared by every node: kube-scheduler groups them.
-        target.append((result.names[codes == code].tolist(), result.message(code)))
-    passed_names = result.names[passed_mask]
-    passed_json = orjson.dumps(passed_names.tolist())
+        target.append((ordered[ends[code - 1] : ends[code]], result.message(code)))
+    if fragments is not None:
+        failed_json, unresolvable_json = encode_name_map(failed), encode_name_map(unresolvable)
+        passed_json = encode_names(ordered[: ends[0]])
+    else:
+        failed_json = orjson.dumps({n: m for names, m in failed for n in names})
+        unresolvable_json = orjson.dumps({n: m for names, m in unresolvable for n in names})
+        passed_json = orjson.dumps(ordered[: ends[0]])
     kept = None
     if items is not None:
-        kept = np.asarray(items, dtype=object)[passed_mask].tolist()
-    rows = result.rows if result.rows is not None else np.full(len(codes), -1, np.intp)
-    body = _encode_filter(passed_json, kept, encode_name_map(failed), encode_name_map(unresolvable))
-    return _FilterReply(
-        result.names,
-        codes.tobytes(),
-        counts,
-        body,
-        Candidates(rows[passed_mask], passed_names),
-        passed_json,
-    )
+        kept = np.asarray(items, dtype=object)[order[: ends[0]]].tolist()
+    body = _encode_filter(passed_json, kept, failed_json, unresolvable_json)
+    return _FilterReply(found, codes.tobytes(), counts, body, passed, passed_json)
 
 
 def _encode_filter(
@@ -688,17 +713,11 @@ def _encode_filter(
     """The ExtenderFilterResult, assembled from encoded parts (`passed`: the JSON array of the
     names that passed; see `encode_name_map`)."""
     if items is not None:
-        head = b'{"NodeNames":null,"Nodes":' + orjson.dumps({"metadata": {}, "items": items})
+        head = [b'{"NodeNames":null,"Nodes":', orjson.dumps({"metadata": {}, "items": items})]
     else:
-        head = b'{"NodeNames":' + passed + b',"Nodes":null'
-    return (
-        head
-        + b',"FailedNodes":'
-        + failed
-        + b',"FailedAndUnresolvableNodes":'
-        + unresolvable
-        + b',"Error":""}'
-    )
+        head = [b'{"NodeNames":', passed, b',"Nodes":null']
+    tail = [b',"FailedNodes":', failed, b',"FailedAndUnresolvableNodes":', unresolvable]
+    return b"".join([*head, *tail, b',"Error":""}'])  # one copy of the large parts
 
 
 def _check_unknown_names(unknown: Any) -> None:

@@ -23,6 +23,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import repeat
 from typing import Any, Final, Literal
 
@@ -33,6 +34,7 @@ from hcs.errors import PlacementError
 from hcs.limiter import TemplateBooking, choose_template, template_options, uses_templates
 from hcs.models import ENFORCEMENTS, ComputeNode
 from hcs.vendors import VENDOR_CODES, VendorName, VendorProfile, VendorTable
+from hcs.wire import name_fragments
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -49,6 +51,25 @@ class Candidates:
 
     rows: IndexArray
     names: npt.NDArray[np.object_]
+
+    @cached_property
+    def fragments(self) -> npt.NDArray[np.object_] | None:
+        """Each name as JSON writes it between quotes (hcs.wire.name_fragments), for replies
+        assembled by `bytes.join`; None when some name needs escaping."""
+        found = name_fragments(self.names.tolist())
+        if found is None:
+            return None
+        out = np.empty(len(found), dtype=object)
+        out[:] = found
+        return out
+
+    def take(self, index: IndexArray) -> Candidates:
+        """The candidates at positions `index`, with their fragments when already known."""
+        sub = Candidates(self.rows[index], self.names[index])
+        known = self.__dict__.get("fragments")
+        if known is not None:
+            sub.__dict__["fragments"] = known[index]
+        return sub
 
 
 @dataclass(frozen=True)

@@ -161,3 +161,24 @@ async def test_an_unchanged_outcome_gives_the_same_bytes_and_a_changed_one_new_b
     changed = orjson.loads(await raw("c"))
     assert passed[0] not in changed["NodeNames"]
     assert changed["NodeNames"] == [n for n in passed if n != passed[0]]
+
+
+async def test_names_that_need_escaping_still_make_valid_replies(
+    aiohttp_client: MakeClient,
+) -> None:
+    """kube-scheduler may send a name HCS does not know, written any way: a quote or a
+    backslash in it switches the reply to plain encoding, never to broken JSON."""
+    service, http = await start(aiohttp_client, 5, 8)
+    names = [*sorted(service.state.index), 'odd"name', "back\\slash"]
+    p = k8s(pod("odd", SHAPES[0]))
+    reply = await call(http, "filter", p, names)
+    passed, failed = expected_filter(service, p, names)
+    assert reply["NodeNames"] == passed
+    assert set(reply["FailedAndUnresolvableNodes"]) >= {'odd"name', "back\\slash"}
+    assert {**reply["FailedNodes"], **reply["FailedAndUnresolvableNodes"]}.keys() == (
+        set(failed) | {'odd"name', "back\\slash"}
+    )
+    scored = await call(http, "prioritize", p, [*passed, 'odd"name'])
+    assert {h["Host"]: h["Score"] for h in scored} == expected_scores(
+        service, p, [*passed, 'odd"name']
+    )
