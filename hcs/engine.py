@@ -56,7 +56,7 @@ MAX_SCORE: Final = 10  # kube-scheduler's MaxExtenderPriority
 PATCH_LIMIT: Final = 64
 """A kept evaluation is patched when at most this many changes (or 1/16 of the nodes) came
 since; otherwise it is made afresh."""
-EVALUATIONS_KEPT: Final = 32
+EVALUATIONS_KEPT: Final = 16
 """Request shapes whose evaluation over every row is kept (each holds a few bytes per device)."""
 MAX_EXACT_GROUPS: Final = 8
 
@@ -354,7 +354,7 @@ class _Kernel:
     ) -> None:
         self.state, self.req, self.config, self.sel = state, req, config, sel
         self.empty_cluster = empty_cluster
-        self._scores: IntArray | None = None
+        self._scores: npt.NDArray[np.uint8] | None = None
         vendor_ok = state.vendor_mask(req.vendor_codes)[sel]
         d = req.demand
         if d.resource is not None or d.model is not None:
@@ -484,12 +484,13 @@ class _Kernel:
         out._scores = None if self._scores is None else _overwrite(self._scores, rows, sub.scores())
         return out
 
-    def scores(self) -> IntArray:
+    def scores(self) -> npt.NDArray[np.uint8]:
         """Score percent 0..100 per selected row (rows that fail included; masked later)."""
         if self._scores is None:
+            # 0..100 fits a byte: a kept evaluation holds one byte per node for its scores.
             self._scores = _score_rows(
                 self.state, self.req, self.config, self.sel, self.fit, booked=self.booked
-            )
+            ).astype(np.uint8)
         return self._scores
 
 
@@ -776,7 +777,7 @@ def score_percent(
     """
     if req.empty:
         return np.zeros(len(ev.rows), np.int64)
-    scores: IntArray = ev.kernel.scores()[ev.pos]
+    scores: IntArray = ev.kernel.scores()[ev.pos].astype(np.int64)
     scores[ev.codes != 0] = 0
     return scores
 

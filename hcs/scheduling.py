@@ -66,10 +66,9 @@ from hcs.wire import (
 
 log = logging.getLogger("hcs.extender")
 POD_CACHE_SIZE = 10_000
-PASSED_KEPT = 256
-REPLIES_KEPT = 64
-"""Request shapes whose last filter reply is kept for reuse."""
-"""Recent pods whose filter result prioritize may reuse (kube-scheduler's cycle is one pod)."""
+PASSED_KEPT = 16
+"""Recent pods whose filter result prioritize may reuse: kube-scheduler's cycle is one pod,
+its prioritize right after its filter. Each holds a few bytes per node that passed."""
 BIND_WAIT_S = 10.0
 """How long a bind waits its turn for a node whose lock another pod holds (below the extender
 `httpTimeout` kube-scheduler is given, 15 s in the manifests)."""
@@ -139,8 +138,6 @@ class SchedulerService:
         self._passed: OrderedDict[str, Candidates] = OrderedDict()
         """The nodes each recent pod's filter passed, by pod UID (for its prioritize)."""
         self._passed_bytes: dict[str, tuple[int, bytes]] = {}
-        self._filter_replies: dict[object, _FilterReply] = {}
-        """Each request shape's last filter reply, reused while its inputs are equal."""
 
         """The same, as the JSON array the filter reply carried."""
         self.filter_reasons = np.zeros(len(Reason), np.int64)
@@ -280,20 +277,7 @@ class SchedulerService:
             return orjson.dumps(filter_error(_message(exc)))
         found = result.candidates
         assert found is not None
-        if items is not None:
-            reply = _filter_reply(result, found, items)
-        else:
-            # Equal codes over the same candidate list make the same reply: after a bind that
-            # changed nothing this pod's shape cares about, the bytes are reused.
-            key = seen.request.key
-            kept = self._filter_replies.get(key)
-            codes = result.codes.tobytes()
-            if kept is not None and kept.candidates is found and kept.codes == codes:
-                reply = kept
-            else:
-                reply = self._filter_replies[key] = _filter_reply(result, found, None)
-                if len(self._filter_replies) > REPLIES_KEPT:
-                    del self._filter_replies[next(iter(self._filter_replies))]
+        reply = _filter_reply(result, found, items)
         self.filter_reasons += reply.counts
         if log.isEnabledFor(logging.INFO):
             d = seen.demand
@@ -659,9 +643,6 @@ def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]
 class _FilterReply:
     """A filter reply and what it was made from."""
 
-    candidates: Candidates
-    """The candidates (the state's cached object while the list repeats)."""
-    codes: bytes
     counts: npt.NDArray[np.int64]
     """Nodes per Reason."""
     body: bytes
@@ -704,7 +685,7 @@ def _filter_reply(
     if items is not None:
         kept = np.asarray(items, dtype=object)[order[: ends[0]]].tolist()
     body = _encode_filter(passed_json, kept, failed_json, unresolvable_json)
-    return _FilterReply(found, codes.tobytes(), counts, body, passed, passed_json)
+    return _FilterReply(counts, body, passed, passed_json)
 
 
 def _encode_filter(
