@@ -54,6 +54,7 @@ test: lint
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/extender_http.py
+	$(BIN)/python benchmarks/cycle_stages.py
 	$(BIN)/python benchmarks/webhook_https.py
 	$(BIN)/python benchmarks/device_plugin.py
 	$(BIN)/python benchmarks/burst.py
