@@ -132,12 +132,12 @@ def test_a_port_in_use_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> 
 def test_json_logs_are_one_object_per_line() -> None:
     import logging
 
-    from hcs_cli.main import _JsonFormatter
+    from hcs_cli.options import JsonFormatter
 
     record = logging.LogRecord(
         "hcs.test", logging.INFO, __file__, 1, "placed pod=%s", ("a/b",), None
     )
-    entry = json.loads(_JsonFormatter().format(record))
+    entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "INFO" and entry["logger"] == "hcs.test"
     assert entry["message"] == "placed pod=a/b" and entry["time"]
 
