@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
@@ -412,9 +415,22 @@ def load_api(
     The configuration becomes the client's default (leader election builds its own clients)."""
 
     in_cluster = kube_config.load_incluster_config
+    shown = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
 
     def from_kubeconfig() -> None:
-        kube_config.load_kube_config(config_file=kubeconfig, context=context)
+        """The kubeconfig, with every failure one line naming the file."""
+        path = kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
+        if not Path(path or os.path.expanduser("~/.kube/config")).is_file():
+            raise kube_config.ConfigException(f"kubeconfig {shown}: no such file")
+        try:
+            kube_config.load_kube_config(config_file=kubeconfig, context=context)
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise kube_config.ConfigException(
+                f"kubeconfig {shown}: not a kubeconfig YAML file ({why})"
+            ) from None
+        except kube_config.ConfigException as exc:
+            raise kube_config.ConfigException(f"kubeconfig {shown}: {exc}") from None
 
     if kubeconfig is not None or context is not None:  # asked for: nothing else will do
         loaders = [from_kubeconfig]
@@ -429,6 +445,8 @@ def load_api(
             return client.ApiClient()
         except (kube_config.ConfigException, OSError) as exc:
             failure = failure if load is in_cluster else exc  # the kubeconfig's reason is news
+    if kubeconfig is not None or context is not None:
+        raise HcsError(str(failure), code="InvalidConfig")
     raise HcsError(
         f"no cluster to talk to: not in a pod, and no usable kubeconfig ({failure}); {hint}",
         code="InvalidConfig",

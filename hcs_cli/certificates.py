@@ -73,7 +73,12 @@ def run_certs(args: argparse.Namespace, vendors: VendorTable) -> int:
     if reason is None and args.renew_before is not None:
         print(f"kept {out / 'tls.crt'}: valid for more than {args.renew_before} days", file=say)
     elif reason is not None:
-        files = issue(out, args.service, args.namespace, args.days)
+        try:
+            files = issue(out, args.service, args.namespace, args.days)
+        except OSError as exc:
+            raise ConfigError(
+                f"--out {out}: cannot write the certificates there ({exc.strerror})"
+            ) from None
         print(
             f"wrote {files.ca_cert}, {files.tls_cert}, {files.tls_key} ({reason}; SANs: "
             f"{', '.join(service_names(args.service, args.namespace))}, 127.0.0.1)",

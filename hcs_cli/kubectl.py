@@ -45,7 +45,7 @@ from hcs.scheduling import SchedulerService, error_code
 from hcs.simulate import explain, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable, load_vendor_table
-from hcs_cli.options import engine_options, heartbeat_option
+from hcs_cli.options import engine_options, heartbeat_option, reader_left
 from hcs_cli.output import FORMATS, emit, explanation_rows, print_placements, table
 
 CALL_TIMEOUT_S = 30.0
@@ -143,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
+    except BrokenPipeError:  # `kubectl hcs … | head`: not the API server's fault
+        return reader_left()
     except HcsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from hcs import __version__
 from hcs.errors import HcsError
 from hcs.vendors import load_vendor_table
 from hcs_cli import certificates, controller, node, offline, servers
-from hcs_cli.options import LOG_FORMAT
+from hcs_cli.options import LOG_FORMAT, reader_left
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         vendors = load_vendor_table(getattr(args, "vendor_config", None))
         code: int = args.run(args, vendors)
         return code
+    except BrokenPipeError:
+        return reader_left()
     except HcsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

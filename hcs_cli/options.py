@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -251,3 +252,11 @@ def discovery_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the devices of the ComputeNode declared in FILE (clusters without the hardware)",
     )
+
+
+def reader_left() -> int:
+    """The reader of stdout went away (`hcs simulate … | head`): stop quietly, as Unix tools
+    do, exit 0. Python would otherwise report the pipe when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
