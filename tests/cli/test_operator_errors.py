@@ -28,6 +28,7 @@ def run(program: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-c", program, *args],
         cwd=ROOT,
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -80,6 +81,7 @@ def test_no_kubeconfig_anywhere_names_where_it_looked(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", KUBECTL_HCS, "top", "nodes"],
         cwd=ROOT,
+        check=False,
         capture_output=True,
         text=True,
         env={"KUBECONFIG": str(env_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
