@@ -66,6 +66,8 @@ log = logging.getLogger("hcs.deviceplugin")
 
 API_VERSION: Final = "v1beta1"
 KUBELET_SOCKET: Final = "kubelet.sock"
+WAITING_LOG_S: Final = 30.0
+"""While the plugin waits (kubelet's socket absent, no devices yet), it says so this often."""
 HEALTHY: Final = "Healthy"
 UNHEALTHY: Final = "Unhealthy"
 PluginDevice = NodeDevice
@@ -472,10 +474,37 @@ class DevicePlugin:
         self.registered_as: str | None = None
         self._server: Any = None
         self._kubelet_socket: tuple[int, int] | None = None
+        self._said: dict[str, float] = {}
+        """When each waiting message was last logged (one per `waiting_log_s`)."""
+        self.waiting_log_s = WAITING_LOG_S
 
     @property
     def socket_path(self) -> Path:
         return self.kubelet_dir / self.socket_name
+
+    @property
+    def ready_path(self) -> Path:
+        """Exists while the plugin is registered with the running kubelet: the DaemonSet's
+        readiness probe checks it. It lives in kubelet's folder, which kubelet empties when it
+        starts, so a kubelet restart makes the plugin unready until it registers again."""
+        return self.socket_path.with_suffix(".ready")
+
+    def _ready(self, ready: bool) -> None:
+        try:
+            if ready:
+                self.ready_path.write_text(f"{self.registered_as}\n")
+            else:
+                self.ready_path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._say("ready-file", "cannot write %s: %s", self.ready_path, exc.strerror)
+
+    def _say(self, what: str, message: str, *args: object) -> None:
+        """Log a waiting condition at once, then every `waiting_log_s` while it lasts."""
+        now = time.monotonic()
+        last = self._said.get(what)
+        if last is None or now - last >= self.waiting_log_s:
+            self._said[what] = now
+            log.warning(message, *args)
 
     def list_response(self) -> Any:
         return api_pb2.ListAndWatchResponse(
@@ -578,10 +607,27 @@ class DevicePlugin:
         """One watch round: (re)serve and register when kubelet's socket is new, or when our
         own socket was removed (kubelet empties the folder when it starts)."""
         current = self._kubelet_socket_id()
-        if current is None or not self.discovered:
+        if current is None:
+            self._ready(False)
+            self._kubelet_socket = None
+            where = self.kubelet_dir / KUBELET_SOCKET
+            why = "no such folder" if not self.kubelet_dir.is_dir() else "kubelet is not there"
+            self._say(
+                "kubelet",
+                "waiting for kubelet: %s does not exist (%s; --kubelet-dir must be the host's "
+                "kubelet device-plugins folder, mounted at the same path)",
+                where,
+                why,
+            )
+            return
+        self._said.pop("kubelet", None)
+        if not self.discovered:
+            self._say("discovery", "waiting for the vendor tool to list the devices")
             return
         if self.cache is not None and not self.cache.synced.is_set():
-            return  # Allocate must be able to answer from memory first
+            # Allocate must be able to answer from memory first
+            self._say("pods", "waiting for this node's pods from the API server")
+            return
         try:
             self.allocator.clean_limiter()
         except OSError as exc:
@@ -594,16 +640,27 @@ class DevicePlugin:
                 self.registered_as,
             )
         if current != self._kubelet_socket or not self.socket_path.exists() or renamed:
+            self._ready(False)  # a new kubelet knows nothing of us until we register
             self.serve()
             try:
                 self.register()
                 self._kubelet_socket = current
+                self._ready(True)
             except grpc.RpcError as exc:
                 self._kubelet_socket = None
+                self._ready(False)
                 log.warning("registering with kubelet failed (%s); retrying", exc.code())
 
     def run(self, poll: float = 0.5) -> None:
         """Until `stopping` is set: watch kubelet's socket, re-discover every interval."""
+        log.info(
+            "device plugin for %s on node %s: serving %s, registering on %s",
+            self.allocator.profile.name,
+            self.allocator.node,
+            self.socket_path,
+            self.kubelet_dir / KUBELET_SOCKET,
+        )
+        self._ready(False)
         self.refresh()
         next_refresh = time.monotonic() + self.interval
         reconciled = False
@@ -622,6 +679,7 @@ class DevicePlugin:
         finally:
             with self.changed:
                 self.changed.notify_all()
+            self._ready(False)
             self.stop_server()
 
 

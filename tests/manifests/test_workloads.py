@@ -346,3 +346,22 @@ def test_the_vnpu_component_states_one_mode_on_both_containers(tmp_path: Path) -
     assert agent.replicas == plugin.replicas > 1
     assert agent.limiter == plugin.limiter == "vnpu"
     assert agent.vendor == plugin.vendor == "huawei"
+
+
+def test_each_device_plugin_is_ready_only_once_registered() -> None:
+    """The readiness probe checks the file the plugin keeps while it is registered with the
+    running kubelet: the plugin's socket name with `.ready`, in the folder it is given."""
+    parser = build_parser()
+    probed = 0
+    for _, spec in pod_specs():
+        for c in spec["containers"]:
+            if c["image"] != "hcs" or c["args"][0] != "device-plugin":
+                continue
+            args = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in c["args"]])
+            ready = Path(args.kubelet_dir) / f"hcs-{args.vendor}.ready"
+            command = " ".join(c["readinessProbe"]["exec"]["command"])
+            assert f"'{ready}'" in command, command
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert args.kubelet_dir in mounts
+            probed += 1
+    assert probed == 4

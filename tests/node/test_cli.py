@@ -5,6 +5,7 @@ reached through a kubeconfig, and stops on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.fake_apiserver import LEASES, PODS, FakeApiServer, write_kubeconfig
 from tests.node.kubelet import FakeKubelet, short_dir
@@ -128,3 +131,81 @@ async def test_the_plugin_advertises_numa_nodes_from_nvidia_smi_topo(
         kubelet.stop()
         shutil.rmtree(folder, ignore_errors=True)
     assert code == 0
+
+
+def plugin_args(kubelet_dir: Path, kubeconfig: Path) -> list[str]:
+    return [
+        "device-plugin",
+        "--node-name",
+        "npu-1",
+        "--vendor",
+        "huawei",
+        "--kubelet-dir",
+        str(kubelet_dir),
+        "--tool-output",
+        f"npu-smi={REAL / 'ascend/npu-smi-910b3x8-24.1rc1.txt'}",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--log-level",
+        "DEBUG",
+    ]
+
+
+async def test_a_plugin_without_kubelet_says_what_it_serves_and_what_it_waits_for(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """A wrong --kubelet-dir (a hostPath typo) is not silent: the start line names the plugin's
+    socket and kubelet's, then the plugin says it is waiting, and why, until kubelet appears;
+    it registers as soon as kubelet does, and its ready file comes and goes with kubelet."""
+    from tests.processes import Started
+
+    fake = FakeApiServer()
+    server = await aiohttp_server(fake.app())
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
+    folder = short_dir() / "device-plugins"
+    plugin = Started(*plugin_args(folder, kubeconfig))
+    kubelet = None
+    try:
+        start = await asyncio.to_thread(plugin.wait_for, r"device plugin for huawei on node npu-1")
+        assert str(folder / "hcs-huawei.sock") in start.string
+        assert str(folder / "kubelet.sock") in start.string
+        waiting = await asyncio.to_thread(plugin.wait_for, r"waiting for kubelet: ")
+        assert "no such folder" in waiting.string and "--kubelet-dir" in waiting.string
+        ready = folder / "hcs-huawei.ready"
+        assert not ready.exists()
+        kubelet = FakeKubelet(folder.parent)  # kubelet starts: <root>/device-plugins/kubelet.sock
+        assert kubelet.dir == folder
+        deadline = time.monotonic() + 30
+        while not kubelet.requests or not ready.exists():
+            assert time.monotonic() < deadline, plugin.stderr
+            await asyncio.sleep(0.05)
+        kubelet.stop()
+        (folder / "kubelet.sock").unlink(missing_ok=True)  # kubelet gone
+        while ready.exists():
+            assert time.monotonic() < deadline + 30, "still ready without kubelet"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(plugin.wait_for, r"waiting for kubelet: .*kubelet is not there")
+    finally:
+        plugin.stop()
+        if kubelet is not None:
+            kubelet.stop()
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def test_waiting_is_said_again_every_interval_not_every_poll(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from hcs.vendors import VendorTable
+    from node.deviceplugin import Allocator, DevicePlugin
+
+    allocator = Allocator("n", VendorTable()["nvidia"], api=None)  # type: ignore[arg-type]
+    plugin = DevicePlugin(allocator, tmp_path / "absent", lambda: [])
+    caplog.set_level(logging.WARNING, "hcs.deviceplugin")
+    for _ in range(5):
+        plugin.step()
+    assert sum("waiting for kubelet" in r.getMessage() for r in caplog.records) == 1
+    plugin.waiting_log_s = 0.05
+    for _ in range(3):
+        time.sleep(0.06)
+        plugin.step()
+    assert sum("waiting for kubelet" in r.getMessage() for r in caplog.records) == 4
