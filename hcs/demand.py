@@ -546,6 +546,32 @@ class _Options:
     assigned_vendor: VendorName | None = None
 
 
+RESOURCES_KEYS: Final = ("requests", "limits", "claims")
+"""The keys of a container's `resources` (core/v1 ResourceRequirements)."""
+
+
+def resources_key_problems(pod: Mapping[str, Any]) -> list[str]:
+    """Unknown keys in each container's `resources` (`requets:`), each named with its path:
+    the API server would drop them with only a warning and the pod would ask for nothing."""
+    spec = pod.get("spec") if isinstance(pod, Mapping) else None
+    problems = []
+    for kind in ("initContainers", "containers"):
+        containers = spec.get(kind) if isinstance(spec, Mapping) else None
+        for i, c in enumerate(containers if isinstance(containers, list) else []):
+            resources = c.get("resources") if isinstance(c, Mapping) else None
+            if not isinstance(resources, Mapping):
+                continue
+            name = c.get("name") or i
+            for key in resources:
+                if key not in RESOURCES_KEYS:
+                    problems.append(
+                        f"spec.{kind}[{name}].resources.{key}: unknown key"
+                        f"{_did_you_mean(str(key), RESOURCES_KEYS)} (expected "
+                        f"{', '.join(RESOURCES_KEYS)})"
+                    )
+    return problems
+
+
 def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""

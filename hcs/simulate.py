@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -54,6 +54,36 @@ def pods_from_paths(paths: Iterable[str | Path]) -> list[tuple[str, dict[str, An
             for place, doc in load_documents(file):
                 out.extend(_pods_of(place, doc))
     return out
+
+
+WORKLOAD_KINDS: Final = frozenset(
+    {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "PodTemplate"}
+)
+"""Built-in kinds that must hold a pod template."""
+
+
+def pod_templates(doc: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template in a workload object, with its path: the built-in ones
+    (`spec.template`, a CronJob's `spec.jobTemplate.spec.template`) and those of other
+    projects' objects (Kubeflow's `spec.pytorchReplicaSpecs.Worker.template`, Ray's
+    `spec.workerGroupSpecs[0].template`, ...): any `template` whose `spec` lists containers."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            at = f"{path}.{key}" if path else str(key)
+            if (
+                key == "template"
+                and isinstance(value, dict)
+                and isinstance(value.get("spec"), dict)
+                and "containers" in value["spec"]
+            ):
+                found.append((at, value))
+            else:
+                found += pod_templates(value, at)
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            found += pod_templates(item, f"{path}[{i}]")
+    return found
 
 
 def _pods_of(place: str, doc: Any) -> list[tuple[str, dict[str, Any]]]:

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hcs.demand import parse_pod
+from hcs.demand import parse_pod, resources_key_problems
 from hcs.engine import EngineConfig
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents, load_inventory
 from hcs.models import ComputeNode, ComputeQuota
-from hcs.simulate import explain, pods_from_paths, simulate
+from hcs.simulate import WORKLOAD_KINDS, explain, pod_templates, pods_from_paths, simulate
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
 from hcs_cli.options import (
@@ -95,6 +95,8 @@ def run_explain(args: argparse.Namespace, vendors: VendorTable) -> int:
 
 
 def run_validate(args: argparse.Namespace, vendors: VendorTable) -> int:
+    """Every document of every file checked; exit 1 when anything is invalid (an unknown key in
+    a pod's resources, a bad pod template, an empty file, a document that is not an object)."""
     bad = 0
     expanded: list[str] = []
     for file in args.files:  # a folder means its YAML files, recursively
@@ -110,25 +112,59 @@ def run_validate(args: argparse.Namespace, vendors: VendorTable) -> int:
             print(f"INVALID {exc.message}")
             bad += 1
             continue
+        if not docs:
+            print(f"INVALID {file}: empty (no YAML document)")
+            bad += 1
         for place, doc in docs:
-            kind = doc.get("kind") if isinstance(doc, dict) else None
-            try:
-                if kind == "ComputeNode":
-                    ComputeNode.from_dict(doc)
-                elif kind == "ComputeQuota":
-                    ComputeQuota.from_dict(doc)
-                elif kind == "Pod":
-                    parse_pod(doc, vendors)
-                else:
-                    print(f"skipped {place}: {kind or 'no kind'}")
-                    continue
-                print(f"ok      {place}: {kind}")
-            except ValidationError as exc:
+            problems = _problems(doc, vendors)
+            if problems is None:
+                kind = doc.get("kind") if isinstance(doc, dict) else None
+                print(f"skipped {place}: {kind}: no pod template, not an HCS object")
+            elif problems:
                 bad += 1
-                print(f"INVALID {place}: {exc.what}")
-                for path, msg in exc.problems:
-                    print(f"          {path}: {msg}")
-            except HcsError as exc:
-                bad += 1
-                print(f"INVALID {place}: {exc}")
+                print(f"INVALID {place}: {_kind(doc)}")
+                for problem in problems:
+                    print(f"          {problem}")
+            else:
+                print(f"ok      {place}: {_kind(doc)}")
     return 1 if bad else 0
+
+
+def _kind(doc: Any) -> str:
+    return str(doc.get("kind")) if isinstance(doc, dict) else type(doc).__name__
+
+
+def _problems(doc: Any, vendors: VendorTable) -> list[str] | None:
+    """What is wrong with one document ([] nothing), or None for a kind HCS has nothing to say
+    about (a ConfigMap)."""
+    if not isinstance(doc, dict):
+        return [f"expected a Kubernetes object (a mapping), got {type(doc).__name__}"]
+    kind = doc.get("kind")
+    if not kind:
+        return ["kind: missing"]
+    try:
+        if kind == "ComputeNode":
+            ComputeNode.from_dict(doc)
+            return []
+        if kind == "ComputeQuota":
+            ComputeQuota.from_dict(doc)
+            return []
+    except ValidationError as exc:
+        return [f"{path}: {msg}" for path, msg in exc.problems] or [exc.what]
+    except HcsError as exc:
+        return [str(exc)]
+    if kind == "Pod":
+        pods = [("", doc)]
+    else:
+        pods = [(path, {"kind": "Pod", **template}) for path, template in pod_templates(doc)]
+        if not pods:
+            return ["no pod template (spec.template)"] if kind in WORKLOAD_KINDS else None
+    problems = []
+    for path, pod in pods:
+        prefix = f"{path}: " if path else ""
+        problems += [prefix + p for p in resources_key_problems(pod)]
+        try:
+            parse_pod(pod, vendors)
+        except HcsError as exc:
+            problems.append(prefix + str(exc))
+    return problems
