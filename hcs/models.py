@@ -13,6 +13,7 @@ equal the sum of the listed devices. Both are kept as written; the engine places
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from collections.abc import Callable, Hashable, Mapping
@@ -504,10 +505,23 @@ class ResourceAmounts:
         }
 
 
+def _quota_did_you_mean(key: str) -> str:
+    """A quota's names are the pod's without `ai.compute/` (`vram`, not `ai.compute/vram`)."""
+    bare = key.removeprefix("ai.compute/")
+    if bare in QUOTA_RESOURCES:
+        return f" (did you mean {bare}? a ComputeQuota names resources without ai.compute/)"
+    close = difflib.get_close_matches(bare, QUOTA_RESOURCES, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _resource_list(ck: _Checker, raw: Any, path: str, *, required: bool) -> ResourceAmounts:
     data = ck.mapping(raw, path, required=required)
     for key in sorted(set(data) - set(QUOTA_RESOURCES)):
-        ck.problem(f"{path}.{key}", f"unknown resource (expected {', '.join(QUOTA_RESOURCES)})")
+        ck.problem(
+            f"{path}[{key}]",
+            f"unknown resource{_quota_did_you_mean(str(key))} "
+            f"(expected {', '.join(QUOTA_RESOURCES)})",
+        )
     return ResourceAmounts(
         vram_mib=ck.convert(data, "vram", path, quantity.vram_mib, required=False),
         fp16_milli_tflops=ck.convert(

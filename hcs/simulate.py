@@ -22,6 +22,7 @@ from hcs.engine import EngineConfig, Reason, compile_request, evaluate, route_ve
 from hcs.errors import HcsError, InventoryError
 from hcs.inventory import load_documents
 from hcs.ledger import Ledger
+from hcs.quantity import format_mib
 from hcs.state import ClusterState
 from hcs.vendors import VendorTable
 
@@ -190,6 +191,7 @@ def explain(
     scores = score_percent(state, req, ev, config)
     figs = ev.figures
     table = []
+    # Quantities as Kubernetes quantity strings (`80Gi`), as the API and `kubectl hcs` write them.
     for i, name in enumerate(names):
         code = Reason(int(ev.codes[i]))
         table.append(
@@ -198,7 +200,8 @@ def explain(
                 "fits": code is Reason.Fits,
                 "score": int(scores[i]),
                 "reason": "" if code is Reason.Fits else req.message(code, config),
-                **{k: int(v[i]) for k, v in figs.items()},
+                **{k: int(v[i]) for k, v in figs.items() if k != "max_free_vram_mib"},
+                "max_free_vram": format_mib(int(figs["max_free_vram_mib"][i])),
             }
         )
     table.sort(key=lambda r: (not r["fits"], -int(r["score"]), str(r["node"])))

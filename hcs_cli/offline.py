@@ -18,7 +18,7 @@ from hcs.vendors import VendorTable
 from hcs_cli.options import (
     engine_args,
 )
-from hcs_cli.output import print_explanation, print_placements
+from hcs_cli.output import emit, print_explanation, print_placements
 
 
 def add_parsers(sub: Any) -> None:
@@ -77,7 +77,7 @@ def _state(args: argparse.Namespace, vendors: VendorTable) -> ClusterState:
 
 def run_simulate(args: argparse.Namespace, vendors: VendorTable) -> int:
     placements = simulate(_state(args, vendors), pods_from_paths(args.pods), _config(args), vendors)
-    print_placements(placements, "json" if args.json else "table")
+    print_placements(placements, args.output)
     return 0
 
 
@@ -85,12 +85,16 @@ def run_explain(args: argparse.Namespace, vendors: VendorTable) -> int:
     state = _state(args, vendors)
     if not Path(args.pod).is_file():
         raise ConfigError(f"--pod {args.pod}: no such file (expected a YAML file of Pods)")
+    explained = []
     for place, pod in pods_from_paths([args.pod]):
         name = (pod.get("metadata") or {}).get("name") or place
-        if not args.json:
-            print(f"# {name}")
         rows = explain(state, pod, _config(args), vendors)
-        print_explanation(rows, "json" if args.json else "table")
+        if args.output == "table":
+            print(f"# {name}")
+            print_explanation(rows)
+        explained.append({"pod": name, "nodes": rows})
+    if args.output != "table":  # one document for every pod of the file
+        emit(explained, args.output)
     return 0
 
 

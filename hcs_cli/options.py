@@ -233,7 +233,24 @@ def engine_args(
     )
     engine_options(p)
     if json_flag:
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        output_option(p)
+
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+def output_option(p: argparse.ArgumentParser) -> None:
+    """-o/--output table|json|yaml, as `kubectl hcs` spells it; --json stays as its alias."""
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default="table",
+        help="table (default), or json or yaml: one document, quantities as strings",
+    )
+    p.add_argument(
+        "--json", dest="output", action="store_const", const="json", help="the same as -o json"
+    )
 
 
 def discovery_args(p: argparse.ArgumentParser) -> None:

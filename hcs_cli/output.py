@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-from hcs.quantity import format_mib
 from hcs.simulate import Placement
 
 FORMATS = ("table", "wide", "json", "yaml")
@@ -45,9 +44,24 @@ def placement_rows(placements: Sequence[Placement]) -> list[list[str]]:
     return rows
 
 
+def placement_document(p: Placement) -> dict[str, Any]:
+    """One placement as a document: `placed` says it, `outcome` says it in words too (the
+    table's OUTCOME), the devices as a list."""
+    return {
+        "pod": p.pod,
+        "placed": not p.outcome,
+        "vendor": p.vendor or None,
+        "node": p.node or None,
+        "devices": [d for d in p.devices.split(",") if d],
+        "score": p.score,
+        "outcome": p.outcome or "placed",
+        "note": p.note,
+    }
+
+
 def print_placements(placements: Sequence[Placement], fmt: str = "table") -> None:
     if fmt in ("json", "yaml"):  # one document
-        emit([p.__dict__ for p in placements], fmt)
+        emit([placement_document(p) for p in placements], fmt)
         return
     print(table(placement_rows(placements)))
     placed = sum(1 for p in placements if not p.outcome)
@@ -77,7 +91,7 @@ def explanation_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
                 str(r["devices"]),
                 str(r["free_devices"]),
                 str(r["healthy_free_devices"]),
-                format_mib(int(r["max_free_vram_mib"])),
+                r["max_free_vram"],
                 str(r["fitting_devices"]),
                 r["reason"],
             ]

@@ -298,7 +298,7 @@ async def test_simulate_places_pods_on_the_live_books_and_writes_nothing(
     rows = {r["pod"]: r for r in json.loads(out)}
     # gpu-1's six free devices (0 and 1 are taken), then only npu-1 is left for the next pod.
     assert rows["team-a/six"]["node"] == "gpu-1"
-    assert sorted(rows["team-a/six"]["devices"].split(",")) == [str(i) for i in range(2, 8)]
+    assert sorted(rows["team-a/six"]["devices"]) == [str(i) for i in range(2, 8)]
     assert rows["team-a/one-more"]["node"] == "npu-1"
     assert rows["team-a/one-more"]["vendor"] == "huawei"
     writes = [c for c in fake.calls if c[0] != "GET"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hcs_cli.main import main
 
@@ -15,17 +16,31 @@ PODS = str(ROOT / "examples" / "pods")
 
 
 def test_simulate_places_the_example_pods(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "--inventory", INVENTORY, "--pods", PODS, "--json"]) == 0
+    assert main(["simulate", "--inventory", INVENTORY, "--pods", PODS, "-o", "json"]) == 0
     rows = {r["pod"]: r for r in json.loads(capsys.readouterr().out)}  # one JSON document
     assert rows["team-a/ascend-inference"]["vendor"] == "huawei"
     assert rows["team-a/llm-finetune"]["node"].startswith("gpu-")
-    assert len(rows["team-a/llm-finetune"]["devices"].split(",")) == 4
+    assert len(rows["team-a/llm-finetune"]["devices"]) == 4
     assert rows["research/mlu-serving"]["vendor"] == "cambricon"
-    assert rows["team-a/too-big"]["outcome"].startswith("denied at admission: InsufficientVRAM")
-    placed = [r for r in rows.values() if not r["outcome"]]
-    taken = [(r["node"], d) for r in placed for d in r["devices"].split(",")]
+    too_big = rows["team-a/too-big"]
+    assert too_big["outcome"].startswith("denied at admission: InsufficientVRAM")
+    assert too_big["placed"] is False and too_big["node"] is None and too_big["devices"] == []
+    placed = [r for r in rows.values() if r["placed"]]
+    assert placed and all(r["outcome"] == "placed" for r in placed)
+    taken = [(r["node"], d) for r in placed for d in r["devices"]]
     exclusive = [t for t in taken if not t[0].startswith("gpu-l40s")]
     assert len(exclusive) == len(set(exclusive))  # no exclusive device given twice
+
+
+def test_json_and_yaml_say_the_same_and_json_is_an_alias(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    outputs = {}
+    for fmt in (["-o", "json"], ["--json"], ["-o", "yaml"]):
+        assert main(["simulate", "--inventory", INVENTORY, "--pods", PODS, *fmt]) == 0
+        outputs[" ".join(fmt)] = capsys.readouterr().out
+    assert outputs["-o json"] == outputs["--json"]
+    assert yaml.safe_load(outputs["-o yaml"]) == json.loads(outputs["-o json"])
 
 
 def test_simulate_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,13 +52,14 @@ def test_simulate_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_explain_lists_every_node_with_its_reason(capsys: pytest.CaptureFixture[str]) -> None:
     pod = str(ROOT / "examples" / "pods" / "01-training.yaml")
-    assert main(["explain", "--inventory", INVENTORY, "--pod", pod, "--json"]) == 0
-    out = capsys.readouterr().out
-    tables = json.loads("[" + out.replace("]\n[", "],[") + "]")
-    first = {r["node"]: r for r in tables[0]}
+    assert main(["explain", "--inventory", INVENTORY, "--pod", pod, "-o", "json"]) == 0
+    explained = json.loads(capsys.readouterr().out)  # one document for every pod of the file
+    assert len(explained) >= 2 and all(set(e) == {"pod", "nodes"} for e in explained)
+    first = {r["node"]: r for r in explained[0]["nodes"]}
     assert first["gpu-t4-01"]["reason"].startswith("NotReady:")
     assert first["dcu-k100-01"]["reason"].startswith("InsufficientTFLOPS:")
     assert first["gpu-a100-01"]["fits"] and first["gpu-a100-01"]["score"] > 0
+    assert first["gpu-a100-01"]["max_free_vram"] == "80Gi"  # a quantity, as the API writes it
 
 
 def test_validate_reports_bad_fields_and_exits_1(

@@ -160,7 +160,7 @@ def test_compute_node_errors_name_the_field(mutate: Any, path: str, fragment: st
 @pytest.mark.parametrize(
     ("mutate", "path", "fragment"),
     [
-        (lambda r: r["spec"]["hard"].update(gpu="4"), "spec.hard.gpu", "unknown resource"),
+        (lambda r: r["spec"]["hard"].update(gpu="4"), "spec.hard[gpu]", "unknown resource"),
         (lambda r: r["spec"]["hard"].update(vram="lots"), "spec.hard.vram", "not a quantity"),
         (
             lambda r: r["spec"].update(scopes=["BestEffort"]),
@@ -259,3 +259,15 @@ def test_compute_task_and_topology_are_plain_models() -> None:
         compute_task_from_dict(
             {"apiVersion": "hcs.io/v1alpha1", "kind": "ComputeTask", "metadata": {}}
         )
+
+
+def test_a_quota_written_with_pod_resource_names_gets_a_suggestion() -> None:
+    from hcs.synthetic import quota_dict
+
+    with pytest.raises(ValidationError) as err:
+        ComputeQuota.from_dict(quota_dict({"ai.compute/vram": "100Gi", "tflops-f16": "10"}))
+    problems = dict(err.value.problems)
+    assert "did you mean vram? a ComputeQuota names resources without ai.compute/" in (
+        problems["spec.hard[ai.compute/vram]"]
+    )
+    assert "did you mean tflops-fp16?" in problems["spec.hard[tflops-f16]"]
