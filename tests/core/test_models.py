@@ -267,7 +267,8 @@ def test_a_quota_written_with_pod_resource_names_gets_a_suggestion() -> None:
     with pytest.raises(ValidationError) as err:
         ComputeQuota.from_dict(quota_dict({"ai.compute/vram": "100Gi", "tflops-f16": "10"}))
     problems = dict(err.value.problems)
-    assert "did you mean vram? a ComputeQuota names resources without ai.compute/" in (
-        problems["spec.hard[ai.compute/vram]"]
+    assert (
+        "did you mean vram? a ComputeQuota names resources without ai.compute/"
+        in (problems["spec.hard[ai.compute/vram]"])
     )
     assert "did you mean tflops-fp16?" in problems["spec.hard[tflops-f16]"]
