@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from kubernetes import client
@@ -34,6 +34,7 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
+from cluster.buildinfo import register_build_info
 from hcs.demand import parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.errors import HcsError
@@ -206,22 +207,34 @@ def base_units(resource: str, amount: int) -> float:
     return amount / 1000
 
 
+QUOTA_SERIES: Final[tuple[tuple[str, str, str, list[str]], ...]] = (
+    ("vram", "vram", "_bytes", []),
+    ("tflops-fp16", "tflops", "", ["precision"]),
+    ("tflops-fp32", "tflops", "", ["precision"]),
+    ("devices", "devices", "", []),
+)
+"""(quota resource, series name, unit suffix, extra labels): hcs_quota_vram_used_bytes,
+hcs_quota_tflops_used{precision="fp16"}, hcs_quota_devices_used, and their _hard twins."""
+
+
 class ControllerMetrics:
     """The controller's series, in a registry of its own (`hcs controller --metrics-port`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        labels = ["namespace", "quota", "resource"]
-        units = "(vram: bytes, tflops-fp16/-fp32: TFLOPS, devices: devices)"
-        self.quota_used = Gauge(
-            "hcs_quota_used",
-            f"ComputeQuota use recounted from live pods {units}",
-            labels,
-            registry=self.registry,
-        )
-        self.quota_hard = Gauge(
-            "hcs_quota_hard", f"ComputeQuota limit {units}", labels, registry=self.registry
-        )
+        # One series per unit (Prometheus naming: the unit in the name, base units).
+        labels = ["namespace", "quota"]
+        self.quota: dict[tuple[str, str], Gauge] = {}
+        gauges: dict[str, Gauge] = {}  # the two TFLOPS precisions share theirs
+        for resource, name, unit, extra in QUOTA_SERIES:
+            for kind, what in (("used", "use recounted from live pods"), ("hard", "limit")):
+                full = f"hcs_quota_{name}_{kind}{unit}"
+                if full not in gauges:
+                    gauges[full] = Gauge(
+                        full, f"ComputeQuota {what}: {name}", labels + extra, registry=self.registry
+                    )
+                self.quota[(resource, kind)] = gauges[full]
+        register_build_info(self.registry, "controller")
         self.rounds = PromCounter(
             "hcs_controller_rounds",
             "Reconcile rounds, by result (ok, failed)",
@@ -246,15 +259,17 @@ class ControllerMetrics:
 
     def record_quotas(self, counts: Iterable[QuotaCount]) -> None:
         """Replace every quota series (a deleted quota's series disappear)."""
-        self.quota_used.clear()
-        self.quota_hard.clear()
+        for gauge in self.quota.values():
+            gauge.clear()
         for c in counts:
             key = (c.quota.namespace, c.quota.name)
             for resource, hard in c.quota.hard.as_dict().items():
                 if hard is None:
                     continue
-                self.quota_hard.labels(*key, resource).set(base_units(resource, hard))
-                self.quota_used.labels(*key, resource).set(base_units(resource, c.used[resource]))
+                extra = (resource.removeprefix("tflops-"),) if resource.startswith("tflops") else ()
+                for kind, amount in (("hard", hard), ("used", c.used[resource])):
+                    gauge = self.quota[(resource, kind)]
+                    gauge.labels(*key, *extra).set(base_units(resource, amount))
 
 
 def waiting_pods(

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cluster.buildinfo import register_build_info
 from cluster.sync import ClusterSync
 from hcs.engine import Reason
 from hcs.errors import HcsError
@@ -170,7 +171,12 @@ def _node_metrics(state: ClusterState, min_health: int) -> Iterator[Metric]:
     """Per node and vendor: VRAM, TFLOPS and devices by state (what dashboards chart)."""
     rows, figures = state.node_figures(min_health)
     labels = ["node", "vendor", "state"]
-    vram = GaugeMetricFamily("hcs_node_vram_bytes", "VRAM per node, by state", labels=labels)
+    vram = GaugeMetricFamily(
+        "hcs_node_vram_bytes",
+        "VRAM per node, by state (other: in use outside HCS; allocatable = allocated + free + "
+        "other where not overbooked)",
+        labels=labels,
+    )
     tflops = GaugeMetricFamily(
         "hcs_node_tflops",
         "TFLOPS per node, by precision and state",
@@ -181,8 +187,9 @@ def _node_metrics(state: ClusterState, min_health: int) -> Iterator[Metric]:
     vendors = [VENDOR_NAMES[v] for v in state.node_vendor[rows].tolist()]
     columns = {key: value.tolist() for key, value in figures.items()}
     for i, (node, vendor) in enumerate(zip(names, vendors, strict=True)):
-        for kind in ("allocatable", "allocated", "free"):
+        for kind in ("allocatable", "allocated", "free", "other"):
             vram.add_metric([node, vendor, kind], columns[f"vram_{kind}"][i] * MIB)
+        for kind in ("allocatable", "allocated", "free"):
             for precision in ("fp16", "fp32"):
                 tflops.add_metric(
                     [node, vendor, precision, kind], columns[f"{precision}_{kind}"][i] / 1000
@@ -224,6 +231,7 @@ def create_app(
     app = web.Application(client_max_size=max_body, middlewares=[timing])
     app[SERVICE] = service
     registry = CollectorRegistry()
+    register_build_info(registry, "extender")
     add_operations(app, component="hcs-extender", registry=registry, sync=sync)
     app[LATENCY] = Histogram(
         "hcs_extender_request_seconds",

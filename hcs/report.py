@@ -47,6 +47,9 @@ class Use:
     nodes: int = 1
     nodes_ready: int = 0
     """Ready with a connected agent, of `nodes`."""
+    vram_other_mib: int = 0
+    """In use by processes HCS did not place (reported by the vendor tool beyond HCS's
+    charges): allocatable = used + free + other."""
 
     def as_dict(self) -> dict[str, Any]:
         """The document form (`-o json|yaml`): quantities as Kubernetes quantity strings."""
@@ -60,7 +63,10 @@ class Use:
                 "used": self.devices_used,
                 "unhealthy": self.devices_unhealthy,
             },
-            "vram": _triple(format_mib, self.vram_mib, self.vram_used_mib, self.vram_free_mib),
+            "vram": {
+                **_triple(format_mib, self.vram_mib, self.vram_used_mib, self.vram_free_mib),
+                "other": format_mib(self.vram_other_mib),
+            },
             "tflops-fp16": _triple(
                 format_milli, self.fp16_mtf, self.fp16_used_mtf, self.fp16_free_mtf
             ),
@@ -88,6 +94,7 @@ _FIGURES = {
     "vram_allocatable": "vram_mib",
     "vram_allocated": "vram_used_mib",
     "vram_free": "vram_free_mib",
+    "vram_other": "vram_other_mib",
     "fp16_allocatable": "fp16_mtf",
     "fp16_allocated": "fp16_used_mtf",
     "fp16_free": "fp16_free_mtf",

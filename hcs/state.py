@@ -391,8 +391,8 @@ class ClusterState:
 
     def node_figures(self, min_health: int) -> tuple[IndexArray, dict[str, IntArray]]:
         """Per-node sums for monitoring, one vector per figure over `all_rows()`: VRAM (MiB)
-        and TFLOPS (milli) allocatable / allocated by HCS / free, and devices present / idle /
-        below `min_health`."""
+        allocatable / allocated by HCS / free / in use outside HCS, TFLOPS (milli) allocatable
+        / allocated / free, and devices present / idle / below `min_health`."""
         rows = self.all_rows()
         present = self.dev_present_mask[rows]
 
@@ -404,6 +404,9 @@ class ClusterState:
             "vram_allocatable": total(self.dev_vram_cap_mib),
             "vram_allocated": total(self.dev_vram_hcs_mib),
             "vram_free": total(self.dev_vram_free_mib),
+            # In use by what HCS did not place (the tool reports more than HCS charged), so
+            # allocatable = allocated + free + other wherever a device is not overbooked.
+            "vram_other": total(np.maximum(self.dev_vram_reported_mib - self.dev_vram_hcs_mib, 0)),
             "fp16_allocatable": total(self.dev_fp16_cap_mtf),
             "fp16_allocated": total(self.dev_fp16_hcs_mtf),
             "fp16_free": total(self.dev_fp16_free_mtf),

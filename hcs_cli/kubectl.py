@@ -260,7 +260,9 @@ def _use_rows(uses: Sequence[Use], first: str, *, wide: bool, vendor_rows: bool)
     if not vendor_rows:
         head[1:1] = ["VENDOR"]
         head += ["SHARING"]
-    head += ["DEVICES", "UNHEALTHY", "VRAM-USED", "VRAM-FREE", "VRAM", "FP16-USED", "FP16-FREE"]
+    # VRAM-OTHER: in use by what HCS did not place, so USED + FREE + OTHER = VRAM.
+    head += ["DEVICES", "UNHEALTHY", "VRAM-USED", "VRAM-FREE", "VRAM-OTHER", "VRAM"]
+    head += ["FP16-USED", "FP16-FREE"]
     if wide:
         head += ["FP16", "FP32-USED", "FP32-FREE", "FP32"]
     rows = [head]
@@ -273,6 +275,7 @@ def _use_rows(uses: Sequence[Use], first: str, *, wide: bool, vendor_rows: bool)
             str(u.devices_unhealthy),
             _gib(u.vram_used_mib),
             _gib(u.vram_free_mib),
+            _gib(u.vram_other_mib),
             _gib(u.vram_mib),
             _tf(u.fp16_used_mtf),
             _tf(u.fp16_free_mtf),

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from cluster.buildinfo import register_build_info
 from hcs.errors import ConfigError, HcsError, ValidationError
 from hcs.inventory import load_documents
 from hcs.models import ComputeNode
@@ -193,6 +194,7 @@ class AgentMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        register_build_info(self.registry, "agent")
         r = self.registry
         self.discovery_failures = Counter(
             "hcs_agent_discovery_failures",

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from certs import CertFiles
+from cluster.buildinfo import register_build_info
 from cluster.sync import ClusterSync
 from hcs.admission import (
     AdmissionContext,
@@ -79,6 +80,7 @@ def create_app(context: AdmissionContext, *, sync: ClusterSync | None = None) ->
     app = web.Application(client_max_size=16 * 2**20)
     app[CONTEXT] = context
     registry = CollectorRegistry()
+    register_build_info(registry, "webhook")
     add_operations(app, component="hcs-webhook", registry=registry, sync=sync)
     app[LATENCY] = Histogram(
         "hcs_webhook_review_seconds",

@@ -203,11 +203,14 @@ async def test_the_controller_exports_quota_use_and_limits_in_base_units(
     got = samples(metrics.registry)
     key = (("namespace", "team-a"), ("quota", "q"))
     # The running pod's 8Gi (the failed pod holds nothing), though the status said 50Gi.
-    assert got[("hcs_quota_used", (*key, ("resource", "vram")))] == 8 * 2**30
-    assert got[("hcs_quota_hard", (*key, ("resource", "vram")))] == 100 * 2**30
-    assert got[("hcs_quota_used", (*key, ("resource", "devices")))] == 1
-    assert got[("hcs_quota_hard", (*key, ("resource", "devices")))] == 4
-    assert ("hcs_quota_hard", (*key, ("resource", "tflops-fp16"))) not in got  # not limited
+    # One series per unit: bytes, devices, TFLOPS by precision.
+    assert got[("hcs_quota_vram_used_bytes", key)] == 8 * 2**30
+    assert got[("hcs_quota_vram_hard_bytes", key)] == 100 * 2**30
+    assert got[("hcs_quota_devices_used", key)] == 1
+    assert got[("hcs_quota_devices_hard", key)] == 4
+    assert not [k for k in got if k[0].startswith("hcs_quota_tflops")]  # not limited
+    build = [k for k in got if k[0] == "hcs_build_info"]
+    assert len(build) == 1 and ("component", "controller") in build[0][1]
     assert got[("hcs_controller_agents_lost", ())] == 1
     assert got[("hcs_controller_rounds_total", (("result", "ok"),))] == 1
 
@@ -216,4 +219,4 @@ async def test_the_controller_exports_quota_use_and_limits_in_base_units(
     await asyncio.to_thread(run_controllers, runner, 0, once=True)
     assert samples(metrics.registry)[("hcs_controller_rounds_total", (("result", "failed"),))] == 1
     await asyncio.to_thread(run_controllers, runner, 0, once=True)
-    assert not [k for k in samples(metrics.registry) if k[0] == "hcs_quota_used"]
+    assert not [k for k in samples(metrics.registry) if k[0].startswith("hcs_quota_")]

@@ -79,7 +79,9 @@ def cluster() -> FakeApiServer:
     """gpu-1: 8 x 80Gi, two taken by a pod HCS placed; gpu-2: its agent went silent; npu-1:
     8 x 64Gi, one taken by a pod another scheduler placed (no HCS assignment)."""
     fake = FakeApiServer()
-    fake.put(NODES, node_dict("gpu-1", "nvidia", 8, vram_gi=80, heartbeat=now()))
+    # GPU 7 has 16Gi in use by a process HCS did not place (the tool reports it).
+    used = [0] * 7 + [16]
+    fake.put(NODES, node_dict("gpu-1", "nvidia", 8, vram_gi=80, heartbeat=now(), allocated_gi=used))
     fake.put(
         NODES,
         node_dict(
@@ -167,7 +169,12 @@ async def test_top_nodes_shows_used_and_free_per_node_and_vendor(
     nodes = {n["name"]: n for n in doc["nodes"]}
     assert nodes["gpu-1"]["status"] == "Ready"
     assert nodes["gpu-1"]["devices"] == {"total": 8, "used": 2, "unhealthy": 0}
-    assert nodes["gpu-1"]["vram"] == {"allocatable": "640Gi", "allocated": "160Gi", "free": "480Gi"}
+    assert nodes["gpu-1"]["vram"] == {
+        "allocatable": "640Gi",
+        "allocated": "160Gi",
+        "free": "464Gi",
+        "other": "16Gi",  # used outside HCS: allocated + free + other = allocatable
+    }
     assert nodes["gpu-2"]["status"] == "AgentNotConnected"  # heartbeat 10 minutes old
     # The pod another scheduler placed holds one whole Ascend device, as the extender counts it.
     assert nodes["npu-1"]["devices"]["used"] == 1
@@ -183,13 +190,13 @@ async def test_top_nodes_shows_used_and_free_per_node_and_vendor(
     header, *rows = nodes_table.splitlines()
     names = [
         *("NAME", "VENDOR", "STATUS", "SHARING", "DEVICES", "UNHEALTHY"),
-        *("VRAM-USED", "VRAM-FREE", "VRAM", "FP16-USED", "FP16-FREE"),
+        *("VRAM-USED", "VRAM-FREE", "VRAM-OTHER", "VRAM", "FP16-USED", "FP16-FREE"),
     ]
     cells = {r.split()[0]: columns(r, header, names) for r in rows}
     # Two A100s of 312 dense FP16 TFLOPS each are taken, six are free.
     assert cells["gpu-1"] == [
         *("gpu-1", "nvidia", "Ready", "exclusive", "2/8", "0"),
-        *("160Gi", "480Gi", "640Gi", "624", "1872"),
+        *("160Gi", "464Gi", "16Gi", "640Gi", "624", "1872"),
     ]
     assert cells["gpu-2"][3] == "shared (hami-core)"  # how its shares are kept
     assert cells["npu-1"][4] == "1/8"

@@ -58,6 +58,7 @@ def test_metrics_are_served_on_their_own_plain_port(
         deadline = time.monotonic() + 30
         status, text = get(f"http://127.0.0.1:{metrics}/metrics", deadline)
         assert status == 200 and series in text
+        assert f'hcs_build_info{{component="{command[0]}"' in text
         assert get(f"http://127.0.0.1:{metrics}/healthz", deadline)[0] == 200
         assert get(f"http://127.0.0.1:{metrics}/readyz", deadline)[0] == 404  # only metrics
     finally:
@@ -78,7 +79,10 @@ AGENT_FIX = ROOT / "tests" / "agent" / "fixtures"
 @pytest.mark.parametrize(
     ("command", "series"),
     [
-        (["controller", "--no-leader-elect"], 'hcs_quota_hard{namespace="team-a",quota="q"'),
+        (
+            ["controller", "--no-leader-elect"],
+            'hcs_quota_vram_hard_bytes{namespace="team-a",quota="q"',
+        ),
         (
             [
                 "agent",
@@ -124,6 +128,7 @@ async def test_the_controller_and_the_agent_serve_metrics(
             )
             assert status == 200
             await asyncio.sleep(0.1)
+        assert f'hcs_build_info{{component="{command[0]}"' in text
     finally:
         code, err = await asyncio.to_thread(started.stop)
     assert code == 0, err  # SIGTERM ends the loop cleanly

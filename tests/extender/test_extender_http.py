@@ -11,6 +11,7 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from extender.app import create_app
+from hcs import __version__
 from hcs.engine import EngineConfig
 from hcs.scheduling import SchedulerService
 from hcs.state import ClusterState
@@ -345,6 +346,13 @@ async def test_health_readiness_version_and_metrics(http: Client) -> None:
     assert 'hcs_extender_filter_nodes_total{reason="NotReady"} 1.0' in text
     assert 'hcs_extender_request_seconds_count{verb="filter"} 1.0' in text
     assert "hcs_inventory_nodes 8.0" in text
+    (build,) = [
+        sample.labels
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "hcs_build_info"
+    ]
+    assert build["component"] == "extender" and build["version"] == __version__
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -378,6 +386,9 @@ async def test_node_metrics_follow_the_books_per_node_and_vendor(
         fp16 = metric(after, "hcs_node_tflops", **at, precision="fp16", state="allocatable")
         assert fp16 == sum(d.fp16_milli_tflops for d in node.devices) / 1000
         assert metric(after, "hcs_node_devices", **at, state="total") == len(node.devices)
+        # VRAM used outside HCS has its own series: the four add up (none is overbooked here).
+        parts = ("allocated", "free", "other")
+        assert vram == sum(metric(after, "hcs_node_vram_bytes", **at, state=k) for k in parts)
     sick = {"node": "sick", "vendor": "nvidia"}
     assert metric(after, "hcs_node_devices", **sick, state="unhealthy") == 2
     assert metric(after, "hcs_node_devices", node="npu", vendor="huawei", state="total") == 8
@@ -441,3 +452,16 @@ async def test_an_unexpected_bind_failure_releases_the_devices(aiohttp_client: M
         await http.post("/filter", json=args(pod("next", {"ai.compute/vram": "1Gi"}), ["busy"]))
     ).json()
     assert again["NodeNames"] == ["busy"]  # the device is free again
+
+
+async def test_vram_used_outside_hcs_is_its_own_series(aiohttp_client: MakeClient) -> None:
+    """16Gi reported in use on a GPU HCS gave nobody: neither allocated nor free, but other."""
+    state = ClusterState.from_nodes([make_node("used", n_devices=2, allocated_gi=[16, 0])])
+    http = await aiohttp_client(create_app(SchedulerService(state, EngineConfig())))
+    text = await (await http.get("/metrics")).text()
+    at = {"node": "used", "vendor": "nvidia"}
+    gib = {k: metric(text, "hcs_node_vram_bytes", **at, state=k) / 2**30 for k in STATES}
+    assert gib == {"allocatable": 160, "allocated": 0, "free": 144, "other": 16}
+
+
+STATES = ("allocatable", "allocated", "free", "other")
