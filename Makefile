@@ -44,9 +44,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+# The Dockerfile's RUN --mount needs BuildKit (Docker's buildx plugin; Podman has it built in).
 image:
 	@test -n "$(ENGINE)" || { echo "make image: needs docker or podman on PATH" >&2; exit 1; }
-	$(ENGINE) build -t $(IMAGE) .
+	@case "$(notdir $(ENGINE))" in docker*) $(ENGINE) buildx version >/dev/null 2>&1 || { \
+	  echo "make image: $(ENGINE) has no BuildKit (the Dockerfile uses RUN --mount): install the docker buildx plugin (Docker 23+ ships it), or use ENGINE=podman" >&2; exit 1; };; esac
+	DOCKER_BUILDKIT=1 $(ENGINE) build -t $(IMAGE) .
 
 test: lint
 	$(BIN)/python -m pytest

@@ -365,3 +365,59 @@ def test_each_device_plugin_is_ready_only_once_registered() -> None:
             assert args.kubelet_dir in mounts
             probed += 1
     assert probed == 4
+
+
+def test_the_kubectl_only_overlay_sets_both_images() -> None:
+    """docs/install.md's way without a standalone kustomize: an overlay with `images:`."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    overlay = MANIFESTS.parent / "overlay"
+    wanted = {
+        i["name"]: i for i in yaml.safe_load((overlay / "kustomization.yaml").read_text())["images"]
+    }
+    out = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True
+    ).stdout
+    images = {
+        c["image"]
+        for doc in yaml.safe_load_all(out)
+        if doc and doc.get("kind") in ("Deployment", "DaemonSet")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+    }
+    hcs = wanted["registry.example.com/hcs/hcs"]
+    scheduler = wanted["registry.k8s.io/kube-scheduler"]
+    assert images == {
+        f"{hcs['newName']}:{hcs['newTag']}",
+        f"registry.k8s.io/kube-scheduler:{scheduler['newTag']}",
+    }
+
+
+def test_make_image_says_when_docker_has_no_buildkit(tmp_path: Path) -> None:
+    """The Dockerfile's RUN --mount needs BuildKit: a docker without buildx is named, one line,
+    before anything is built."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed here")
+    docker = tmp_path / "docker"
+    docker.write_text('#!/bin/sh\n[ "$1" = buildx ] && exit 1\necho built "$@"\n')
+    docker.chmod(0o755)
+    root = MANIFESTS.parent
+    done = subprocess.run(
+        [make, "-s", "-C", str(root), "image", f"ENGINE={docker}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "has no BuildKit (the Dockerfile uses RUN --mount)" in done.stderr
+    assert "built" not in done.stdout
+    docker.write_text('#!/bin/sh\necho built "$@"\n')  # buildx present: it builds
+    done = subprocess.run(
+        [make, "-s", "-C", str(root), "image", f"ENGINE={docker}", "IMAGE=x:1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "built build -t x:1 ." in done.stdout
