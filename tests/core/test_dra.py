@@ -1,0 +1,132 @@
+"""HCS as a DRA driver, the pure half: ResourceSlices within the API's limits and in
+`ai.compute` units, DeviceClasses whose CEL selects the right vendor (evaluated with
+cel-python, as kube-scheduler would), and CDI edits equal to the device plugin's answer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from hcs.assignment import allocation
+from hcs.dra import (
+    DRIVER,
+    PCI_ATTRIBUTE,
+    claim_cdi,
+    device_classes,
+    resource_slices,
+    slices_changed,
+)
+from hcs.models import ComputeNode
+from hcs.synthetic import node_dict
+from hcs.vendors import VENDOR_NAMES, VendorTable
+from tests.fake_admission import evaluate, to_cel
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+QUALIFIED = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z_][A-Za-z0-9_]{0,31}$")
+
+
+def node(vendor: str = "nvidia", n: int = 8, **kwargs: Any) -> ComputeNode:
+    raw = node_dict("gpu-1", vendor, n, numa=[0] * (n // 2) + [1] * (n - n // 2), **kwargs)
+    for i, dev in enumerate(raw["spec"]["devices"]):
+        dev["identity"] = f"GPU-aaaa-{i}" if vendor == "nvidia" else f"chip-{i}"
+    return ComputeNode.from_dict(raw)
+
+
+def test_slices_meet_the_api_limits_and_speak_ai_compute_units() -> None:
+    (s,) = resource_slices(node(), generation=3)
+    spec = s["spec"]
+    assert s["apiVersion"] == "resource.k8s.io/v1" and s["kind"] == "ResourceSlice"
+    assert spec["driver"] == DRIVER and spec["nodeName"] == "gpu-1"
+    assert spec["pool"] == {"name": "gpu-1", "generation": 3, "resourceSliceCount": 1}
+    assert len(spec["devices"]) == 8
+    names = [d["name"] for d in spec["devices"]]
+    assert len(set(names)) == 8 and all(DNS_LABEL.match(n) for n in names)
+    for d in spec["devices"]:
+        keys = [*d["attributes"], *d["capacity"]]
+        assert len(keys) <= 32 and all(QUALIFIED.match(k) for k in keys), keys
+        assert all(C_IDENTIFIER.match(k) for k in d["capacity"])
+        for value in d["attributes"].values():
+            assert len(value) == 1 and set(value) <= {"int", "bool", "string", "version"}
+            assert len(str(value.get("string", ""))) <= 64
+    first = spec["devices"][0]
+    # The A100 of hcs.synthetic: 80Gi, 312 / 19.5 TFLOPS, as ai.compute/* writes them.
+    assert first["capacity"] == {
+        "vram": {"value": "80Gi"},
+        "tflops_fp16": {"value": "312"},
+        "tflops_fp32": {"value": "19.5"},
+    }
+    assert first["attributes"]["vendor"] == {"string": "nvidia"}
+    assert first["attributes"]["uuid"] == {"string": "GPU-aaaa-0"}
+    assert first["attributes"]["numaNode"] == {"int": 0}
+    assert first["attributes"][PCI_ATTRIBUTE] == {"string": "0000:10:00.0"}
+
+
+def test_unhealthy_devices_are_left_out_and_a_change_is_seen() -> None:
+    healthy = resource_slices(node(), generation=1)
+    sick = resource_slices(node(health=[100] * 7 + [20]), generation=1)
+    assert len(sick[0]["spec"]["devices"]) == 7
+    assert slices_changed(healthy, sick)
+    assert not slices_changed(healthy, resource_slices(node(), generation=9))
+
+
+def test_a_large_pool_is_split_and_every_slice_counts_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most 128 devices a slice (here 3, to see it split): every slice of the pool says
+    how many slices there are, and together they hold every device once."""
+    monkeypatch.setattr("hcs.dra.MAX_DEVICES_PER_SLICE", 3)
+    slices = resource_slices(node(n=8), generation=2)
+    assert [len(s["spec"]["devices"]) for s in slices] == [3, 3, 2]
+    assert {s["spec"]["pool"]["resourceSliceCount"] for s in slices} == {3}
+    assert len({s["metadata"]["name"] for s in slices}) == 3
+    names = [d["name"] for s in slices for d in s["spec"]["devices"]]
+    assert len(set(names)) == 8
+
+
+def device(vendor: str, index: int = 0) -> dict[str, Any]:
+    (s,) = resource_slices(node(vendor, 2), generation=1)
+    d = s["spec"]["devices"][index]
+    attrs = {k: next(iter(v.values())) for k, v in d["attributes"].items()}
+    return {
+        "driver": DRIVER,
+        "attributes": {DRIVER: attrs},
+        "capacity": {DRIVER: {k: v["value"] for k, v in d["capacity"].items()}},
+        "allowMultipleAllocations": False,
+    }
+
+
+@pytest.mark.parametrize("vendor", VENDOR_NAMES)
+def test_each_vendor_class_selects_its_vendor_only(vendor: str) -> None:
+    classes = {c["metadata"]["name"]: c for c in device_classes(VendorTable())}
+    assert set(classes) == {DRIVER, *(f"{v}.{DRIVER}" for v in VENDOR_NAMES)}
+    (selector,) = classes[f"{vendor}.{DRIVER}"]["spec"]["selectors"]
+    (any_vendor,) = classes[DRIVER]["spec"]["selectors"]
+    for other in VENDOR_NAMES:
+        activation = {"device": to_cel(device(other))}
+        assert bool(evaluate(selector["cel"]["expression"], activation)) is (other == vendor)
+        assert bool(evaluate(any_vendor["cel"]["expression"], activation))
+    foreign = {**device(vendor), "driver": "gpu.nvidia.com", "attributes": {}}
+    assert not evaluate(selector["cel"]["expression"], {"device": to_cel(foreign)})
+
+
+@pytest.mark.parametrize("vendor", VENDOR_NAMES)
+def test_cdi_edits_are_the_device_plugins_answer(vendor: str) -> None:
+    cn = node(vendor, 8)
+    given = [cn.devices[5], cn.devices[2]]
+    spec, cdi_id = claim_cdi("uid-1", VendorTable()[vendor], given)
+    assert cdi_id == f"{DRIVER}/device=uid-1"
+    (dev,) = spec["devices"]
+    assert dev["name"] == "uid-1" and spec["kind"] == f"{DRIVER}/device"
+    profile = VendorTable()[vendor]
+    answer = allocation(
+        profile, ["5", "2"], {d.id: d.identity or d.id for d in given}, strategies=("envvar",)
+    )
+    edits = dev["containerEdits"]
+    assert dict(e.split("=", 1) for e in edits["env"]) == answer.envs
+    assert [n["path"] for n in edits.get("deviceNodes", [])] == list(answer.device_nodes)
+    if vendor == "huawei":
+        assert "ASCEND_VISIBLE_DEVICES=5,2" in edits["env"]
+        assert {"path": "/dev/davinci5"} in edits["deviceNodes"]
