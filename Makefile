@@ -68,4 +68,5 @@ clean:
 # Kubelet's device plugin and PodResources APIs: regenerate the Python modules from the protos.
 proto: $(VENV)/.installed-dev
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
-		node/v1beta1/api.proto node/podresources/v1/api.proto
+		node/v1beta1/api.proto node/podresources/v1/api.proto \
+		node/pluginregistration/v1/api.proto node/dra/v1/api.proto node/dra/v1beta1/api.proto
