@@ -21,6 +21,8 @@ PODS = "pods"
 QUOTAS = "computequotas"
 LEASES = "leases"
 NAMESPACES = "namespaces"
+SLICES = "resourceslices"
+CLAIMS = "resourceclaims"
 
 
 class FakeApiServer:
@@ -32,6 +34,8 @@ class FakeApiServer:
             QUOTAS: {},
             LEASES: {},
             NAMESPACES: {},
+            SLICES: {},
+            CLAIMS: {},
         }
         self.events: dict[str, list[Event]] = {
             NODES: [],
@@ -39,6 +43,8 @@ class FakeApiServer:
             QUOTAS: [],
             LEASES: [],
             NAMESPACES: [],
+            SLICES: [],
+            CLAIMS: [],
         }
         self.status_conflicts = 0
         """The next N status updates answer 409 Conflict: another replica wrote the same
@@ -63,6 +69,8 @@ class FakeApiServer:
             QUOTAS: set(),
             LEASES: set(),
             NAMESPACES: set(),
+            SLICES: set(),
+            CLAIMS: set(),
         }
         self.hanging: dict[str, asyncio.Event] = {}
         self.stalled: dict[str, asyncio.Event] = {}
@@ -78,7 +86,7 @@ class FakeApiServer:
 
     def _key(self, kind: str, obj: dict[str, Any]) -> str:
         meta = obj["metadata"]
-        if kind in (NODES, NAMESPACES):
+        if kind in (NODES, NAMESPACES, SLICES):
             return str(meta["name"])
         return f"{meta['namespace']}/{meta['name']}"
 
@@ -93,7 +101,7 @@ class FakeApiServer:
         event = "MODIFIED" if prev is not None else "ADDED"
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        if kind == PODS:
+        if kind in (PODS, CLAIMS, SLICES):
             obj["metadata"].setdefault("uid", f"uid-{key.replace('/', '-')}")
         self.objects[kind][key] = obj
         self._emit(kind, event, obj, prev)
@@ -186,6 +194,14 @@ class FakeApiServer:
         app.router.add_get(node, self._read_node)
         app.router.add_put(node, self._write_node(status=False))
         app.router.add_put(node + "/status", self._write_node(status=True))
+        slices = "/apis/resource.k8s.io/v1/resourceslices"
+        app.router.add_get(slices, self._list_slices)
+        app.router.add_post(slices, self._create_slice)
+        app.router.add_put(slices + "/{name}", self._replace_slice)
+        app.router.add_delete(slices + "/{name}", self._delete_slice)
+        app.router.add_get(
+            "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims/{name}", self._read_claim
+        )
         base = "/apis/hcs.io/v1alpha1/namespaces/{ns}/computequotas/{name}"
         app.router.add_get(base, self._read_quota)
         app.router.add_put(base + "/status", self._put_quota_status)
@@ -380,6 +396,54 @@ class FakeApiServer:
             else:
                 annotations[k] = v
         return web.json_response(self.put(PODS, pod))
+
+    # ResourceSlices (cluster-scoped) and ResourceClaims, by the API server's rules: create of
+    # an existing name is 409, a replace must carry the current resourceVersion.
+
+    async def _list_slices(self, request: web.Request) -> web.Response:
+        selector = request.query.get("labelSelector", "")
+        wanted = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        items = [
+            s
+            for s in self.objects[SLICES].values()
+            if all((s["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+        return web.json_response(
+            {
+                "kind": "ResourceSliceList",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": items,
+            }
+        )
+
+    async def _create_slice(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["metadata"]["name"] in self.objects[SLICES]:
+            return _status(409, "AlreadyExists", f"resourceslices {body['metadata']['name']}")
+        return web.json_response(self.put(SLICES, body), status=201)
+
+    async def _replace_slice(self, request: web.Request) -> web.Response:
+        current = self.objects[SLICES].get(request.match_info["name"])
+        if current is None:
+            return _status(404, "NotFound", f"resourceslices {request.match_info['name']}")
+        body = await request.json()
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified")
+        return web.json_response(self.put(SLICES, body))
+
+    async def _delete_slice(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.objects[SLICES]:
+            return _status(404, "NotFound", f"resourceslices {name}")
+        self.delete(SLICES, name)
+        return web.json_response({"kind": "Status", "status": "Success"})
+
+    async def _read_claim(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        claim = self.objects[CLAIMS].get(key)
+        if claim is None:
+            return _status(404, "NotFound", f'resourceclaims "{request.match_info["name"]}"')
+        return web.json_response(claim)
 
     def _lease_key(self, request: web.Request, name: str | None = None) -> str:
         return f"{request.match_info['ns']}/{name or request.match_info['name']}"

@@ -1,0 +1,251 @@
+"""`hcs dra-plugin` against an imitated kubelet over kubelet's real gRPC protos: plugin
+registration through plugins_registry, NodePrepareResources / NodeUnprepareResources (v1 and
+v1beta1) answering CDI ids for exactly the allocated devices, idempotent; ResourceSlices on the
+in-test API server, the pool's generation bumped when the devices change."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hcs.dra import DRIVER
+from hcs.models import ComputeNode
+from hcs.vendors import VendorTable
+from node.dra.v1 import api_pb2 as v1
+from node.dra.v1 import api_pb2_grpc as v1_grpc
+from node.dra.v1beta1 import api_pb2 as v1beta1
+from node.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
+from node.draplugin import DraPlugin, KubeDra, Preparer, SlicePublisher
+from node.pluginregistration.v1 import api_pb2 as reg
+from node.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from tests.fake_apiserver import CLAIMS, SLICES, FakeApiServer
+from tests.node.harness import api_client, compute_node
+from tests.node.kubelet import short_dir
+
+
+@dataclass
+class Node:
+    fake: FakeApiServer
+    plugin: DraPlugin
+    kubelet_dir: Path
+    cdi_dir: Path
+    nvidia_dir: Path
+    state: dict[str, Any]
+
+
+class ImitatedKubelet:
+    """What kubelet's plugin manager and DRA manager do: find the registration socket, GetInfo,
+    dial the endpoint, say the registration succeeded, then call the DRA service of the newest
+    version both sides support."""
+
+    def __init__(self, kubelet_dir: Path) -> None:
+        self.registry = kubelet_dir / "plugins_registry"
+
+    def register(self, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while not list(self.registry.glob("*.sock")):
+            assert time.monotonic() < deadline, "no registration socket"
+            time.sleep(0.02)
+        (sock,) = self.registry.glob("*.sock")
+        with grpc.insecure_channel(f"unix://{sock}") as channel:
+            stub = reg_grpc.RegistrationStub(channel)
+            info = stub.GetInfo(reg.InfoRequest(), timeout=5)
+            assert info.type == "DRAPlugin"
+            assert Path(info.endpoint).exists()
+            stub.NotifyRegistrationStatus(reg.RegistrationStatus(plugin_registered=True), timeout=5)
+        return info
+
+    def prepare(
+        self, info: reg.PluginInfo, *claims: tuple[str, str, str], beta: bool = False
+    ) -> Any:
+        pb, grpc_mod = (v1beta1, v1beta1_grpc) if beta else (v1, v1_grpc)
+        with grpc.insecure_channel(f"unix://{info.endpoint}") as channel:
+            return grpc_mod.DRAPluginStub(channel).NodePrepareResources(
+                pb.NodePrepareResourcesRequest(
+                    claims=[pb.Claim(namespace=n, uid=u, name=m) for n, u, m in claims]
+                ),
+                timeout=5,
+            )
+
+    def unprepare(self, info: Any, *claims: tuple[str, str, str]) -> Any:
+        with grpc.insecure_channel(f"unix://{info.endpoint}") as channel:
+            return v1_grpc.DRAPluginStub(channel).NodeUnprepareResources(
+                v1.NodeUnprepareResourcesRequest(
+                    claims=[v1.Claim(namespace=n, uid=u, name=m) for n, u, m in claims]
+                ),
+                timeout=5,
+            )
+
+
+def claim(name: str, uid: str, results: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "ml", "uid": uid},
+        "spec": {"devices": {"requests": [{"name": "gpus"}]}},
+        "status": {"allocation": {"devices": {"results": results}}},
+    }
+
+
+def result(device: str, pool: str, driver: str = DRIVER, request: str = "gpus") -> dict[str, str]:
+    return {"request": request, "driver": driver, "pool": pool, "device": device}
+
+
+@pytest.fixture
+def make_node(aiohttp_server: Any) -> Iterator[Any]:
+    started: list[tuple[DraPlugin, threading.Thread, Path]] = []
+
+    async def make(vendor: str, name: str) -> Node:
+        fake = FakeApiServer()
+        server = await aiohttp_server(fake.app())
+        api = api_client(str(server.make_url("")).rstrip("/"))
+        root = short_dir()
+        state: dict[str, Any] = {"node": ComputeNode.from_dict(compute_node(name, vendor, 8))}
+        kube = KubeDra(api)
+        preparer = Preparer(
+            name,
+            VendorTable(),
+            kube,
+            root / "cdi",
+            lambda: state["node"],
+            nvidia_cdi_dirs=(root / "etc-cdi",),
+        )
+        plugin = DraPlugin(preparer, SlicePublisher(name, kube), root / "kubelet", interval=0.1)
+        thread = threading.Thread(target=plugin.run, kwargs={"poll": 0.02}, daemon=True)
+        thread.start()
+        started.append((plugin, thread, root))
+        return Node(fake, plugin, root / "kubelet", root / "cdi", root / "etc-cdi", state)
+
+    yield make
+    for plugin, thread, root in started:
+        plugin.stopping.set()
+        thread.join(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_register_prepare_and_unprepare_exactly_the_allocated_devices(make_node: Any) -> None:
+    node = await make_node("huawei", "npu-1")
+    kubelet = ImitatedKubelet(node.kubelet_dir)
+    info = await asyncio.to_thread(kubelet.register)
+    assert info.name == DRIVER
+    assert list(info.supported_versions) == ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+    await wait_until(lambda: node.plugin.registered)
+    node.fake.put(
+        CLAIMS,
+        claim(
+            "train-gpus",
+            "u-1",
+            [
+                result("huawei-3", "npu-1"),
+                result("huawei-5", "npu-1"),
+                result("gpu-0", "other-node", driver="gpu.nvidia.com"),  # not ours
+            ],
+        ),
+    )
+    answer = await asyncio.to_thread(
+        kubelet.prepare, info, ("ml", "u-1", "train-gpus"), ("ml", "u-9", "gone")
+    )
+    mine = answer.claims["u-1"]
+    assert mine.error == ""
+    assert [(d.pool_name, d.device_name) for d in mine.devices] == [
+        ("npu-1", "huawei-3"),
+        ("npu-1", "huawei-5"),
+    ]
+    assert all(list(d.request_names) == ["gpus"] for d in mine.devices)
+    assert {tuple(d.cdi_device_ids) for d in mine.devices} == {(f"{DRIVER}/device=u-1",)}
+    assert "not found" in answer.claims["u-9"].error  # its own error, the other still answered
+    spec_file = node.cdi_dir / f"{DRIVER}-u-1.json"
+    spec = json.loads(spec_file.read_text())
+    (device,) = spec["devices"]
+    assert device["name"] == "u-1" and spec["kind"] == f"{DRIVER}/device"
+    env = dict(e.split("=", 1) for e in device["containerEdits"]["env"])
+    assert env["ASCEND_VISIBLE_DEVICES"] == "3,5" and env["ASCEND_RT_VISIBLE_DEVICES"] == "0,1"
+    paths = [n["path"] for n in device["containerEdits"]["deviceNodes"]]
+    assert "/dev/davinci3" in paths and "/dev/davinci5" in paths and "/dev/davinci0" not in paths
+
+    before = spec_file.read_bytes()
+    again = await asyncio.to_thread(kubelet.prepare, info, ("ml", "u-1", "train-gpus"), beta=True)
+    assert [d.device_name for d in again.claims["u-1"].devices] == ["huawei-3", "huawei-5"]
+    assert spec_file.read_bytes() == before  # idempotent, and v1beta1 answers the same
+
+    node.fake.delete(CLAIMS, "ml/train-gpus")  # unprepare may come after the claim is gone
+    for _ in range(2):  # and twice
+        done = await asyncio.to_thread(kubelet.unprepare, info, ("ml", "u-1", "train-gpus"))
+        assert done.claims["u-1"].error == ""
+        assert not spec_file.exists()
+
+
+async def test_a_claim_recreated_under_the_same_name_is_refused(make_node: Any) -> None:
+    node = await make_node("hygon", "dcu-1")
+    kubelet = ImitatedKubelet(node.kubelet_dir)
+    info = await asyncio.to_thread(kubelet.register)
+    node.fake.put(CLAIMS, claim("c", "u-new", [result("hygon-1", "dcu-1")]))
+    answer = await asyncio.to_thread(kubelet.prepare, info, ("ml", "u-old", "c"))
+    assert "re-created" in answer.claims["u-old"].error
+    assert not list(node.cdi_dir.glob("*.json"))
+
+
+async def test_nvidia_devices_are_named_in_nvidias_own_cdi_spec_when_the_node_has_it(
+    make_node: Any,
+) -> None:
+    node = await make_node("nvidia", "gpu-1")
+    node.nvidia_dir.mkdir(parents=True)
+    uuids = [f"GPU-gpu-1-{i}" for i in range(8)]
+    (node.nvidia_dir / "nvidia.yaml").write_text(
+        json.dumps(
+            {
+                "cdiVersion": "0.5.0",
+                "kind": "nvidia.com/gpu",
+                "devices": [{"name": n, "containerEdits": {}} for n in [*uuids, "all"]],
+            }
+        )
+    )
+    kubelet = ImitatedKubelet(node.kubelet_dir)
+    info = await asyncio.to_thread(kubelet.register)
+    node.fake.put(CLAIMS, claim("c", "u-2", [result("nvidia-6", "gpu-1")]))
+    answer = await asyncio.to_thread(kubelet.prepare, info, ("ml", "u-2", "c"))
+    (dev,) = answer.claims["u-2"].devices
+    assert list(dev.cdi_device_ids) == ["nvidia.com/gpu=GPU-gpu-1-6"]
+    assert not list(node.cdi_dir.glob("*.json"))  # nothing of HCS's own
+    (node.nvidia_dir / "nvidia.yaml").unlink()  # no NVIDIA spec: HCS's, naming the UUID
+    answer = await asyncio.to_thread(kubelet.prepare, info, ("ml", "u-2", "c"))
+    (dev,) = answer.claims["u-2"].devices
+    assert list(dev.cdi_device_ids) == [f"{DRIVER}/device=u-2"]
+    spec = json.loads((node.cdi_dir / f"{DRIVER}-u-2.json").read_text())
+    assert "NVIDIA_VISIBLE_DEVICES=GPU-gpu-1-6" in spec["devices"][0]["containerEdits"]["env"]
+
+
+async def test_slices_follow_the_devices_with_a_new_generation(make_node: Any) -> None:
+    node = await make_node("huawei", "npu-2")
+
+    def published() -> list[dict[str, Any]]:
+        return [s for s in node.fake.objects[SLICES].values() if s["spec"]["nodeName"] == "npu-2"]
+
+    await wait_until(lambda: len(published()) == 1)
+    (first,) = published()
+    assert first["spec"]["pool"]["generation"] == 1
+    assert len(first["spec"]["devices"]) == 8
+    await asyncio.sleep(0.3)  # several rounds, nothing changed: nothing written
+    assert published()[0]["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    raw = compute_node("npu-2", "huawei", 8, health=[100] * 7 + [10])
+    node.state["node"] = ComputeNode.from_dict(raw)
+    await wait_until(lambda: published()[0]["spec"]["pool"]["generation"] == 2)
+    names = [d["name"] for d in published()[0]["spec"]["devices"]]
+    assert len(names) == 7 and "huawei-7" not in names
