@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcs.errors import ConfigError
-from hcs.models import HEARTBEAT_INTERVAL_S
+from hcs.models import HEARTBEAT_INTERVAL_S, ComputeNode
 from hcs.vendors import VENDOR_NAMES, VendorTable
 from hcs_cli.options import (
     configure_logging,
@@ -186,6 +186,53 @@ def add_parsers(sub: Any) -> None:
     )
     log_args(p)
     p.set_defaults(run=run_device_plugin)
+    p = sub.add_parser(
+        "dra-plugin",
+        help="HCS as the DRA driver compute.hcs.io: ResourceSlices, Prepare/Unprepare (DaemonSet)",
+        description="Publish this node's devices as ResourceSlices of driver compute.hcs.io (one "
+        "pool per node, capacities in ai.compute units), register with kubelet through "
+        "KUBELET_DIR/plugins_registry, and serve NodePrepareResources/NodeUnprepareResources on "
+        "KUBELET_DIR/plugins/compute.hcs.io/dra.sock, answering CDI ids (docs/dra.md).",
+    )
+    p.add_argument("--node-name", required=True, metavar="NAME", help="this Kubernetes Node")
+    p.add_argument(
+        "--vendor",
+        choices=VENDOR_NAMES,
+        help="the node's vendor (default: the vendor whose tool runs successfully)",
+    )
+    discovery_args(p)
+    p.add_argument(
+        "--kubelet-dir",
+        default="/var/lib/kubelet",
+        metavar="DIR",
+        help="kubelet's root folder: plugins_registry/ and plugins/ under it (default %(default)s)",
+    )
+    p.add_argument(
+        "--cdi-dir",
+        default="/var/run/cdi",
+        metavar="DIR",
+        help="where the claims' CDI specs are written (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-health",
+        type=int,
+        default=60,
+        metavar="N",
+        help="devices below this health score are not published (default %(default)s)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="re-discovery and slice publication period (default %(default)s)",
+    )
+    p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
+    p.add_argument(
+        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
+    )
+    log_args(p)
+    p.set_defaults(run=run_dra_plugin)
 
 
 def run_agent(args: argparse.Namespace, vendors: VendorTable) -> int:
@@ -336,4 +383,37 @@ def run_device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
         writer.flush(timeout=5.0)  # what was decided goes out before the process ends
         writer.stop()
         cache.stop()
+    return 0
+
+
+def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
+    from cluster.sync import load_api
+    from node.agent import AgentOptions, desired_node, parse_tool_outputs
+    from node.draplugin import DraPlugin, KubeDra, Preparer, SlicePublisher
+
+    configure_logging(args.log_level)
+    opts = AgentOptions(
+        node_name=args.node_name,
+        vendor=args.vendor,
+        tool_outputs=parse_tool_outputs(args.tool_output),
+        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
+    )
+
+    def discovered() -> ComputeNode | None:
+        node, complete = desired_node(opts)
+        return ComputeNode.from_dict(node) if complete else None
+
+    api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the driver reads claims)")
+    kube = KubeDra(api)
+    plugin = DraPlugin(
+        Preparer(args.node_name, vendors, kube, Path(args.cdi_dir), discovered),
+        SlicePublisher(args.node_name, kube, min_health=args.min_health),
+        Path(args.kubelet_dir),
+        interval=args.interval,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: plugin.stopping.set())
+    try:
+        plugin.run()
+    except KeyboardInterrupt:
+        plugin.stopping.set()
     return 0

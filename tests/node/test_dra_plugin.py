@@ -249,3 +249,38 @@ async def test_slices_follow_the_devices_with_a_new_generation(make_node: Any) -
     await wait_until(lambda: published()[0]["spec"]["pool"]["generation"] == 2)
     names = [d["name"] for d in published()[0]["spec"]["devices"]]
     assert len(names) == 7 and "huawei-7" not in names
+
+
+async def test_the_dra_plugin_command_registers_and_publishes(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """`hcs dra-plugin` as a started process: discovery from a real npu-smi output, slices on the
+    API server, registration with the imitated kubelet, SIGTERM ends it with exit 0."""
+    from tests.fake_apiserver import write_kubeconfig
+    from tests.processes import Started
+
+    real = Path(__file__).resolve().parents[1] / "agent" / "fixtures" / "real" / "ascend"
+    fake = FakeApiServer()
+    server = await aiohttp_server(fake.app())
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
+    root = short_dir()
+    process = Started(
+        "dra-plugin",
+        *("--node-name", "npu-9", "--vendor", "huawei"),
+        *("--tool-output", f"npu-smi={real / 'npu-smi-910b3x8-24.1rc1.txt'}"),
+        *("--kubelet-dir", str(root / "kubelet"), "--cdi-dir", str(root / "cdi")),
+        *("--kubeconfig", str(kubeconfig), "--interval", "0.2"),
+    )
+    try:
+        await asyncio.to_thread(process.wait_for, r"DRA driver compute.hcs.io: serving")
+        info = await asyncio.to_thread(ImitatedKubelet(root / "kubelet").register)
+        assert info.endpoint == str(root / "kubelet" / "plugins" / DRIVER / "dra.sock")
+        await wait_until(lambda: bool(fake.objects[SLICES]), timeout=30)
+        (published,) = fake.objects[SLICES].values()
+        assert published["spec"]["nodeName"] == "npu-9"
+        assert len(published["spec"]["devices"]) == 8
+        assert published["spec"]["devices"][0]["capacity"]["vram"]["value"].endswith("i")
+    finally:
+        code, err = await asyncio.to_thread(process.stop)
+        shutil.rmtree(root, ignore_errors=True)
+    assert code == 0, err
