@@ -1,0 +1,133 @@
+"""`components/dra`: DeviceClasses equal to what the vendor table generates, the driver
+container in every agent DaemonSet with kubelet's and CDI's folders at their host paths, RBAC
+covering exactly the driver's calls, and a policy keeping each node's driver to its own slices
+(evaluated as kube-apiserver would)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hcs.dra import device_classes, resource_slices
+from hcs.models import ComputeNode
+from hcs.synthetic import node_dict
+from hcs.vendors import VendorTable
+from hcs_cli.main import build_parser
+from tests.fake_admission import Admission, Request, service_account
+
+COMPONENT = Path(__file__).resolve().parents[2] / "manifests" / "components" / "dra"
+
+
+def docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((COMPONENT / name).read_text()) if d]
+
+
+def test_the_device_classes_are_the_vendor_tables() -> None:
+    assert docs("deviceclasses.yaml") == device_classes(VendorTable())
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    tmp = tmp_path_factory.mktemp("dra")
+    base = os.path.relpath(COMPONENT.parents[1], tmp)
+    (tmp / "kustomization.yaml").write_text(
+        f"resources: [{base}]\ncomponents: [{os.path.relpath(COMPONENT, tmp)}]\n"
+    )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp)], capture_output=True, text=True, check=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_every_agent_daemonset_runs_the_driver_with_kubelets_folders(
+    rendered: list[dict[str, Any]],
+) -> None:
+    agents = [
+        d
+        for d in rendered
+        if d["kind"] == "DaemonSet" and d["metadata"]["name"].startswith("hcs-agent-")
+    ]
+    assert len(agents) == 4
+    parser = build_parser()
+    for ds in agents:
+        spec = ds["spec"]["template"]["spec"]
+        (c,) = [c for c in spec["containers"] if c["name"] == "dra-plugin"]
+        args = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in c["args"]])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        host = {m["mountPath"]: volumes[m["name"]]["hostPath"]["path"] for m in c["volumeMounts"]}
+        kubelet = Path(args.kubelet_dir)
+        # kubelet dials the paths GetInfo names: they must be the host's own.
+        for folder in (kubelet / "plugins", kubelet / "plugins_registry", Path(args.cdi_dir)):
+            assert host[str(folder)] == str(folder), ds["metadata"]["name"]
+        assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "hcs-agent"
+
+
+def test_rbac_grants_the_drivers_calls_and_no_more(rendered: list[dict[str, Any]]) -> None:
+    (role,) = [
+        d
+        for d in rendered
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "hcs-dra-plugin"
+    ]
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    # node/draplugin.KubeDra: list/create/replace/delete slices, read claims.
+    assert granted == {
+        ("resourceslices", "list"),
+        ("resourceslices", "create"),
+        ("resourceslices", "update"),
+        ("resourceslices", "delete"),
+        ("resourceclaims", "get"),
+    }
+    (binding,) = [
+        d
+        for d in rendered
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "hcs-dra-plugin"
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "hcs-agent", "namespace": "hcs-system"}
+    ]
+
+
+def slice_for(node: str, driver: str = "compute.hcs.io") -> dict[str, Any]:
+    (s,) = resource_slices(ComputeNode.from_dict(node_dict(node, "nvidia", 2)), generation=1)
+    s["spec"]["driver"] = driver
+    return s
+
+
+def write(operation: str, obj: dict[str, Any], node: str | None) -> Request:
+    who = service_account("hcs-system", "hcs-agent", node=node)
+    return Request(
+        operation,
+        "resourceslices",
+        group="resource.k8s.io",
+        name=obj["metadata"]["name"],
+        object=None if operation == "DELETE" else obj,
+        old_object=obj if operation != "CREATE" else None,
+        **who,
+    )
+
+
+def test_a_nodes_driver_writes_only_its_own_slices() -> None:
+    admission = Admission(docs("policy.yaml"))
+    mine, theirs = slice_for("gpu-1"), slice_for("gpu-2")
+    for operation in ("CREATE", "UPDATE", "DELETE"):
+        assert admission.review(write(operation, mine, "gpu-1")) == []
+        (denial,) = admission.review(write(operation, theirs, "gpu-1"))
+        assert denial.policy == "hcs-dra-node-scope"
+        assert "writes only its own node's compute.hcs.io ResourceSlices" in denial.message
+    (denial,) = admission.review(write("CREATE", slice_for("gpu-1", "gpu.nvidia.com"), "gpu-1"))
+    assert denial.policy == "hcs-dra-node-scope"  # another driver's slices: not ours to write
+    denials = admission.review(write("CREATE", mine, None))  # a token without the node
+    assert any("carries no node name" in d.message for d in denials), denials
+    other = Request(
+        "CREATE", "resourceslices", group="resource.k8s.io", name="x", object=theirs, user="bob"
+    )
+    assert admission.review(other) == []  # only the agents' account is held to this
