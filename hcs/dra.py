@@ -14,19 +14,24 @@ Facts on the API and CDI: spec/DRA-API.md; docs/dra.md.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from hcs.assignment import allocation
+from hcs.demand import ContainerDemand, PodDemand
 from hcs.models import ComputeNode, Device
 from hcs.quantity import format_mib, format_milli
+from hcs.state import device_cliques
 from hcs.vendors import VENDOR_NAMES, VendorProfile, VendorTable
 
 DRIVER: Final = "compute.hcs.io"
 API_VERSION: Final = "resource.k8s.io/v1"
 MAX_DEVICES_PER_SLICE: Final = 128
 PCI_ATTRIBUTE: Final = "resource.kubernetes.io/pciBusID"
+INTERCONNECT: Final = "interconnect"
 CDI_VERSION: Final = "0.6.0"
 CDI_KIND: Final = f"{DRIVER}/device"
 """HCS's own CDI kind: `compute.hcs.io/device=<claim uid>-<device>`."""
@@ -43,9 +48,12 @@ def device_name(vendor: str, device_id: str) -> str:
     return name[:63].rstrip("-")
 
 
-def _attributes(node: ComputeNode, device: Device) -> dict[str, dict[str, Any]]:
+def _attributes(node: ComputeNode, device: Device, clique: int) -> dict[str, dict[str, Any]]:
     attrs: dict[str, dict[str, Any]] = {
         "vendor": {"string": node.vendor},
+        # Devices joined all to all by NVLink, HCCS, … share it (`high-bandwidth` claims match
+        # on it); a device without such links is a group of its own.
+        INTERCONNECT: {"string": f"{node.name}-{clique}"[:64]},
         "model": {"string": device.model[:64]},
         "index": {"string": device.id[:64]},
         # NVIDIA's UUID; the vendor's own id elsewhere (chip physical id, PCI address).
@@ -73,17 +81,22 @@ def usable(device: Device, min_health: int) -> bool:
 
 
 def resource_slices(
-    node: ComputeNode, generation: int, *, min_health: int = 60
+    node: ComputeNode,
+    generation: int,
+    *,
+    min_health: int = 60,
+    vendors: VendorTable | None = None,
 ) -> list[dict[str, Any]]:
     """The node's ResourceSlices: pool `<node>` at `generation`, its usable devices in order,
     at most 128 per slice (every slice of the pool says how many there are)."""
+    cliques = device_cliques(node, vendors or VendorTable())
     devices = [
         {
             "name": device_name(node.vendor, d.id),
-            "attributes": _attributes(node, d),
+            "attributes": _attributes(node, d, cliques[i]),
             "capacity": _capacity(d),
         }
-        for d in node.devices
+        for i, d in enumerate(node.devices)
         if usable(d, min_health)
     ]
     chunks = [
@@ -186,3 +199,58 @@ def claim_cdi(
 def cdi_spec_file(claim_uid: str) -> str:
     """The claim's spec file name in the CDI folder (`/var/run/cdi`)."""
     return f"{DRIVER}-{claim_uid}.json"
+
+
+def _at_least(capacity: str, amount: str) -> str:
+    return f'device.capacity["{DRIVER}"].{capacity}.compareTo(quantity("{amount}")) >= 0'
+
+
+def device_selector(c: ContainerDemand) -> list[dict[str, Any]]:
+    """CEL on one device's capacities: what the container asks per device (nothing for whole
+    devices: any device of the class will do)."""
+    if c.whole:
+        return []
+    terms = [_at_least("vram", format_mib(c.vram_mib))] if c.vram_mib else []
+    if c.fp16_milli_tflops:
+        terms.append(_at_least("tflops_fp16", format_milli(c.fp16_milli_tflops)))
+    if c.fp32_milli_tflops:
+        terms.append(_at_least("tflops_fp32", format_milli(c.fp32_milli_tflops)))
+    return [{"cel": {"expression": " && ".join(terms)}}] if terms else []
+
+
+def claim_template_spec(demand: PodDemand) -> dict[str, Any]:
+    """A ResourceClaimTemplate's `spec` for a pod's `ai.compute/*` requests: one request per
+    requesting container, each `firstAvailable` over the pod's vendors in its order (the
+    preference, then the downgrade order), `count` devices of the vendor's class with the
+    per-device capacities; `high-bandwidth` as a matchAttribute on the interconnect group."""
+    requests = [
+        {
+            "name": c.name,
+            "firstAvailable": [
+                {
+                    "name": vendor,
+                    "deviceClassName": f"{vendor}.{DRIVER}",
+                    "allocationMode": "ExactCount",
+                    "count": c.devices,
+                    **({"selectors": sel} if (sel := device_selector(c)) else {}),
+                }
+                for vendor in demand.allowed_vendors
+            ],
+        }
+        for c in demand.all_containers
+    ]
+    devices: dict[str, Any] = {"requests": requests}
+    if demand.topology == "high-bandwidth":
+        devices["constraints"] = [
+            {
+                "requests": [r["name"] for r in requests],
+                "matchAttribute": f"{DRIVER}/{INTERCONNECT}",
+            }
+        ]
+    return {"spec": {"devices": devices}}
+
+
+def template_name(spec: Mapping[str, Any]) -> str:
+    """Named by the request's shape: the pods of one ReplicaSet share one template."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return f"hcs-compute-{digest[:12]}"

@@ -724,6 +724,11 @@ SHARING_MODES: Final = ("exclusive", *ENFORCEMENTS)
 MAX_CLIQUES_EXAMINED: Final = 20_000
 
 
+def device_cliques(node: ComputeNode, vendors: VendorTable) -> list[int]:
+    """Per device, its all-to-all high-bandwidth group, named by the group's first slot."""
+    return _cliques(node, vendors)
+
+
 def _cliques(node: ComputeNode, vendors: VendorTable) -> list[int]:
     """All-to-all groups of high-bandwidth links: each group's devices are pairwise linked.
 

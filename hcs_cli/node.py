@@ -407,7 +407,7 @@ def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     kube = KubeDra(api)
     plugin = DraPlugin(
         Preparer(args.node_name, vendors, kube, Path(args.cdi_dir), discovered),
-        SlicePublisher(args.node_name, kube, min_health=args.min_health),
+        SlicePublisher(args.node_name, kube, min_health=args.min_health, vendors=vendors),
         Path(args.kubelet_dir),
         interval=args.interval,
     )

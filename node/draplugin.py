@@ -237,6 +237,10 @@ class SlicePublisher:
     store: SliceStore
     min_health: int = 60
     generation: int | None = None
+    vendors: VendorTable = field(default_factory=VendorTable)
+
+    def _slices(self, cn: ComputeNode, generation: int) -> list[dict[str, Any]]:
+        return resource_slices(cn, generation, min_health=self.min_health, vendors=self.vendors)
 
     def publish(self, cn: ComputeNode) -> bool:
         """Write the slices if they differ from what is published; whether anything was."""
@@ -246,11 +250,11 @@ class SlicePublisher:
                 [int((s.get("spec") or {}).get("pool", {}).get("generation", 0)) for s in existing]
                 or [0]
             )
-        wanted = resource_slices(cn, self.generation, min_health=self.min_health)
+        wanted = self._slices(cn, self.generation)
         if existing and not slices_changed(existing, wanted):
             return False
         self.generation += 1
-        wanted = resource_slices(cn, self.generation, min_health=self.min_health)
+        wanted = self._slices(cn, self.generation)
         current = {s["metadata"]["name"]: s for s in existing}
         for obj in wanted:
             name = obj["metadata"]["name"]

@@ -130,3 +130,111 @@ def test_cdi_edits_are_the_device_plugins_answer(vendor: str) -> None:
     if vendor == "huawei":
         assert "ASCEND_VISIBLE_DEVICES=5,2" in edits["env"]
         assert {"path": "/dev/davinci5"} in edits["deviceNodes"]
+
+
+# --------------------------------------------------------------------------- claims
+
+QUANTITY = "Q:"
+"""Kubernetes' CEL Quantity, imitated: `quantity("40Gi")` and `a.compareTo(b)` on the exact
+values (hcs.quantity parses them as the API server does)."""
+
+
+def _quantity(text: Any) -> Any:
+    from celpy import celtypes
+
+    return celtypes.StringType(QUANTITY + str(text))
+
+
+def _compare(a: Any, b: Any) -> Any:
+    from celpy import celtypes
+
+    from hcs.quantity import parse_quantity
+
+    x = parse_quantity(str(a).removeprefix(QUANTITY))
+    y = parse_quantity(str(b).removeprefix(QUANTITY))
+    return celtypes.IntType((x > y) - (x < y))
+
+
+def selects(expression: str, slice_device: dict[str, Any]) -> bool:
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    env = celpy.Environment()
+    program = env.program(
+        env.compile(expression), functions={"quantity": _quantity, "compareTo": _compare}
+    )
+    capacity = {k: QUANTITY + v["value"] for k, v in slice_device["capacity"].items()}
+    device = {"driver": DRIVER, "capacity": {DRIVER: capacity}}
+    return bool(program.evaluate({"device": json_to_cel(device)}))
+
+
+def demand_of(limits: list[dict[str, str]], annotations: dict[str, str], name: str = "p") -> Any:
+    from hcs.demand import parse_pod
+
+    return parse_pod(
+        {
+            "metadata": {"name": name, "uid": f"u-{name}", "annotations": annotations},
+            "spec": {
+                "containers": [
+                    {"name": f"c{i}", "resources": {"limits": lim}} for i, lim in enumerate(limits)
+                ]
+            },
+        }
+    )
+
+
+def test_a_claim_template_falls_back_across_vendors_in_the_pods_order() -> None:
+    from hcs.dra import claim_template_spec, template_name
+
+    asks = [
+        {"ai.compute/vram": "80Gi", "ai.compute/devices": "2", "ai.compute/tflops-fp16": "200"},
+        {"ai.compute/vram": "8Gi"},
+    ]
+    prefs = {"hcs.io/vendor-preference": "huawei,nvidia", "hcs.io/allow-downgrade": "true"}
+    spec = claim_template_spec(demand_of(asks, prefs))
+    c0, c1 = spec["spec"]["devices"]["requests"]
+    assert [s["name"] for s in c0["firstAvailable"]] == ["huawei", "nvidia", "hygon", "cambricon"]
+    assert [s["deviceClassName"] for s in c0["firstAvailable"]] == [
+        f"{v}.{DRIVER}" for v in ("huawei", "nvidia", "hygon", "cambricon")
+    ]
+    assert {s["count"] for s in c0["firstAvailable"]} == {2}
+    (selector,) = c0["firstAvailable"][0]["selectors"]
+    # Per device: 40Gi and 100 TFLOPS. The devices of hcs.synthetic's four models:
+    verdict = {
+        vendor: selects(selector["cel"]["expression"], device_of(vendor)) for vendor in VENDOR_NAMES
+    }
+    assert verdict == {"nvidia": True, "huawei": True, "hygon": True, "cambricon": False}
+    assert c1["name"] == "c1" and "constraints" not in spec["spec"]["devices"]
+    only = claim_template_spec(demand_of(asks, {"hcs.io/vendor-preference": "nvidia"}))
+    assert [s["name"] for s in only["spec"]["devices"]["requests"][0]["firstAvailable"]] == [
+        "nvidia"
+    ]
+    # Named by shape: another pod of the same ReplicaSet shares it, another shape does not.
+    assert template_name(spec) == template_name(
+        claim_template_spec(demand_of(asks, prefs, name="p-2"))
+    )
+    assert template_name(spec) != template_name(only)
+
+
+def device_of(vendor: str) -> dict[str, Any]:
+    (s,) = resource_slices(ComputeNode.from_dict(node_dict("n", vendor, 1)), generation=1)
+    device: dict[str, Any] = s["spec"]["devices"][0]
+    return device
+
+
+def test_high_bandwidth_matches_on_the_interconnect_group_the_slices_publish() -> None:
+    from hcs.dra import INTERCONNECT, claim_template_spec
+
+    spec = claim_template_spec(
+        demand_of(
+            [{"ai.compute/vram": "80Gi", "ai.compute/devices": "2"}],
+            {"hcs.io/topology-preference": "high-bandwidth"},
+        )
+    )
+    (constraint,) = spec["spec"]["devices"]["constraints"]
+    assert constraint == {"requests": ["c0"], "matchAttribute": f"{DRIVER}/{INTERCONNECT}"}
+    raw = node_dict("g", "nvidia", 8, cliques=[[0, 1, 2, 3], [4, 5, 6, 7]])
+    (s,) = resource_slices(ComputeNode.from_dict(raw), generation=1)
+    groups = [d["attributes"][INTERCONNECT]["string"] for d in s["spec"]["devices"]]
+    assert groups[:4] == [groups[0]] * 4 and groups[4:] == [groups[4]] * 4
+    assert groups[0] != groups[4]
