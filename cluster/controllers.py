@@ -35,7 +35,13 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
 from cluster.buildinfo import register_build_info
-from hcs.demand import parse_pod
+from hcs.demand import (
+    A_CLAIM_TEMPLATE,
+    A_CLAIM_TEMPLATE_SPEC,
+    claimed_demand,
+    parse_pod,
+)
+from hcs.dra import template_name
 from hcs.engine import EngineConfig, Reason, compile_request, evaluate
 from hcs.errors import HcsError
 from hcs.ledger import Ledger
@@ -168,6 +174,8 @@ def count_quotas(
             demand = parse_pod(pod, vendors)
         except HcsError:
             continue  # never admitted; it holds nothing
+        if not demand.asks_for_compute:  # admitted in DRA mode: its ai.compute is a claim now
+            demand = claimed_demand(pod, vendors) or demand
         if demand.asks_for_compute:
             demands.append(demand)
     out = []
@@ -186,6 +194,42 @@ def count_quotas(
         status["used"] = {r: render(r, v) for r, v in used.items()}
         status["hard"] = {r: render(r, v) for r, v in quota.hard.as_dict().items() if v is not None}
         out.append(QuotaCount(dict(raw), quota, used, status))
+    return out
+
+
+def claim_templates(pods: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`namespace/name` -> the ResourceClaimTemplate DRA-mode pods refer to, from the spec the
+    webhook recorded; a spec whose hash is not the name (edited since) is left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        name = annotations.get(A_CLAIM_TEMPLATE)
+        if not name or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        try:
+            spec = orjson.loads(annotations.get(A_CLAIM_TEMPLATE_SPEC) or "")
+        except orjson.JSONDecodeError:
+            spec = None
+        if not isinstance(spec, dict) or template_name(spec) != name:
+            log.warning(
+                "pod %s/%s: its claim template spec does not match %s; not created",
+                meta.get("namespace"),
+                meta.get("name"),
+                name,
+            )
+            continue
+        namespace = str(meta.get("namespace") or "default")
+        out[f"{namespace}/{name}"] = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaimTemplate",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "hcs"},
+            },
+            "spec": spec,  # a ResourceClaimTemplateSpec: {spec: {devices: ...}}
+        }
     return out
 
 
@@ -353,6 +397,7 @@ class ControllerRunner:
     ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.resource: Any = client.ResourceV1Api(api)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.vendors = vendors
         self.wait_event_after_s = wait_event_after_s
@@ -391,12 +436,38 @@ class ControllerRunner:
                     if agent_lost(n, now, self.heartbeat_timeout_s)
                 )
             )
+        self.ensure_claim_templates(pod_items)
         for pod, message in waiting:
             uid = str(pod["metadata"].get("uid"))
             if now - self._reported.get(uid, -1e18) >= self.wait_event_every_s:
                 self._event(pod, message, now)
                 self._reported[uid] = now
         return len(node_updates), len(quota_updates)
+
+    def ensure_claim_templates(self, pods: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create the ResourceClaimTemplate each DRA-mode pod refers to where it is missing
+        (kube-scheduler waits for it): `namespace/name` of those created."""
+        created = []
+        for key, template in claim_templates(pods).items():
+            namespace, _, name = key.partition("/")
+            try:
+                self.resource.read_namespaced_resource_claim_template(
+                    name, namespace, _preload_content=False
+                )
+                continue
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                self.resource.create_namespaced_resource_claim_template(
+                    namespace, template, _preload_content=False
+                )
+                created.append(key)
+                log.info("created ResourceClaimTemplate %s", key)
+            except ApiException as exc:
+                if exc.status != 409:  # another replica or round made it: the same one
+                    raise
+        return created
 
     def _event(self, pod: Mapping[str, Any], message: str, now: float) -> None:
         meta = pod["metadata"]

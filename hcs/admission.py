@@ -24,11 +24,13 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Final, Literal, Protocol, TypedDict
 
 from hcs.assignment import CONTAINER_PREFIX, container_key, logical_ids
 from hcs.demand import (
     A_ASSIGNED_VENDOR,
+    A_CLAIM_TEMPLATE,
+    A_CLAIM_TEMPLATE_SPEC,
     A_ORIGINAL_IMAGES,
     A_REQUEST,
     ABSTRACT_RESOURCES,
@@ -42,6 +44,7 @@ from hcs.demand import (
 from hcs.demand import (
     PREFIX as ABSTRACT_PREFIX,
 )
+from hcs.dra import claim_template_spec, template_name
 from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
 from hcs.state import ClusterState
@@ -170,6 +173,9 @@ class AdmissionContext:
     """Set `spec.schedulerName` of admitted pods (the `hcs-scheduler` profile), if given."""
     namespace_labels: Callable[[str], Mapping[str, str]] | None = None
     """A namespace's labels (cluster mode: watched), for its Pod Security level."""
+    dra: bool = False
+    """`--dra`: `ai.compute/*` requests become a ResourceClaim (kube-scheduler allocates from
+    the DRA driver's slices) instead of device-plugin resources (docs/dra.md)."""
 
 
 class Quotas(Protocol):
@@ -550,6 +556,14 @@ def finish(
     resource = route.resource or profile.resource
     if resource != profile.resource:
         profile = replace(profile, resource=resource, aliases=(profile.resource, *profile.aliases))
+    warnings: list[str] = []
+    if ctx.dra and dra_eligible(demand):
+        return _admitted(plan, mutate_dra(plan.pod, demand, ctx.scheduler_name), warnings)
+    if ctx.dra:
+        warnings.append(
+            "hcs: DRA mode: a vendor resource name (nvidia.com/gpu, HAMi's) stays with the "
+            "device plugin; ask ai.compute/* for a claim"
+        )
     patch = mutate(
         plan.pod,
         demand,
@@ -557,7 +571,6 @@ def finish(
         ctx.scheduler_name,
         hostpaths=hostpaths,
     )
-    warnings = []
     originals, image_warnings = _rebind_images(patch, plan.pod, demand, route.vendor, ctx.vendors)
     if originals:  # mutate has made the annotations map exist: add the one key
         value = json.dumps(originals, separators=(",", ":"), sort_keys=True)
@@ -591,6 +604,10 @@ def finish(
         route.downgraded,
         ",".join(charged),
     )
+    return _admitted(plan, patch, warnings)
+
+
+def _admitted(plan: Plan, patch: PatchBuilder, warnings: list[str]) -> AdmissionResponse:
     response: AdmissionResponse = {
         "uid": plan.uid,
         "allowed": True,
@@ -600,6 +617,69 @@ def finish(
     if warnings:
         response["warnings"] = [w[:119] for w in warnings]
     return response
+
+
+CLAIM: Final = "hcs-compute"
+"""The pod's claim in DRA mode (`spec.resourceClaims[].name`)."""
+
+
+def dra_eligible(demand: PodDemand) -> bool:
+    """Only `ai.compute/*` requests become claims; vendor names stay with the device plugin."""
+    return all(c.resource_name is None and not c.hami for c in demand.all_containers)
+
+
+def mutate_dra(
+    pod: Mapping[str, Any], demand: PodDemand, scheduler_name: str | None
+) -> PatchBuilder:
+    """DRA mode's patch: each requesting container's `ai.compute/*` removed and a claim on the
+    pod's ResourceClaimTemplate added in its place (one request per container, named after
+    it); the template (named by its shape, hcs.dra) is recorded for `hcs controller` to create
+    in the namespace; the request is recorded as always (quota recounts read it)."""
+    template = claim_template_spec(demand)
+    name = template_name(template)
+    patch = PatchBuilder()
+    meta = pod.get("metadata") or {}
+    patch.set_entries(
+        meta.get("annotations"),
+        {
+            A_REQUEST: demand.request_annotation(),
+            A_CLAIM_TEMPLATE: name,
+            A_CLAIM_TEMPLATE_SPEC: json.dumps(template, separators=(",", ":"), sort_keys=True),
+        },
+        "metadata",
+        "annotations",
+    )
+    spec = pod.get("spec") or {}
+    for c in demand.all_containers:
+        container = (spec.get(c.kind) or [])[c.index]
+        resources = container.get("resources") or {}
+        for section in ("requests", "limits"):
+            for key in resources.get(section) or {}:
+                if str(key).startswith(ABSTRACT_PREFIX):
+                    patch.ops.append(
+                        {
+                            "op": "remove",
+                            "path": pointer("spec", c.kind, c.index, "resources", section, key),
+                        }
+                    )
+        patch.append(
+            resources.get("claims"),
+            [{"name": CLAIM, "request": c.name}],
+            "spec",
+            c.kind,
+            c.index,
+            "resources",
+            "claims",
+        )
+    patch.append(
+        spec.get("resourceClaims"),
+        [{"name": CLAIM, "resourceClaimTemplateName": name}],
+        "spec",
+        "resourceClaims",
+    )
+    if scheduler_name and spec.get("schedulerName") in (None, "", "default-scheduler"):
+        patch.add(scheduler_name, "spec", "schedulerName")
+    return patch
 
 
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"

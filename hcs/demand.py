@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Any, Final, Literal
 
 from hcs import quantity
-from hcs.errors import AnnotationError, QuantityError, RequestError
+from hcs.errors import AnnotationError, HcsError, QuantityError, RequestError
 from hcs.reuse import Need, Phase, distinct_devices
 from hcs.vendors import VENDOR_NAMES, VendorName, VendorProfile, VendorTable
 
@@ -49,6 +49,10 @@ A_ORIGINAL_IMAGES: Final = "hcs.io/original-images"
 """Written by the webhook when it rebinds images: container -> the image it asked for."""
 A_ALLOCATED: Final = "hcs.io/allocated"
 """Written by the device plugin: container -> kubelet device IDs allocated (hcs.assignment)."""
+A_CLAIM_TEMPLATE: Final = "hcs.io/claim-template"
+"""Written by the webhook in DRA mode: the ResourceClaimTemplate the pod's claim is made from."""
+A_CLAIM_TEMPLATE_SPEC: Final = "hcs.io/claim-template-spec"
+"""Its spec (JSON), for `hcs controller` to create it; named by its hash (hcs.dra)."""
 INPUT_ANNOTATIONS: Final = (
     A_VENDOR_PREFERENCE,
     A_ALLOW_DOWNGRADE,
@@ -65,6 +69,8 @@ OUTPUT_ANNOTATIONS: Final = (
     A_REQUEST,
     A_ALLOCATED,
     A_ORIGINAL_IMAGES,
+    A_CLAIM_TEMPLATE,
+    A_CLAIM_TEMPLATE_SPEC,
 )
 KNOWN_ANNOTATIONS: Final = INPUT_ANNOTATIONS + OUTPUT_ANNOTATIONS
 _INPUT_NAMES: Final = tuple(a.split("/", 1)[1] for a in INPUT_ANNOTATIONS)
@@ -673,3 +679,36 @@ def _parse_vendor_list(raw: str) -> tuple[VendorName, ...]:
             )
         out.append(item)
     return tuple(out)
+
+
+def claimed_demand(pod: Mapping[str, Any], vendors: VendorTable | None = None) -> PodDemand | None:
+    """What a pod admitted in DRA mode asks, though its `ai.compute/*` became a claim: rebuilt
+    from the `hcs.io/request` the webhook wrote (so quota recounts charge it as admission did).
+    None for any other pod."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if A_CLAIM_TEMPLATE not in annotations or A_REQUEST not in annotations:
+        return None
+    try:
+        body = json.loads(annotations[A_REQUEST])
+        base = parse_pod(pod, vendors)
+        app: list[ContainerDemand] = []
+        init: list[ContainerDemand] = []
+        for c in body["containers"]:
+            phase = c.get("phase", "app")
+            target = app if phase == "app" else init
+            target.append(
+                ContainerDemand(
+                    name=str(c["name"]),
+                    index=len(target),
+                    devices=int(c["devices"]),
+                    vram_mib=quantity.vram_mib(c["vramPerDevice"]),
+                    fp16_milli_tflops=quantity.milli_tflops(c["tflopsFp16PerDevice"]),
+                    fp32_milli_tflops=quantity.milli_tflops(c["tflopsFp32PerDevice"]),
+                    whole=bool(c.get("wholeDevice", False)),
+                    kind="containers" if phase == "app" else "initContainers",
+                    restartable=phase == "sidecar",
+                )
+            )
+    except (HcsError, KeyError, TypeError, ValueError):
+        return None
+    return replace(base, containers=tuple(app), init_containers=tuple(init))

@@ -205,6 +205,12 @@ def webhook_args(p: argparse.ArgumentParser) -> None:
         "when they change) (default %(default)s)",
     )
     p.add_argument(
+        "--dra",
+        action="store_true",
+        help="turn ai.compute/* requests into a ResourceClaim of driver compute.hcs.io (its "
+        "template created by hcs controller) instead of device-plugin resources (docs/dra.md)",
+    )
+    p.add_argument(
         "--scheduler-name",
         metavar="NAME",
         help="set spec.schedulerName of admitted pods (e.g. hcs-scheduler)",

@@ -167,7 +167,7 @@ def _serve_webhook(args: argparse.Namespace, config: EngineConfig, vendors: Vend
         book = KubeQuotaBook(api)
         sync = ClusterSync(service, api, quota_book=book, stale_after_s=args.stale_after)
         state, quotas = service.state, book
-    context = AdmissionContext(state, quotas, vendors, config, args.scheduler_name)
+    context = AdmissionContext(state, quotas, vendors, config, args.scheduler_name, dra=args.dra)
     if sync is not None:
         labels = sync.namespace_labels
         context = replace(context, namespace_labels=lambda ns: labels.get(ns, {}))

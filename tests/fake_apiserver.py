@@ -23,6 +23,7 @@ LEASES = "leases"
 NAMESPACES = "namespaces"
 SLICES = "resourceslices"
 CLAIMS = "resourceclaims"
+TEMPLATES = "resourceclaimtemplates"
 
 
 class FakeApiServer:
@@ -36,6 +37,7 @@ class FakeApiServer:
             NAMESPACES: {},
             SLICES: {},
             CLAIMS: {},
+            TEMPLATES: {},
         }
         self.events: dict[str, list[Event]] = {
             NODES: [],
@@ -45,6 +47,7 @@ class FakeApiServer:
             NAMESPACES: [],
             SLICES: [],
             CLAIMS: [],
+            TEMPLATES: [],
         }
         self.status_conflicts = 0
         """The next N status updates answer 409 Conflict: another replica wrote the same
@@ -71,6 +74,7 @@ class FakeApiServer:
             NAMESPACES: set(),
             SLICES: set(),
             CLAIMS: set(),
+            TEMPLATES: set(),
         }
         self.hanging: dict[str, asyncio.Event] = {}
         self.stalled: dict[str, asyncio.Event] = {}
@@ -202,6 +206,9 @@ class FakeApiServer:
         app.router.add_get(
             "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims/{name}", self._read_claim
         )
+        templates = "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaimtemplates"
+        app.router.add_get(templates + "/{name}", self._read_template)
+        app.router.add_post(templates, self._create_template)
         base = "/apis/hcs.io/v1alpha1/namespaces/{ns}/computequotas/{name}"
         app.router.add_get(base, self._read_quota)
         app.router.add_put(base + "/status", self._put_quota_status)
@@ -444,6 +451,23 @@ class FakeApiServer:
         if claim is None:
             return _status(404, "NotFound", f'resourceclaims "{request.match_info["name"]}"')
         return web.json_response(claim)
+
+    async def _read_template(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        found = self.objects[TEMPLATES].get(key)
+        if found is None:
+            return _status(
+                404, "NotFound", f'resourceclaimtemplates "{request.match_info["name"]}"'
+            )
+        return web.json_response(found)
+
+    async def _create_template(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body["metadata"]["namespace"] = request.match_info["ns"]
+        key = f"{request.match_info['ns']}/{body['metadata']['name']}"
+        if key in self.objects[TEMPLATES]:
+            return _status(409, "AlreadyExists", f"resourceclaimtemplates {key} already exists")
+        return web.json_response(self.put(TEMPLATES, body), status=201)
 
     def _lease_key(self, request: web.Request, name: str | None = None) -> str:
         return f"{request.match_info['ns']}/{name or request.match_info['name']}"

@@ -131,3 +131,19 @@ def test_a_nodes_driver_writes_only_its_own_slices() -> None:
         "CREATE", "resourceslices", group="resource.k8s.io", name="x", object=theirs, user="bob"
     )
     assert admission.review(other) == []  # only the agents' account is held to this
+
+
+def test_the_controller_may_read_and_create_claim_templates(rendered: list[dict[str, Any]]) -> None:
+    roles = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ClusterRole"}
+    rules = roles["hcs-dra-controller"]["rules"]
+    granted = {(r, v) for rule in rules for r in rule["resources"] for v in rule["verbs"]}
+    # cluster/controllers.ControllerRunner.ensure_claim_templates: read, create where missing.
+    assert granted == {("resourceclaimtemplates", "get"), ("resourceclaimtemplates", "create")}
+    (binding,) = [
+        d
+        for d in rendered
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "hcs-dra-controller"
+    ]
+    sa = {d["metadata"]["name"] for d in rendered if d["kind"] == "ServiceAccount"}
+    (subject,) = binding["subjects"]
+    assert subject["name"] in sa and subject["name"] == "hcs-controller"
