@@ -7,6 +7,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from hcs.errors import ConfigError
 from hcs.models import HEARTBEAT_INTERVAL_S, ComputeNode
 from hcs.vendors import VENDOR_NAMES, VendorTable
@@ -191,21 +193,26 @@ def add_parsers(sub: Any) -> None:
         help="HCS as the DRA driver compute.hcs.io: ResourceSlices, Prepare/Unprepare (DaemonSet)",
         description="Publish this node's devices as ResourceSlices of driver compute.hcs.io (one "
         "pool per node, capacities in ai.compute units), register with kubelet through "
-        "KUBELET_DIR/plugins_registry, and serve NodePrepareResources/NodeUnprepareResources on "
-        "KUBELET_DIR/plugins/compute.hcs.io/dra.sock, answering CDI ids (docs/dra.md).",
+        "--registry-dir, and serve NodePrepareResources/NodeUnprepareResources on "
+        "--plugin-dir/dra.sock, answering CDI ids (docs/dra.md).",
     )
     p.add_argument("--node-name", required=True, metavar="NAME", help="this Kubernetes Node")
-    p.add_argument(
-        "--vendor",
-        choices=VENDOR_NAMES,
-        help="the node's vendor (default: the vendor whose tool runs successfully)",
-    )
+    p.add_argument("--vendor", required=True, choices=VENDOR_NAMES, help="the node's vendor")
     discovery_args(p)
     p.add_argument(
-        "--kubelet-dir",
-        default="/var/lib/kubelet",
+        "--registry-dir",
+        default="/var/lib/kubelet/plugins_registry",
         metavar="DIR",
-        help="kubelet's root folder: plugins_registry/ and plugins/ under it (default %(default)s)",
+        help="kubelet's plugin registration folder (default %(default)s)",
+    )
+    p.add_argument(
+        "--plugin-dir",
+        default="/var/lib/kubelet/plugins/compute.hcs.io",
+        metavar="DIR",
+        help="where the driver's dra.sock is served (default %(default)s)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the node's ResourceSlices as YAML and exit"
     )
     p.add_argument(
         "--cdi-dir",
@@ -403,12 +410,22 @@ def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
         node, complete = desired_node(opts)
         return ComputeNode.from_dict(node) if complete else None
 
+    if args.dry_run:
+        from hcs.dra import resource_slices
+
+        found = discovered()
+        if found is None:
+            raise ConfigError("the vendor tool's output is incomplete: no slices to print")
+        slices = resource_slices(found, 1, min_health=args.min_health, vendors=vendors)
+        print(yaml.safe_dump_all(slices, sort_keys=False), end="")
+        return 0
     api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the driver reads claims)")
     kube = KubeDra(api)
     plugin = DraPlugin(
         Preparer(args.node_name, vendors, kube, Path(args.cdi_dir), discovered),
         SlicePublisher(args.node_name, kube, min_health=args.min_health, vendors=vendors),
-        Path(args.kubelet_dir),
+        Path(args.plugin_dir),
+        Path(args.registry_dir),
         interval=args.interval,
     )
     signal.signal(signal.SIGTERM, lambda *_: plugin.stopping.set())

@@ -282,7 +282,10 @@ class DraPlugin:
 
     preparer: Preparer
     publisher: SlicePublisher
-    kubelet_dir: Path
+    plugin_dir: Path
+    """Where dra.sock is served (kubelet's convention: `/var/lib/kubelet/plugins/<driver>`)."""
+    registry_dir: Path
+    """kubelet's plugin registration folder (`/var/lib/kubelet/plugins_registry`)."""
     interval: float = 30.0
     stopping: threading.Event = field(default_factory=threading.Event)
     registered: bool = False
@@ -290,11 +293,11 @@ class DraPlugin:
 
     @property
     def dra_socket(self) -> Path:
-        return self.kubelet_dir / "plugins" / DRIVER / "dra.sock"
+        return self.plugin_dir / "dra.sock"
 
     @property
     def registration_socket(self) -> Path:
-        return self.kubelet_dir / "plugins_registry" / f"{DRIVER}-reg.sock"
+        return self.registry_dir / f"{DRIVER}-reg.sock"
 
     def _on_status(self, registered: bool, error: str) -> None:
         self.registered = registered

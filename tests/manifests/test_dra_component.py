@@ -64,10 +64,13 @@ def test_every_agent_daemonset_runs_the_driver_with_kubelets_folders(
         args = parser.parse_args([a.replace("$(NODE_NAME)", "n") for a in c["args"]])
         volumes = {v["name"]: v for v in spec["volumes"]}
         host = {m["mountPath"]: volumes[m["name"]]["hostPath"]["path"] for m in c["volumeMounts"]}
-        kubelet = Path(args.kubelet_dir)
-        # kubelet dials the paths GetInfo names: they must be the host's own.
-        for folder in (kubelet / "plugins", kubelet / "plugins_registry", Path(args.cdi_dir)):
-            assert host[str(folder)] == str(folder), ds["metadata"]["name"]
+        # kubelet dials the paths GetInfo names: they must be the host's own, and kubelet's.
+        assert args.registry_dir == "/var/lib/kubelet/plugins_registry"
+        assert args.plugin_dir == "/var/lib/kubelet/plugins/compute.hcs.io"
+        assert host[args.registry_dir] == args.registry_dir
+        assert host["/var/lib/kubelet/plugins"] == "/var/lib/kubelet/plugins"
+        assert host[args.cdi_dir] == args.cdi_dir == "/var/run/cdi"
+        assert args.vendor == ds["metadata"]["name"].removeprefix("hcs-agent-")
         assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "hcs-agent"
 
 

@@ -120,7 +120,14 @@ def make_node(aiohttp_server: Any) -> Iterator[Any]:
             lambda: state["node"],
             nvidia_cdi_dirs=(root / "etc-cdi",),
         )
-        plugin = DraPlugin(preparer, SlicePublisher(name, kube), root / "kubelet", interval=0.1)
+        kubelet = root / "kubelet"
+        plugin = DraPlugin(
+            preparer,
+            SlicePublisher(name, kube),
+            kubelet / "plugins" / DRIVER,
+            kubelet / "plugins_registry",
+            interval=0.1,
+        )
         thread = threading.Thread(target=plugin.run, kwargs={"poll": 0.02}, daemon=True)
         thread.start()
         started.append((plugin, thread, root))
@@ -268,7 +275,9 @@ async def test_the_dra_plugin_command_registers_and_publishes(
         "dra-plugin",
         *("--node-name", "npu-9", "--vendor", "huawei"),
         *("--tool-output", f"npu-smi={real / 'npu-smi-910b3x8-24.1rc1.txt'}"),
-        *("--kubelet-dir", str(root / "kubelet"), "--cdi-dir", str(root / "cdi")),
+        *("--registry-dir", str(root / "kubelet" / "plugins_registry")),
+        *("--plugin-dir", str(root / "kubelet" / "plugins" / DRIVER)),
+        *("--cdi-dir", str(root / "cdi")),
         *("--kubeconfig", str(kubeconfig), "--interval", "0.2"),
     )
     try:
@@ -284,3 +293,17 @@ async def test_the_dra_plugin_command_registers_and_publishes(
         code, err = await asyncio.to_thread(process.stop)
         shutil.rmtree(root, ignore_errors=True)
     assert code == 0, err
+
+
+def test_dry_run_prints_the_slices(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from hcs_cli.main import main
+
+    real = Path(__file__).resolve().parents[1] / "agent" / "fixtures" / "real" / "ascend"
+    argv = ["dra-plugin", "--node-name", "n1", "--vendor", "huawei"]
+    argv += ["--tool-output", f"npu-smi={real / 'npu-smi-910b3x8-24.1rc1.txt'}", "--dry-run"]
+    assert main(argv) == 0
+    (published,) = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert published["kind"] == "ResourceSlice" and published["spec"]["nodeName"] == "n1"
+    assert [d["name"] for d in published["spec"]["devices"]] == [f"huawei-{i}" for i in range(8)]
