@@ -24,7 +24,8 @@ def patch_files() -> set[Path]:
     out = set()
     for kustomization in MANIFESTS.rglob("kustomization.yaml"):
         for patch in yaml.safe_load(kustomization.read_text()).get("patches") or []:
-            out.add(kustomization.parent / patch["path"])
+            if "path" in patch:  # an inline `patch:` is no file
+                out.add(kustomization.parent / patch["path"])
     return out
 
 
@@ -244,7 +245,9 @@ def test_optional_components_list_files_that_exist() -> None:
     for kustomization in (MANIFESTS / "components").rglob("kustomization.yaml"):
         doc = yaml.safe_load(kustomization.read_text())
         assert doc["kind"] == "Component"
-        files = [*doc.get("resources", []), *(p["path"] for p in doc.get("patches", []))]
+        patches = doc.get("patches", [])
+        files = [*doc.get("resources", []), *(p["path"] for p in patches if "path" in p)]
+        assert all("path" in p or "patch" in p for p in patches), kustomization
         assert files, kustomization
         for file in files:
             assert (kustomization.parent / file).exists(), file
