@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
 from cluster.buildinfo import register_build_info
+from cluster.kubeio import CALL_TIMEOUT_S, read_json
 from hcs.demand import (
     A_CLAIM_TEMPLATE,
     A_CLAIM_TEMPLATE_SPEC,
@@ -450,17 +451,12 @@ class ControllerRunner:
         created = []
         for key, template in claim_templates(pods).items():
             namespace, _, name = key.partition("/")
-            try:
-                self.resource.read_namespaced_resource_claim_template(
-                    name, namespace, _preload_content=False
-                )
+            read = self.resource.read_namespaced_resource_claim_template
+            if read_json(read, name, namespace) is not None:
                 continue
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
             try:
                 self.resource.create_namespaced_resource_claim_template(
-                    namespace, template, _preload_content=False
+                    namespace, template, _preload_content=False, _request_timeout=CALL_TIMEOUT_S
                 )
                 created.append(key)
                 log.info("created ResourceClaimTemplate %s", key)

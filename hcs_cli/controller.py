@@ -13,6 +13,7 @@ from hcs_cli.options import (
     configure_logging,
     exit_on_sigterm,
     heartbeat_option,
+    kubeconfig_option,
     log_args,
     metrics_args,
     serve_registry,
@@ -28,9 +29,7 @@ def add_parsers(sub: Any) -> None:
         "NotReady (and back), and recompute every ComputeQuota's status from live Pods, every "
         "--interval seconds, while holding a Lease.",
     )
-    p.add_argument(
-        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
-    )
+    kubeconfig_option(p)
     p.add_argument(
         "--interval",
         type=float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from hcs_cli.options import (
     configure_logging,
     discovery_args,
     exit_on_sigterm,
+    kubeconfig_option,
     lock_namespace_option,
     log_args,
     metrics_args,
@@ -23,6 +25,7 @@ from hcs_cli.options import (
 )
 
 if TYPE_CHECKING:
+    from node.agent import AgentOptions
     from node.deviceplugin import Limiter
 
 
@@ -93,9 +96,7 @@ def add_parsers(sub: Any) -> None:
         help="heartbeat period (default %(default)s)",
     )
     p.add_argument("--once", action="store_true", help="publish once and exit")
-    p.add_argument(
-        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
-    )
+    kubeconfig_option(p)
     metrics_args(p, standalone=True)
     log_args(p)
     p.set_defaults(run=run_agent)
@@ -183,9 +184,7 @@ def add_parsers(sub: Any) -> None:
     )
     lock_namespace_option(p)
     p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
-    p.add_argument(
-        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
-    )
+    kubeconfig_option(p)
     log_args(p)
     p.set_defaults(run=run_device_plugin)
     p = sub.add_parser(
@@ -235,9 +234,7 @@ def add_parsers(sub: Any) -> None:
         help="re-discovery and slice publication period (default %(default)s)",
     )
     p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
-    p.add_argument(
-        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
-    )
+    kubeconfig_option(p)
     log_args(p)
     p.set_defaults(run=run_dra_plugin)
 
@@ -246,21 +243,16 @@ def run_agent(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
     from node.agent import (
         AgentMetrics,
-        AgentOptions,
         desired_node,
         dump,
         load_model_table,
-        parse_tool_outputs,
     )
     from node.agent import run as run_loop
     from node.publish import Publisher
 
     configure_logging(args.log_level)
-    opts = AgentOptions(
-        node_name=args.node_name,
-        vendor=args.vendor,
-        tool_outputs=parse_tool_outputs(args.tool_output),
-        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
+    opts = replace(
+        _discovery(args),
         model_table=load_model_table(args.model_table),
         shared=args.shared,
         replicas=args.replicas,
@@ -328,7 +320,7 @@ def _limiter(args: argparse.Namespace, vendors: VendorTable) -> Limiter | None:
 def run_device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
     from hcs.assignment import check_strategies, default_strategies
-    from node.agent import AgentOptions, desired_node, parse_tool_outputs
+    from node.agent import desired_node
     from node.deviceplugin import (
         Allocator,
         CachedNodeApi,
@@ -342,12 +334,7 @@ def run_device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     if args.replicas < 1:
         raise ConfigError(f"--replicas {args.replicas}: expected a whole number >= 1")
     limiter = _limiter(args, vendors)
-    opts = AgentOptions(
-        node_name=args.node_name,
-        vendor=args.vendor,
-        tool_outputs=parse_tool_outputs(args.tool_output),
-        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
-    )
+    opts = _discovery(args)
     profile = vendors[args.vendor]
     strategies = check_strategies(
         profile,
@@ -395,16 +382,11 @@ def run_device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
 
 def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
-    from node.agent import AgentOptions, desired_node, parse_tool_outputs
-    from node.draplugin import DraPlugin, KubeDra, Preparer, SlicePublisher
+    from node.agent import desired_node
+    from node.draplugin import DraPlugin, KubeDra, LastDiscovery, Preparer, SlicePublisher
 
     configure_logging(args.log_level)
-    opts = AgentOptions(
-        node_name=args.node_name,
-        vendor=args.vendor,
-        tool_outputs=parse_tool_outputs(args.tool_output),
-        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
-    )
+    opts = _discovery(args)
 
     def discovered() -> ComputeNode | None:
         node, complete = desired_node(opts)
@@ -422,7 +404,7 @@ def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the driver reads claims)")
     kube = KubeDra(api)
     plugin = DraPlugin(
-        Preparer(args.node_name, vendors, kube, Path(args.cdi_dir), discovered),
+        Preparer(args.node_name, vendors, kube, Path(args.cdi_dir), LastDiscovery(discovered)),
         SlicePublisher(args.node_name, kube, min_health=args.min_health, vendors=vendors),
         Path(args.plugin_dir),
         Path(args.registry_dir),
@@ -434,3 +416,16 @@ def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     except KeyboardInterrupt:
         plugin.stopping.set()
     return 0
+
+
+def _discovery(args: argparse.Namespace) -> AgentOptions:
+    """How the agent, the device plugin and the DRA driver find the node's devices (the same
+    flags, `discovery_args`)."""
+    from node.agent import AgentOptions, parse_tool_outputs
+
+    return AgentOptions(
+        node_name=args.node_name,
+        vendor=args.vendor,
+        tool_outputs=parse_tool_outputs(args.tool_output),
+        fake_devices=Path(args.fake_devices) if args.fake_devices else None,
+    )

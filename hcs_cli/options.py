@@ -283,3 +283,10 @@ def reader_left() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 0
+
+
+def kubeconfig_option(p: argparse.ArgumentParser) -> None:
+    """--kubeconfig for the commands that always need a cluster (agent, plugins, controller)."""
+    p.add_argument(
+        "--kubeconfig", metavar="FILE", help="(default: in-cluster, then ~/.kube/config)"
+    )

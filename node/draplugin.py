@@ -28,8 +28,8 @@ from typing import Any, Final, Protocol
 import grpc
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from cluster.kubeio import CALL_TIMEOUT_S, read_json
 from hcs.dra import (
     DRIVER,
     NVIDIA_CDI_KIND,
@@ -94,6 +94,22 @@ def nvidia_cdi_devices(dirs: Sequence[Path]) -> set[str]:
             if isinstance(spec, dict) and spec.get("kind") == NVIDIA_CDI_KIND:
                 names |= {str(d.get("name")) for d in spec.get("devices") or [] if d}
     return names
+
+
+class LastDiscovery:
+    """The node as last discovered: the plugin's loop refreshes it (the vendor tool runs once
+    a round), Prepare reads it (never runs the tool while kubelet waits)."""
+
+    def __init__(self, discover: Callable[[], ComputeNode | None]) -> None:
+        self.discover = discover
+        self.node: ComputeNode | None = None
+
+    def refresh(self) -> ComputeNode | None:
+        self.node = self.discover()
+        return self.node
+
+    def __call__(self) -> ComputeNode | None:
+        return self.node if self.node is not None else self.refresh()
 
 
 @dataclass
@@ -343,7 +359,8 @@ class DraPlugin:
         """Publish the slices from a fresh discovery; serve again if a socket was removed."""
         if not (self.dra_socket.exists() and self.registration_socket.exists()):
             self.serve()
-        cn = self.preparer.discovered()
+        refresh = getattr(self.preparer.discovered, "refresh", None)
+        cn = refresh() if refresh is not None else self.preparer.discovered()
         if cn is None:
             log.warning("no devices discovered yet: nothing published")
             return
@@ -374,31 +391,23 @@ class KubeDra:
         self.resource: Any = client.ResourceV1Api(api)
 
     def read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            resp = self.resource.read_namespaced_resource_claim(
-                name, namespace, _preload_content=False
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        claim: dict[str, Any] = json.loads(resp.data)
-        return claim
+        return read_json(self.resource.read_namespaced_resource_claim, name, namespace)
+
+    # Every call bounded (CALL_TIMEOUT_S): kubelet waits on Prepare, nothing may hang it.
 
     def list_slices(self, node: str) -> list[dict[str, Any]]:
-        resp = self.resource.list_resource_slice(
-            label_selector=f"hcs.io/node={node}", _preload_content=False
-        )
+        resp = self.resource.list_resource_slice(label_selector=f"hcs.io/node={node}", **_RAW)
         items: list[dict[str, Any]] = json.loads(resp.data).get("items") or []
         return [s for s in items if (s.get("spec") or {}).get("driver") == DRIVER]
 
     def create_slice(self, obj: Mapping[str, Any]) -> None:
-        self.resource.create_resource_slice(dict(obj), _preload_content=False)
+        self.resource.create_resource_slice(dict(obj), **_RAW)
 
     def replace_slice(self, obj: Mapping[str, Any]) -> None:
-        self.resource.replace_resource_slice(
-            obj["metadata"]["name"], dict(obj), _preload_content=False
-        )
+        self.resource.replace_resource_slice(obj["metadata"]["name"], dict(obj), **_RAW)
 
     def delete_slice(self, name: str) -> None:
-        self.resource.delete_resource_slice(name, _preload_content=False)
+        self.resource.delete_resource_slice(name, **_RAW)
+
+
+_RAW: Final[dict[str, Any]] = {"_preload_content": False, "_request_timeout": CALL_TIMEOUT_S}

@@ -307,3 +307,25 @@ def test_dry_run_prints_the_slices(capsys: pytest.CaptureFixture[str]) -> None:
     (published,) = list(yaml.safe_load_all(capsys.readouterr().out))
     assert published["kind"] == "ResourceSlice" and published["spec"]["nodeName"] == "n1"
     assert [d["name"] for d in published["spec"]["devices"]] == [f"huawei-{i}" for i in range(8)]
+
+
+def test_prepare_reads_the_last_discovery_and_never_runs_the_tool(tmp_path: Path) -> None:
+    from node.draplugin import LastDiscovery
+
+    runs: list[int] = []
+    cn = ComputeNode.from_dict(compute_node("npu-3", "huawei", 8))
+
+    def discover() -> ComputeNode:
+        runs.append(1)
+        return cn
+
+    class Claims:
+        def read_claim(self, namespace: str, name: str) -> dict[str, Any]:
+            return claim(name, "u-7", [result("huawei-1", "npu-3")])
+
+    discovery = LastDiscovery(discover)
+    preparer = Preparer("npu-3", VendorTable(), Claims(), tmp_path / "cdi", discovery)
+    discovery.refresh()  # the plugin's round
+    for _ in range(3):
+        assert [p.device for p in preparer.prepare("ml", "u-7", "c")] == ["huawei-1"]
+    assert len(runs) == 1
