@@ -17,13 +17,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from hcs.assignment import allocation
 from hcs.demand import ContainerDemand, PodDemand
-from hcs.models import ComputeNode, Device
-from hcs.quantity import format_mib, format_milli
+from hcs.errors import HcsError
+from hcs.limiter import (
+    VNPU_ENV,
+    Enforcement,
+    TemplateBooking,
+    chip_options,
+    choose_template,
+    hami_core_contract,
+    sm_percent,
+    uses_templates,
+)
+from hcs.models import ENFORCEMENT_LABEL, SHARING_LABEL, ComputeNode, Device
+from hcs.quantity import format_mib, format_milli, milli_tflops, vram_mib
 from hcs.state import device_cliques
 from hcs.vendors import VENDOR_NAMES, VendorProfile, VendorTable
 
@@ -34,7 +46,11 @@ PCI_ATTRIBUTE: Final = "resource.kubernetes.io/pciBusID"
 INTERCONNECT: Final = "interconnect"
 CDI_VERSION: Final = "0.6.0"
 CDI_KIND: Final = f"{DRIVER}/device"
-"""HCS's own CDI kind: `compute.hcs.io/device=<claim uid>-<device>`."""
+"""HCS's own CDI kind: `compute.hcs.io/device=<claim uid>-<request>`."""
+CAPACITIES: Final = ("vram", "tflops_fp16", "tflops_fp32")
+MAX_VALID_VALUES: Final = 10
+"""requestPolicy.validValues holds at most 10 entries."""
+SHARING_LABELS: Final = (SHARING_LABEL, ENFORCEMENT_LABEL)
 NVIDIA_CDI_KIND: Final = "nvidia.com/gpu"
 """The NVIDIA Container Toolkit's own spec, used where the node has it."""
 
@@ -67,12 +83,50 @@ def _attributes(node: ComputeNode, device: Device, clique: int) -> dict[str, dic
     return attrs
 
 
-def _capacity(device: Device) -> dict[str, dict[str, str]]:
+def _capacity(device: Device) -> dict[str, dict[str, Any]]:
     return {
         "vram": {"value": format_mib(device.vram_allocatable_mib)},
         "tflops_fp16": {"value": format_milli(device.fp16_milli_tflops)},
         "tflops_fp32": {"value": format_milli(device.fp32_milli_tflops)},
     }
+
+
+def device_templates(
+    device: Device, vendors: VendorTable, vendor: str
+) -> tuple[TemplateBooking, ...]:
+    """The vNPU templates of this device's chip, sized on its own TFLOPS (none: no template)."""
+    chip = vendors[vendor].templates_for(device.model)
+    return chip_options(chip, device.fp16_milli_tflops, device.fp32_milli_tflops)
+
+
+def _valid_values(sizes: Sequence[int], full: int, fmt: Callable[[int], str]) -> list[str]:
+    """Ascending, distinct, the full device last, at most MAX_VALID_VALUES (the smallest
+    templates kept: a request above the last kept one takes the whole device)."""
+    values = sorted({v for v in sizes if 0 < v < full})[: MAX_VALID_VALUES - 1]
+    return [fmt(v) for v in [*values, full]]
+
+
+def _shared(node: ComputeNode, device: Device, vendors: VendorTable) -> dict[str, Any]:
+    """What makes a device of a shared node shareable by capacity (DRAConsumableCapacity):
+    `allowMultipleAllocations`, and on vNPU nodes a request policy on `vram` that rounds a
+    share's memory up to the chip's templates (a device whose chip has none is not shared);
+    a template's AI cores go with its memory (the chips' templates give each core the same
+    memory), so booking template memory books the cores. A claim without capacity requests
+    consumes the whole device: no policy means the full capacity, and the policy's default is
+    the full device."""
+    capacity = _capacity(device)
+    if not uses_templates(node):
+        return {"allowMultipleAllocations": True, "capacity": capacity}
+    options = device_templates(device, vendors, node.vendor)
+    if not options:
+        return {"capacity": capacity}
+    capacity["vram"]["requestPolicy"] = {
+        "default": format_mib(device.vram_allocatable_mib),
+        "validValues": _valid_values(
+            [t.vram_mib for t in options], device.vram_allocatable_mib, format_mib
+        ),
+    }
+    return {"allowMultipleAllocations": True, "capacity": capacity}
 
 
 def usable(device: Device, min_health: int) -> bool:
@@ -88,13 +142,16 @@ def resource_slices(
     vendors: VendorTable | None = None,
 ) -> list[dict[str, Any]]:
     """The node's ResourceSlices: pool `<node>` at `generation`, its usable devices in order,
-    at most 128 per slice (every slice of the pool says how many there are)."""
-    cliques = device_cliques(node, vendors or VendorTable())
+    at most 128 per slice (every slice of the pool says how many there are). On a shared node
+    (`hcs.io/device-sharing: shared` with a stated enforcement) devices are shared by capacity
+    (`_shared`)."""
+    vendors = vendors or VendorTable()
+    cliques = device_cliques(node, vendors)
     devices = [
         {
             "name": device_name(node.vendor, d.id),
             "attributes": _attributes(node, d, cliques[i]),
-            "capacity": _capacity(d),
+            **(_shared(node, d, vendors) if node.shared else {"capacity": _capacity(d)}),
         }
         for i, d in enumerate(node.devices)
         if usable(d, min_health)
@@ -182,18 +239,54 @@ def cdi_edits(profile: VendorProfile, devices: Sequence[Device]) -> dict[str, An
     return edits
 
 
+def base_request(request: str) -> str:
+    """The claim's request a result belongs to (`main` of `main/nvidia`): the name a
+    container's `resources.claims[].request` gives, which kubelet matches exactly."""
+    return request.split("/", 1)[0]
+
+
+def enforcement_edits(enforcement: Enforcement | None) -> dict[str, Any]:
+    """A limiter's contract as CDI containerEdits."""
+    if enforcement is None:
+        return {}
+    edits: dict[str, Any] = {"env": [f"{k}={v}" for k, v in enforcement.envs.items()]}
+    if enforcement.mounts:
+        edits["mounts"] = [
+            {
+                "hostPath": host,
+                "containerPath": path,
+                "options": ["ro" if read_only else "rw", "nosuid", "nodev", "bind"],
+            }
+            for path, host, read_only in enforcement.mounts
+        ]
+    return edits
+
+
+def merge_edits(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """containerEdits laid one after the other (lists joined in order)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, values in part.items():
+            out[key] = [*out.get(key, []), *values]
+    return out
+
+
 def claim_cdi(
-    claim_uid: str, profile: VendorProfile, devices: Sequence[Device]
-) -> tuple[dict[str, Any], str]:
-    """HCS's CDI spec for one claim and the CDI id of its one device `<claim uid>`, whose edits
-    give every allocated device at once (one env list naming them all: per-device CDI devices
-    would each set the env, and the last would win)."""
+    claim_uid: str, edits: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """HCS's CDI spec for one claim and the CDI id per request: one CDI device
+    `<claim uid>-<request>` per request, whose edits give that request's devices all at once
+    (one env list naming them all: per-device CDI devices would each set the env, and the last
+    would win); kubelet gives a container the ids of its own request only."""
     spec = {
         "cdiVersion": CDI_VERSION,
         "kind": CDI_KIND,
-        "devices": [{"name": claim_uid, "containerEdits": cdi_edits(profile, devices)}],
+        "devices": [
+            {"name": f"{claim_uid}-{request}", "containerEdits": dict(e)}
+            for request, e in edits.items()
+        ],
     }
-    return spec, f"{CDI_KIND}={claim_uid}"
+    return spec, {request: f"{CDI_KIND}={claim_uid}-{request}" for request in edits}
 
 
 def cdi_spec_file(claim_uid: str) -> str:
@@ -218,11 +311,30 @@ def device_selector(c: ContainerDemand) -> list[dict[str, Any]]:
     return [{"cel": {"expression": " && ".join(terms)}}] if terms else []
 
 
+def capacity_requests(c: ContainerDemand) -> dict[str, Any]:
+    """A share's consumption per device on nodes that share by capacity, every capacity
+    stated (one left out would consume the whole device); nothing for a container asking for
+    no VRAM and no TFLOPS, which takes whole devices. On a node that does not share, the
+    requests only filter, like the selector."""
+    if c.whole or not (c.vram_mib or c.fp16_milli_tflops or c.fp32_milli_tflops):
+        return {}
+    return {
+        "capacity": {
+            "requests": {
+                "vram": format_mib(c.vram_mib),
+                "tflops_fp16": format_milli(c.fp16_milli_tflops),
+                "tflops_fp32": format_milli(c.fp32_milli_tflops),
+            }
+        }
+    }
+
+
 def claim_template_spec(demand: PodDemand) -> dict[str, Any]:
     """A ResourceClaimTemplate's `spec` for a pod's `ai.compute/*` requests: one request per
     requesting container, each `firstAvailable` over the pod's vendors in its order (the
     preference, then the downgrade order), `count` devices of the vendor's class with the
-    per-device capacities; `high-bandwidth` as a matchAttribute on the interconnect group."""
+    per-device capacities as a selector and as capacity requests (`capacity_requests`);
+    `high-bandwidth` as a matchAttribute on the interconnect group."""
     requests = [
         {
             "name": c.name,
@@ -233,6 +345,7 @@ def claim_template_spec(demand: PodDemand) -> dict[str, Any]:
                     "allocationMode": "ExactCount",
                     "count": c.devices,
                     **({"selectors": sel} if (sel := device_selector(c)) else {}),
+                    **capacity_requests(c),
                 }
                 for vendor in demand.allowed_vendors
             ],
@@ -254,3 +367,121 @@ def template_name(spec: Mapping[str, Any]) -> str:
     """Named by the request's shape: the pods of one ReplicaSet share one template."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     return f"hcs-compute-{digest[:12]}"
+
+
+@dataclass(frozen=True)
+class Share:
+    """What a claim consumed of one device shared by capacity (`consumedCapacity`)."""
+
+    vram_mib: int
+    fp16_milli_tflops: int
+    fp32_milli_tflops: int
+
+
+def consumed(result: Mapping[str, Any]) -> Share | None:
+    """The result's consumedCapacity (None: the device is not shared); HcsError naming the
+    entry when it is not a quantity."""
+    raw = result.get("consumedCapacity")
+    if not raw:
+        return None
+
+    def read(name: str, parse: Callable[..., int]) -> int:
+        value = raw.get(name, raw.get(f"{DRIVER}/{name}"))
+        field = f"consumedCapacity.{name}"
+        if value is None:
+            raise HcsError(f"{field}: missing (every capacity is recorded)")
+        return parse(value, field)
+
+    return Share(
+        read("vram", vram_mib), read("tflops_fp16", milli_tflops), read("tflops_fp32", milli_tflops)
+    )
+
+
+def is_part(share: Share | None, device: Device) -> bool:
+    """Less than the whole device?"""
+    return share is not None and (
+        share.vram_mib < device.vram_allocatable_mib
+        or share.fp16_milli_tflops < device.fp16_milli_tflops
+        or share.fp32_milli_tflops < device.fp32_milli_tflops
+    )
+
+
+@dataclass(frozen=True)
+class HamiPaths:
+    """The host paths HAMi-core's contract mounts for one claim request."""
+
+    library_dir: str
+    container_dir: str
+    lock_dir: str
+    preload_file: str
+
+
+def share_enforcement(
+    node: ComputeNode,
+    vendors: VendorTable,
+    given: Sequence[Device],
+    shares: Sequence[Share | None],
+    hami: HamiPaths | None,
+) -> Enforcement | None:
+    """The limiter's contract for one request's devices, from what the claim consumed (the
+    same contract the device plugin hands a fractional container, hcs.limiter): None when
+    every device was consumed whole, or the node's sharing is unenforced. HcsError when the
+    share cannot be enforced as booked."""
+    if not node.shared or not any(is_part(s, d) for s, d in zip(shares, given, strict=True)):
+        return None
+    mode = node.share_enforcement
+    parts = [
+        s or Share(d.vram_allocatable_mib, d.fp16_milli_tflops, d.fp32_milli_tflops)
+        for s, d in zip(shares, given, strict=True)
+    ]
+    if mode == "hami-core":
+        if hami is None:
+            raise HcsError("this node's shares are kept by HAMi-core, which is not installed here")
+        percents = [
+            sm_percent(s.fp16_milli_tflops, d.fp16_milli_tflops)
+            for s, d in zip(parts, given, strict=True)
+            if s.fp16_milli_tflops and d.fp16_milli_tflops
+        ]
+        return hami_core_contract(
+            [s.vram_mib for s in parts],
+            min(percents, default=100),
+            library_dir=hami.library_dir,
+            container_dir=hami.container_dir,
+            lock_dir=hami.lock_dir,
+            preload_file=hami.preload_file,
+        )
+    if mode == "vnpu":
+        share, device = parts[0], given[0]
+        chosen = choose_template(
+            device_templates(device, vendors, node.vendor),
+            share.vram_mib,
+            share.fp16_milli_tflops,
+            share.fp32_milli_tflops,
+        )
+        if chosen is None:
+            return None
+        if chosen.vram_mib != share.vram_mib:
+            raise HcsError(
+                f"the share of {device.id} consumed {format_mib(share.vram_mib)} VRAM and "
+                f"{format_milli(share.fp16_milli_tflops)} FP16 TFLOPS, but the smallest vNPU "
+                f"template holding that compute, {chosen.template}, holds "
+                f"{format_mib(chosen.vram_mib)}: ask for {format_mib(chosen.vram_mib)} of "
+                "ai.compute/vram so the books hold the template"
+            )
+        return Enforcement({VNPU_ENV: chosen.template}, ())
+    return None  # "none": the node's owner allowed unenforced sharing
+
+
+def with_sharing(
+    discovered: Mapping[str, Any], published: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The discovered ComputeNode with the sharing labels of the one the agent published (one
+    source for a node's sharing: the agent's flags); no published node: exclusive."""
+    labels = {
+        k: v
+        for k, v in ((discovered.get("metadata") or {}).get("labels") or {}).items()
+        if k not in SHARING_LABELS
+    }
+    theirs = ((published or {}).get("metadata") or {}).get("labels") or {}
+    labels.update({k: theirs[k] for k in SHARING_LABELS if k in theirs})
+    return {**discovered, "metadata": {**(discovered.get("metadata") or {}), "labels": labels}}

@@ -161,15 +161,39 @@ def hami_core(
     holding HAMI_LIBRARY_PATH."""
     if not sizes or not is_share(demand, sizes):
         return None
-    envs: dict[str, str] = {}
-    for i, size in enumerate(sizes):
-        limit = demand.vram_mib if demand.vram_mib else size.vram_mib
-        envs[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] = f"{limit}m"
+    limits = [demand.vram_mib if demand.vram_mib else s.vram_mib for s in sizes]
     smallest = min(s.fp16_milli_tflops for s in sizes)
     if demand.fp16_milli_tflops and smallest:
-        percent = max(1, min(100, demand.fp16_milli_tflops * 100 // smallest))
+        percent = sm_percent(demand.fp16_milli_tflops, smallest)
     else:
         percent = 100
+    return hami_core_contract(
+        limits,
+        percent,
+        library_dir=library_dir,
+        container_dir=container_dir,
+        lock_dir=lock_dir,
+        preload_file=preload_file,
+    )
+
+
+def sm_percent(booked_milli_tflops: int, device_milli_tflops: int) -> int:
+    """HAMi-core's compute share: the booked part of the device's FP16 TFLOPS, 1..100."""
+    return max(1, min(100, booked_milli_tflops * 100 // device_milli_tflops))
+
+
+def hami_core_contract(
+    limits_mib: Sequence[int],
+    percent: int,
+    *,
+    library_dir: str,
+    container_dir: str,
+    lock_dir: str,
+    preload_file: str,
+) -> Enforcement:
+    """HAMi-core's env and mounts: `limits_mib[i]` for the container's i-th device, `percent`
+    of each device's compute (the device plugin's Allocate and the DRA driver's CDI edits)."""
+    envs = {f"CUDA_DEVICE_MEMORY_LIMIT_{i}": f"{limit}m" for i, limit in enumerate(limits_mib)}
     envs["CUDA_DEVICE_SM_LIMIT"] = str(percent)
     envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = f"{HAMI_CONTAINER_DIR}/cudevshr.cache"
     mounts = (

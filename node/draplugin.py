@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,15 +34,24 @@ from cluster.kubeio import CALL_TIMEOUT_S, read_json
 from hcs.dra import (
     DRIVER,
     NVIDIA_CDI_KIND,
+    HamiPaths,
+    base_request,
+    cdi_edits,
     cdi_spec_file,
     claim_cdi,
+    consumed,
     device_name,
+    enforcement_edits,
+    is_part,
+    merge_edits,
     resource_slices,
+    share_enforcement,
     slices_changed,
 )
 from hcs.errors import HcsError
 from hcs.models import ComputeNode, Device
 from hcs.vendors import VendorTable
+from node.deviceplugin import HamiCore
 from node.dra.v1 import api_pb2 as dra_v1
 from node.dra.v1 import api_pb2_grpc as dra_v1_grpc
 from node.dra.v1beta1 import api_pb2 as dra_v1beta1
@@ -70,9 +80,11 @@ class SliceStore(Protocol):
 @dataclass(frozen=True)
 class Prepared:
     request: str
+    """The claim's request (no subrequest): kubelet matches it to `resources.claims[].request`."""
     pool: str
     device: str
     cdi_ids: tuple[str, ...]
+    share_id: str | None = None
 
 
 def nvidia_cdi_devices(dirs: Sequence[Path]) -> set[str]:
@@ -122,6 +134,8 @@ class Preparer:
     cdi_dir: Path
     discovered: Callable[[], ComputeNode | None]
     nvidia_cdi_dirs: Sequence[Path] = NVIDIA_CDI_DIRS
+    hami: HamiCore | None = None
+    """HAMi-core's library and state folders, where the node's shares are kept by it."""
 
     def prepare(self, namespace: str, uid: str, name: str) -> list[Prepared]:
         """The claim's devices on this node with their CDI ids; raises HcsError naming what is
@@ -149,28 +163,66 @@ class Preparer:
         missing = [r["device"] for r in results if r.get("device") not in by_name]
         if missing:
             raise HcsError(f"device(s) {', '.join(missing)} of pool {self.node} are not on it")
-        given: list[Device] = list(dict.fromkeys(by_name[r["device"]] for r in results))
-        ids = self._cdi(uid, cn, given)
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for r in results:
+            groups.setdefault(base_request(str(r.get("request") or "")), []).append(r)
+        edits: dict[str, dict[str, Any]] = {}
+        ids: dict[tuple[str, str], tuple[str, ...]] = {}
+        for request, rs in groups.items():
+            given = [by_name[r["device"]] for r in rs]
+            shares = [consumed(r) for r in rs]
+            parted = any(is_part(s, d) for s, d in zip(shares, given, strict=True))
+            hami = self._hami(uid, request) if parted else None
+            limits = enforcement_edits(share_enforcement(cn, self.vendors, given, shares, hami))
+            own = self._nvidia_ids(cn, given)
+            if own is not None:  # NVIDIA's devices, HCS's spec for the limiter only
+                for r, cdi in zip(rs, own, strict=True):
+                    ids[(request, r["device"])] = (cdi,)
+                if limits:
+                    edits[request] = limits
+            else:
+                edits[request] = merge_edits(cdi_edits(self.vendors[cn.vendor], given), limits)
+        if edits:
+            spec, names = claim_cdi(uid, edits)
+            self._write(uid, spec)
+            for request, cdi in names.items():  # once per request: kubelet joins the ids
+                first = groups[request][0]["device"]
+                ids[(request, first)] = (*ids.get((request, first), ()), cdi)
+        else:
+            self.unprepare(uid)
         return [
-            Prepared(str(r.get("request") or ""), self.node, str(r["device"]), ids[r["device"]])
-            for r in results
+            Prepared(
+                request,
+                self.node,
+                str(r["device"]),
+                ids.get((request, r["device"]), ()),
+                str(r["shareID"]) if r.get("shareID") else None,
+            )
+            for request, rs in groups.items()
+            for r in rs
         ]
 
-    def _cdi(
-        self, uid: str, cn: ComputeNode, given: Sequence[Device]
-    ) -> dict[str, tuple[str, ...]]:
-        """CDI ids per device name: NVIDIA's own devices by UUID where its spec names them all;
-        otherwise HCS's spec for the claim, written to the CDI folder."""
-        if cn.vendor == "nvidia":
-            nvidia = nvidia_cdi_devices(self.nvidia_cdi_dirs)
-            if all(d.identity in nvidia for d in given):
-                return {
-                    device_name(cn.vendor, d.id): (f"{NVIDIA_CDI_KIND}={d.identity}",)
-                    for d in given
-                }
-        spec, cdi_id = claim_cdi(uid, self.vendors[cn.vendor], given)
-        self._write(uid, spec)
-        return {device_name(cn.vendor, d.id): (cdi_id,) for d in given}
+    def _hami(self, uid: str, request: str) -> HamiPaths | None:
+        """HAMi-core's host paths for one claim request (its own folder, made here)."""
+        if self.hami is None:
+            return None
+        folder = self.hami.state_dir / "claims" / f"{uid}_{request}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return HamiPaths(
+            str(self.hami.library_dir),
+            str(folder),
+            str(self.hami.state_dir / "vgpulock"),
+            str(self.hami.state_dir / "ld.so.preload"),
+        )
+
+    def _nvidia_ids(self, cn: ComputeNode, given: Sequence[Device]) -> list[str] | None:
+        """NVIDIA's own CDI ids, by UUID, where its spec names every device; else None."""
+        if cn.vendor != "nvidia":
+            return None
+        nvidia = nvidia_cdi_devices(self.nvidia_cdi_dirs)
+        if not all(d.identity in nvidia for d in given):
+            return None
+        return [f"{NVIDIA_CDI_KIND}={d.identity}" for d in given]
 
     def _write(self, uid: str, spec: Mapping[str, Any]) -> None:
         """Atomically (a reader never sees half a spec), the same bytes on a repeat."""
@@ -181,17 +233,24 @@ class Preparer:
         os.replace(tmp, target)
 
     def unprepare(self, uid: str) -> None:
-        """Remove the claim's spec (done already, or never written: nothing to do)."""
+        """Remove the claim's spec and limiter folders (done already, or never written:
+        nothing to do)."""
         (self.cdi_dir / cdi_spec_file(uid)).unlink(missing_ok=True)
+        if self.hami is not None:
+            for folder in (self.hami.state_dir / "claims").glob(f"{uid}_*"):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _answer(pb: Any, prepared: Sequence[Prepared]) -> list[Any]:
+    """Devices in `pb`'s version; `share_id` only where the version has it (v1)."""
+    shares = "share_id" in pb.Device.DESCRIPTOR.fields_by_name
     return [
         pb.Device(
             request_names=[p.request],
             pool_name=p.pool,
             device_name=p.device,
             cdi_device_ids=list(p.cdi_ids),
+            **({"share_id": p.share_id} if shares and p.share_id else {}),
         )
         for p in prepared
     ]

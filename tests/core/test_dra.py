@@ -13,11 +13,13 @@ from hcs.assignment import allocation
 from hcs.dra import (
     DRIVER,
     PCI_ATTRIBUTE,
+    cdi_edits,
     claim_cdi,
     device_classes,
     resource_slices,
     slices_changed,
 )
+from hcs.errors import HcsError
 from hcs.models import ComputeNode
 from hcs.synthetic import node_dict
 from hcs.vendors import VENDOR_NAMES, VendorTable
@@ -116,11 +118,11 @@ def test_each_vendor_class_selects_its_vendor_only(vendor: str) -> None:
 def test_cdi_edits_are_the_device_plugins_answer(vendor: str) -> None:
     cn = node(vendor, 8)
     given = [cn.devices[5], cn.devices[2]]
-    spec, cdi_id = claim_cdi("uid-1", VendorTable()[vendor], given)
-    assert cdi_id == f"{DRIVER}/device=uid-1"
-    (dev,) = spec["devices"]
-    assert dev["name"] == "uid-1" and spec["kind"] == f"{DRIVER}/device"
     profile = VendorTable()[vendor]
+    spec, ids = claim_cdi("uid-1", {"main": cdi_edits(profile, given)})
+    assert ids == {"main": f"{DRIVER}/device=uid-1-main"}
+    (dev,) = spec["devices"]
+    assert dev["name"] == "uid-1-main" and spec["kind"] == f"{DRIVER}/device"
     answer = allocation(
         profile, ["5", "2"], {d.id: d.identity or d.id for d in given}, strategies=("envvar",)
     )
@@ -238,3 +240,105 @@ def test_high_bandwidth_matches_on_the_interconnect_group_the_slices_publish() -
     groups = [d["attributes"][INTERCONNECT]["string"] for d in s["spec"]["devices"]]
     assert groups[:4] == [groups[0]] * 4 and groups[4:] == [groups[4]] * 4
     assert groups[0] != groups[4]
+
+
+# --------------------------------------------------------------------------- shares
+
+
+def shared_node(vendor: str, enforcement: str, n: int = 2) -> ComputeNode:
+    return ComputeNode.from_dict(node_dict("s", vendor, n, shared=True, enforcement=enforcement))
+
+
+def test_only_a_shared_node_publishes_devices_that_several_claims_may_share() -> None:
+    (exclusive,) = resource_slices(ComputeNode.from_dict(node_dict("s", "nvidia", 2)), 1)
+    assert all("allowMultipleAllocations" not in d for d in exclusive["spec"]["devices"])
+    for enforcement in ("hami-core", "none"):
+        (s,) = resource_slices(shared_node("nvidia", enforcement), 1)
+        for d in s["spec"]["devices"]:
+            assert d["allowMultipleAllocations"] is True
+            # No request policy: a share consumes what it asks, a claim asking nothing the
+            # whole device.
+            assert all(set(c) == {"value"} for c in d["capacity"].values())
+    # A node asking to share with no enforcement stated is exclusive (hcs.models).
+    raw = node_dict("s", "nvidia", 2, shared=True)
+    del raw["metadata"]["labels"]["hcs.io/share-enforcement"]
+    (s,) = resource_slices(ComputeNode.from_dict(raw), 1)
+    assert all("allowMultipleAllocations" not in d for d in s["spec"]["devices"])
+
+
+def test_vnpu_devices_round_a_share_up_to_the_chips_templates() -> None:
+    (s,) = resource_slices(shared_node("huawei", "vnpu"), 1)
+    d = s["spec"]["devices"][0]
+    assert d["allowMultipleAllocations"] is True
+    # Ascend910B3 (64Gi): vir05_1c_16g and vir10_3c_32g, then the whole chip.
+    assert d["capacity"]["vram"]["requestPolicy"] == {
+        "default": "64Gi",
+        "validValues": ["16Gi", "32Gi", "64Gi"],
+    }
+    assert "requestPolicy" not in d["capacity"]["tflops_fp16"]
+    # A chip the table has no templates for cannot be cut: not shared.
+    raw = node_dict("s", "huawei", 1, shared=True, enforcement="vnpu")
+    raw["spec"]["devices"][0]["model"] = "Ascend950"
+    (s,) = resource_slices(ComputeNode.from_dict(raw), 1)
+    assert "allowMultipleAllocations" not in s["spec"]["devices"][0]
+    assert "requestPolicy" not in s["spec"]["devices"][0]["capacity"]["vram"]
+
+
+def test_a_share_states_every_capacity_and_whole_devices_state_none() -> None:
+    from hcs.dra import claim_template_spec
+
+    spec = claim_template_spec(
+        demand_of(
+            [{"ai.compute/vram": "16Gi"}, {"ai.compute/devices": "1"}],
+            {"hcs.io/vendor-preference": "nvidia"},
+        )
+    )
+    share, whole = (r["firstAvailable"][0] for r in spec["spec"]["devices"]["requests"])
+    assert share["capacity"] == {
+        "requests": {"vram": "16Gi", "tflops_fp16": "0", "tflops_fp32": "0"}
+    }
+    assert "capacity" not in whole
+
+
+def test_the_limiters_contract_follows_what_the_claim_consumed() -> None:
+    from hcs.dra import HamiPaths, Share, share_enforcement, with_sharing
+
+    paths = HamiPaths("/lib/vgpu", "/state/claims/u_main", "/state/vgpulock", "/state/preload")
+    gpu = shared_node("nvidia", "hami-core")
+    a, b = gpu.devices
+    # 16Gi and 78 of 312 TFLOPS on each: HAMi-core's env and mounts.
+    e = share_enforcement(gpu, VendorTable(), [a, b], [Share(16384, 78000, 0)] * 2, paths)
+    assert e is not None
+    assert e.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == e.envs["CUDA_DEVICE_MEMORY_LIMIT_1"] == "16384m"
+    assert e.envs["CUDA_DEVICE_SM_LIMIT"] == "25"
+    assert ("/usr/local/vgpu/libvgpu.so", "/lib/vgpu/libvgpu.so", True) in e.mounts
+    assert ("/usr/local/vgpu/containers", "/state/claims/u_main", False) in e.mounts
+    # Consumed whole (or not shared at all): nothing to limit.
+    whole = Share(a.vram_allocatable_mib, a.fp16_milli_tflops, a.fp32_milli_tflops)
+    assert share_enforcement(gpu, VendorTable(), [a], [whole], paths) is None
+    assert share_enforcement(gpu, VendorTable(), [a], [None], paths) is None
+    with pytest.raises(HcsError, match="HAMi-core"):
+        share_enforcement(gpu, VendorTable(), [a], [Share(1024, 0, 0)], None)
+    assert (
+        share_enforcement(
+            shared_node("nvidia", "none"), VendorTable(), [a], [Share(1024, 0, 0)], None
+        )
+        is None
+    )
+
+    npu = shared_node("huawei", "vnpu")
+    (chip, _) = npu.devices
+    e = share_enforcement(npu, VendorTable(), [chip], [Share(16384, 0, 0)], None)
+    assert e is not None and e.envs == {"ASCEND_VNPU_SPECS": "vir05_1c_16g"}
+    # 16Gi of memory but the compute of ten cores: the template is vir10 (32Gi), which the
+    # books do not hold; said, never enforced as something else.
+    with pytest.raises(HcsError, match=r"vir10_3c_32g.*ask for 32Gi"):
+        share_enforcement(npu, VendorTable(), [chip], [Share(16384, 150000, 0)], None)
+
+    # The sharing labels come from the agent's ComputeNode, whatever discovery says.
+    discovered = node_dict("s", "nvidia", 1)
+    published = node_dict("s", "nvidia", 1, shared=True, enforcement="hami-core")
+    assert (
+        ComputeNode.from_dict(with_sharing(discovered, published)).share_enforcement == "hami-core"
+    )
+    assert not ComputeNode.from_dict(with_sharing(published, None)).shared

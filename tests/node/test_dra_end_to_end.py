@@ -29,7 +29,7 @@ from hcs.quota import QuotaBook
 from hcs.state import ClusterState
 from hcs.vendors import VENDOR_NAMES, VendorTable
 from node.draplugin import DraPlugin, KubeDra, Preparer, SlicePublisher
-from tests.dra_allocator import allocate
+from tests.dra_allocator import InUse, allocate
 from tests.fake_apiserver import CLAIMS, SLICES, TEMPLATES, FakeApiServer
 from tests.node.harness import api_client, compute_node
 from tests.node.kubelet import short_dir
@@ -77,7 +77,7 @@ class Cluster:
         state = ClusterState.from_nodes(self.nodes.values())
         self.admission = AdmissionContext(state, QuotaBook({}), dra=True)
         self.controller = ControllerRunner(self.api)
-        self.in_use: set[tuple[str, str, str]] = set()
+        self.in_use = InUse()
 
     def close(self) -> None:
         for plugin in self.plugins.values():
@@ -122,7 +122,7 @@ class Cluster:
             claim["spec"], self.fake.objects[SLICES].values(), device_classes(), self.in_use
         )
         assert results is not None, "the allocator found no devices"
-        self.in_use |= {(r["driver"], r["pool"], r["device"]) for r in results}
+        self.in_use.record(results)
         claim["status"] = {"allocation": {"devices": {"results": results}}}
         return self.fake.put(CLAIMS, claim)
 

@@ -77,6 +77,18 @@ class ImitatedKubelet:
                 timeout=5,
             )
 
+    @staticmethod
+    def cdi_ids(prepared: Any, request: str) -> list[str]:
+        """The CDI ids kubelet hands the runtime for a container whose `resources.claims[]`
+        names this claim and `request` ("" for the whole claim): those of every device whose
+        request names hold it exactly, or that names none (kubelet's cdiDevicesAsList)."""
+        return [
+            cdi
+            for device in prepared.devices
+            if not request or not device.request_names or request in device.request_names
+            for cdi in device.cdi_device_ids
+        ]
+
     def unprepare(self, info: Any, *claims: tuple[str, str, str]) -> Any:
         with grpc.insecure_channel(f"unix://{info.endpoint}") as channel:
             return v1_grpc.DRAPluginStub(channel).NodeUnprepareResources(
@@ -176,12 +188,12 @@ async def test_register_prepare_and_unprepare_exactly_the_allocated_devices(make
         ("npu-1", "huawei-5"),
     ]
     assert all(list(d.request_names) == ["gpus"] for d in mine.devices)
-    assert {tuple(d.cdi_device_ids) for d in mine.devices} == {(f"{DRIVER}/device=u-1",)}
+    assert kubelet.cdi_ids(mine, "gpus") == [f"{DRIVER}/device=u-1-gpus"]
     assert "not found" in answer.claims["u-9"].error  # its own error, the other still answered
     spec_file = node.cdi_dir / f"{DRIVER}-u-1.json"
     spec = json.loads(spec_file.read_text())
     (device,) = spec["devices"]
-    assert device["name"] == "u-1" and spec["kind"] == f"{DRIVER}/device"
+    assert device["name"] == "u-1-gpus" and spec["kind"] == f"{DRIVER}/device"
     env = dict(e.split("=", 1) for e in device["containerEdits"]["env"])
     assert env["ASCEND_VISIBLE_DEVICES"] == "3,5" and env["ASCEND_RT_VISIBLE_DEVICES"] == "0,1"
     paths = [n["path"] for n in device["containerEdits"]["deviceNodes"]]
@@ -234,7 +246,7 @@ async def test_nvidia_devices_are_named_in_nvidias_own_cdi_spec_when_the_node_ha
     (node.nvidia_dir / "nvidia.yaml").unlink()  # no NVIDIA spec: HCS's, naming the UUID
     answer = await asyncio.to_thread(kubelet.prepare, info, ("ml", "u-2", "c"))
     (dev,) = answer.claims["u-2"].devices
-    assert list(dev.cdi_device_ids) == [f"{DRIVER}/device=u-2"]
+    assert list(dev.cdi_device_ids) == [f"{DRIVER}/device=u-2-gpus"]
     spec = json.loads((node.cdi_dir / f"{DRIVER}-u-2.json").read_text())
     assert "NVIDIA_VISIBLE_DEVICES=GPU-gpu-1-6" in spec["devices"][0]["containerEdits"]["env"]
 
