@@ -233,6 +233,21 @@ def add_parsers(sub: Any) -> None:
         metavar="SECONDS",
         help="re-discovery and slice publication period (default %(default)s)",
     )
+    p.add_argument(
+        "--limiter-dir",
+        default="/usr/local/vgpu",
+        metavar="DIR",
+        help="NVIDIA nodes the agent publishes as shared under hami-core: host folder holding "
+        "HAMi-core's libvgpu.so, which HCS does not ship (default %(default)s; without it the "
+        "devices are published unshared)",
+    )
+    p.add_argument(
+        "--limiter-state-dir",
+        default="/var/lib/hcs/vgpu",
+        metavar="DIR",
+        help="host folder for HAMi-core's per-claim folders, removed at unprepare (default "
+        "%(default)s)",
+    )
     p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
     kubeconfig_option(p)
     log_args(p)
@@ -383,28 +398,51 @@ def run_device_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
 def run_dra_plugin(args: argparse.Namespace, vendors: VendorTable) -> int:
     from cluster.sync import load_api
     from node.agent import desired_node
-    from node.draplugin import DraPlugin, KubeDra, LastDiscovery, Preparer, SlicePublisher
+    from node.deviceplugin import HamiCore
+    from node.draplugin import (
+        DraPlugin,
+        KubeDra,
+        LastDiscovery,
+        Preparer,
+        PublishedSharing,
+        SlicePublisher,
+    )
+    from node.publish import Publisher
 
     configure_logging(args.log_level)
     opts = _discovery(args)
 
-    def discovered() -> ComputeNode | None:
+    def discover() -> dict[str, Any] | None:
         node, complete = desired_node(opts)
-        return ComputeNode.from_dict(node) if complete else None
+        return node if complete else None
 
     if args.dry_run:
         from hcs.dra import resource_slices
 
-        found = discovered()
+        found = discover()
         if found is None:
             raise ConfigError("the vendor tool's output is incomplete: no slices to print")
-        slices = resource_slices(found, 1, min_health=args.min_health, vendors=vendors)
+        slices = resource_slices(
+            ComputeNode.from_dict(found), 1, min_health=args.min_health, vendors=vendors
+        )
         print(yaml.safe_dump_all(slices, sort_keys=False), end="")
         return 0
     api = load_api(args.kubeconfig, hint="pass --kubeconfig FILE (the driver reads claims)")
     kube = KubeDra(api)
+    hami = None
+    if args.vendor == "nvidia":
+        try:
+            hami = HamiCore.prepare(Path(args.limiter_dir), Path(args.limiter_state_dir), vendors)
+        except ConfigError:
+            hami = None  # shares under hami-core are then published unshared (PublishedSharing)
+    published = Publisher(api)
+    sharing = PublishedSharing(
+        discover, lambda: published.read(args.node_name), hami_installed=hami is not None
+    )
     plugin = DraPlugin(
-        Preparer(args.node_name, vendors, kube, Path(args.cdi_dir), LastDiscovery(discovered)),
+        Preparer(
+            args.node_name, vendors, kube, Path(args.cdi_dir), LastDiscovery(sharing), hami=hami
+        ),
         SlicePublisher(args.node_name, kube, min_health=args.min_health, vendors=vendors),
         Path(args.plugin_dir),
         Path(args.registry_dir),

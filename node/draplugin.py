@@ -47,6 +47,7 @@ from hcs.dra import (
     resource_slices,
     share_enforcement,
     slices_changed,
+    with_sharing,
 )
 from hcs.errors import HcsError
 from hcs.models import ComputeNode, Device
@@ -122,6 +123,37 @@ class LastDiscovery:
 
     def __call__(self) -> ComputeNode | None:
         return self.node if self.node is not None else self.refresh()
+
+
+@dataclass
+class PublishedSharing:
+    """The node as discovered, sharing as the agent published it (`hcs.dra.with_sharing`):
+    the agent's flags are the one source of a node's sharing, for the extender, quota and
+    the slices alike. A node whose shares HAMi-core keeps, on which HAMi-core is not installed
+    (`hami_installed`), is published unshared: never a share nothing enforces. When the
+    ComputeNode cannot be read, the last one read stands."""
+
+    discover: Callable[[], Mapping[str, Any] | None]
+    read_published: Callable[[], Mapping[str, Any] | None]
+    hami_installed: bool = False
+    last: Mapping[str, Any] | None = None
+
+    def __call__(self) -> ComputeNode | None:
+        raw = self.discover()
+        if raw is None:
+            return None
+        try:
+            self.last = self.read_published()
+        except Exception as exc:  # the API server may be away: keep what was read
+            log.warning("reading the agent's ComputeNode failed (%s); sharing as before", exc)
+        node = ComputeNode.from_dict(with_sharing(raw, self.last))
+        if node.share_enforcement == "hami-core" and not self.hami_installed:
+            log.error(
+                "the agent publishes shares kept by HAMi-core, which is not installed here "
+                "(--limiter-dir): devices published unshared"
+            )
+            return ComputeNode.from_dict(with_sharing(raw, None))
+        return node
 
 
 @dataclass

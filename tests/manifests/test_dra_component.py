@@ -72,6 +72,11 @@ def test_every_agent_daemonset_runs_the_driver_with_kubelets_folders(
         assert host[args.cdi_dir] == args.cdi_dir == "/var/run/cdi"
         assert args.vendor == ds["metadata"]["name"].removeprefix("hcs-agent-")
         assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "hcs-agent"
+        if args.vendor == "nvidia":  # HAMi-core's host folders, at their own paths
+            assert host[args.limiter_dir] == args.limiter_dir
+            assert host[args.limiter_state_dir] == args.limiter_state_dir
+            (library,) = [m for m in c["volumeMounts"] if m["mountPath"] == args.limiter_dir]
+            assert library.get("readOnly") is True
 
 
 def test_rbac_grants_the_drivers_calls_and_no_more(rendered: list[dict[str, Any]]) -> None:
@@ -81,7 +86,8 @@ def test_rbac_grants_the_drivers_calls_and_no_more(rendered: list[dict[str, Any]
         if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "hcs-dra-plugin"
     ]
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    # node/draplugin.KubeDra: list/create/replace/delete slices, read claims.
+    # node/draplugin.KubeDra: list/create/replace/delete slices, read claims. (It also reads
+    # its node's ComputeNode for the sharing the agent published: the agent's own role.)
     assert granted == {
         ("resourceslices", "list"),
         ("resourceslices", "create"),

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hcs.dra import DRIVER
+from hcs.dra import DRIVER, resource_slices
 from hcs.models import ComputeNode
 from hcs.vendors import VendorTable
 from node.dra.v1 import api_pb2 as v1
@@ -28,7 +28,7 @@ from node.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from node.draplugin import DraPlugin, KubeDra, Preparer, SlicePublisher
 from node.pluginregistration.v1 import api_pb2 as reg
 from node.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from tests.fake_apiserver import CLAIMS, SLICES, FakeApiServer
+from tests.fake_apiserver import CLAIMS, NODES, SLICES, FakeApiServer
 from tests.node.harness import api_client, compute_node
 from tests.node.kubelet import short_dir
 
@@ -274,7 +274,8 @@ async def test_the_dra_plugin_command_registers_and_publishes(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:
     """`hcs dra-plugin` as a started process: discovery from a real npu-smi output, slices on the
-    API server, registration with the imitated kubelet, SIGTERM ends it with exit 0."""
+    API server, registration with the imitated kubelet, SIGTERM ends it with exit 0. The
+    devices are shared as the agent's ComputeNode says, and follow it when it changes."""
     from tests.fake_apiserver import write_kubeconfig
     from tests.processes import Started
 
@@ -282,6 +283,7 @@ async def test_the_dra_plugin_command_registers_and_publishes(
     fake = FakeApiServer()
     server = await aiohttp_server(fake.app())
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")))
+    fake.put(NODES, compute_node("npu-9", "huawei", 8, shared=True, enforcement="vnpu"))
     root = short_dir()
     process = Started(
         "dra-plugin",
@@ -300,7 +302,20 @@ async def test_the_dra_plugin_command_registers_and_publishes(
         (published,) = fake.objects[SLICES].values()
         assert published["spec"]["nodeName"] == "npu-9"
         assert len(published["spec"]["devices"]) == 8
-        assert published["spec"]["devices"][0]["capacity"]["vram"]["value"].endswith("i")
+        first = published["spec"]["devices"][0]
+        assert first["capacity"]["vram"]["value"].endswith("i")
+        # 910B3: shared by vNPU templates, as the agent published.
+        assert first["allowMultipleAllocations"] is True
+        assert first["capacity"]["vram"]["requestPolicy"]["validValues"][:2] == ["16Gi", "32Gi"]
+        fake.put(NODES, compute_node("npu-9", "huawei", 8))  # the agent now exclusive
+
+        def exclusive() -> bool:
+            (s,) = fake.objects[SLICES].values()
+            return not any("allowMultipleAllocations" in d for d in s["spec"]["devices"])
+
+        await wait_until(exclusive, timeout=30)
+        (now,) = fake.objects[SLICES].values()
+        assert now["spec"]["pool"]["generation"] > published["spec"]["pool"]["generation"]
     finally:
         code, err = await asyncio.to_thread(process.stop)
         shutil.rmtree(root, ignore_errors=True)
@@ -341,3 +356,30 @@ def test_prepare_reads_the_last_discovery_and_never_runs_the_tool(tmp_path: Path
     for _ in range(3):
         assert [p.device for p in preparer.prepare("ml", "u-7", "c")] == ["huawei-1"]
     assert len(runs) == 1
+
+
+def test_shares_need_their_limiter_and_survive_an_unreadable_compute_node() -> None:
+    from node.draplugin import PublishedSharing
+
+    raw = compute_node("gpu-5", "nvidia", 2)
+    answers: list[Any] = [compute_node("gpu-5", "nvidia", 2, shared=True, enforcement="hami-core")]
+
+    def read() -> Any:
+        answer = answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with_library = PublishedSharing(lambda: raw, read, hami_installed=True)
+    assert with_library() is not None and with_library.last is not None
+    node = with_library()
+    assert node is not None and node.share_enforcement == "hami-core"
+    answers[0] = OSError("connection refused")  # the API server away: as last read
+    node = with_library()
+    assert node is not None and node.share_enforcement == "hami-core"
+    answers[0] = compute_node("gpu-5", "nvidia", 2, shared=True, enforcement="hami-core")
+    without = PublishedSharing(lambda: raw, read)  # HAMi-core not installed: never shared
+    node = without()
+    assert node is not None and not node.shared
+    (s,) = resource_slices(node, 1)
+    assert not any("allowMultipleAllocations" in d for d in s["spec"]["devices"])
