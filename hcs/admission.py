@@ -44,7 +44,7 @@ from hcs.demand import (
 from hcs.demand import (
     PREFIX as ABSTRACT_PREFIX,
 )
-from hcs.dra import claim_template_spec, template_name
+from hcs.dra import claim_requests, claim_template_spec, template_name
 from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
 from hcs.state import ClusterState
@@ -650,6 +650,7 @@ def mutate_dra(
         "annotations",
     )
     spec = pod.get("spec") or {}
+    uses = claim_requests(demand)
     for c in demand.all_containers:
         container = (spec.get(c.kind) or [])[c.index]
         resources = container.get("resources") or {}
@@ -664,7 +665,7 @@ def mutate_dra(
                     )
         patch.append(
             resources.get("claims"),
-            [{"name": CLAIM, "request": c.name}],
+            [{"name": CLAIM, "request": uses[c.name]}],
             "spec",
             c.kind,
             c.index,

@@ -329,12 +329,46 @@ def capacity_requests(c: ContainerDemand) -> dict[str, Any]:
     }
 
 
+def _takes_whole(c: ContainerDemand) -> bool:
+    return c.whole or not (c.vram_mib or c.fp16_milli_tflops or c.fp32_milli_tflops)
+
+
+def _covers(app: ContainerDemand, init: ContainerDemand) -> bool:
+    """Does `app`'s request hold everything `init` asks for, device by device?"""
+    if app.devices < init.devices:
+        return False
+    if _takes_whole(app):
+        return True
+    return not _takes_whole(init) and (
+        app.vram_mib >= init.vram_mib
+        and app.fp16_milli_tflops >= init.fp16_milli_tflops
+        and app.fp32_milli_tflops >= init.fp32_milli_tflops
+    )
+
+
+def claim_requests(demand: PodDemand) -> dict[str, str]:
+    """The claim request each requesting container uses: its own (named after it), except a
+    run-to-completion init container that an app container's request covers, which uses the
+    first such app's. A claim's devices are the pod's for its whole life, so an init
+    container's own request would hold devices long after it ended; kubelet runs it before
+    the apps, so the two never use the devices at once (as kubelet's device manager reuses an
+    init container's devices for the apps)."""
+    apps = [c for c in demand.all_containers if c.phase == "app"]
+    out = {}
+    for c in demand.all_containers:
+        host = next((a for a in apps if _covers(a, c)), None) if c.phase == "init" else None
+        out[c.name] = host.name if host is not None else c.name
+    return out
+
+
 def claim_template_spec(demand: PodDemand) -> dict[str, Any]:
     """A ResourceClaimTemplate's `spec` for a pod's `ai.compute/*` requests: one request per
-    requesting container, each `firstAvailable` over the pod's vendors in its order (the
+    requesting container (an init container an app's request covers uses that one,
+    `claim_requests`), each `firstAvailable` over the pod's vendors in its order (the
     preference, then the downgrade order), `count` devices of the vendor's class with the
     per-device capacities as a selector and as capacity requests (`capacity_requests`);
     `high-bandwidth` as a matchAttribute on the interconnect group."""
+    uses = claim_requests(demand)
     requests = [
         {
             "name": c.name,
@@ -351,6 +385,7 @@ def claim_template_spec(demand: PodDemand) -> dict[str, Any]:
             ],
         }
         for c in demand.all_containers
+        if uses[c.name] == c.name
     ]
     devices: dict[str, Any] = {"requests": requests}
     if demand.topology == "high-bandwidth":

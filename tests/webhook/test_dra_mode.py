@@ -124,3 +124,27 @@ async def test_templates_from_pods_are_created_once_and_forged_specs_are_not(
     assert first == [f"{namespace}/{name}"] and second == []
     stored = fake.objects["resourceclaimtemplates"][f"{namespace}/{name}"]
     assert stored["spec"] == templates[f"{namespace}/{name}"]["spec"]
+
+
+def test_an_init_container_uses_the_app_request_that_holds_it(ctx: AdmissionContext) -> None:
+    """A claim's devices stay the pod's for its whole life: an init container an app's request
+    covers runs on that app's devices (kubelet runs it first), one that none covers and a
+    native sidecar (running beside the apps) get requests of their own."""
+    small = {"ai.compute/vram": "8Gi"}
+    big = {"ai.compute/vram": "100Gi", "ai.compute/devices": "4"}
+    sidecar = container("log", small, small)
+    sidecar.restart_policy = "Always"
+    pod = k8s_pod(
+        container("train", ASK, ASK),
+        init=[container("fetch", small, small), container("warm", big, big), sidecar],
+        annotations={"hcs.io/vendor-preference": "nvidia"},
+    )
+    result = applied(pod, review(request_for(pod), dra(ctx)))
+    refs = {
+        c["name"]: c["resources"]["claims"][0]["request"]
+        for kind in ("initContainers", "containers")
+        for c in result["spec"][kind]
+    }
+    assert refs == {"fetch": "train", "warm": "warm", "log": "log", "train": "train"}
+    spec = json.loads(result["metadata"]["annotations"][A_CLAIM_TEMPLATE_SPEC])
+    assert [r["name"] for r in spec["spec"]["devices"]["requests"]] == ["warm", "log", "train"]
