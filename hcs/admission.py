@@ -49,6 +49,7 @@ from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
 from hcs.state import ClusterState
 from hcs.vendors import (
+    DRIVER_LIBRARY_ENV,
     NO_DEVICE_VALUES,
     VENDOR_NAMES,
     HostMount,
@@ -799,9 +800,6 @@ def _patch_requesting(
         i,
         "volumeMounts",
     )
-
-
-DRIVER_LIBRARY_ENV = "HCS_DRIVER_LIBRARY_PATH"
 
 
 def _library_path(

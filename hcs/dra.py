@@ -37,7 +37,7 @@ from hcs.limiter import (
 from hcs.models import ENFORCEMENT_LABEL, SHARING_LABEL, ComputeNode, Device
 from hcs.quantity import format_mib, format_milli, milli_tflops, vram_mib
 from hcs.state import device_cliques
-from hcs.vendors import VENDOR_NAMES, VendorProfile, VendorTable
+from hcs.vendors import DRIVER_LIBRARY_ENV, VENDOR_NAMES, VendorProfile, VendorTable
 
 DRIVER: Final = "compute.hcs.io"
 API_VERSION: Final = "resource.k8s.io/v1"
@@ -226,7 +226,9 @@ def device_classes(vendors: VendorTable) -> list[dict[str, Any]]:
 def cdi_edits(profile: VendorProfile, devices: Sequence[Device]) -> dict[str, Any]:
     """containerEdits giving a container exactly `devices` (in that order): env and device
     nodes from the device plugin's own answer (`hcs.assignment.allocation`, env strategy), so
-    both paths give a pod the same devices the same way."""
+    both paths give a pod the same devices the same way; and the vendor's driver folders the
+    webhook mounts in device plugin mode (read-only, with `HCS_DRIVER_LIBRARY_PATH`), which it
+    cannot in DRA mode: the vendor is chosen at allocation."""
     answer = allocation(
         profile,
         [d.id for d in devices],
@@ -234,8 +236,19 @@ def cdi_edits(profile: VendorProfile, devices: Sequence[Device]) -> dict[str, An
         strategies=("envvar",),
     )
     edits: dict[str, Any] = {"env": [f"{k}={v}" for k, v in answer.envs.items()]}
+    if profile.ld_library_path:
+        edits["env"].append(f"{DRIVER_LIBRARY_ENV}={':'.join(profile.ld_library_path)}")
     if answer.device_nodes:
         edits["deviceNodes"] = [{"path": p} for p in answer.device_nodes]
+    if profile.mounts:
+        edits["mounts"] = [
+            {
+                "hostPath": m.host_path,
+                "containerPath": m.mount_path,
+                "options": ["ro", "nosuid", "nodev", "bind"],
+            }
+            for m in profile.mounts
+        ]
     return edits
 
 

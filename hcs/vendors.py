@@ -32,9 +32,15 @@ VENDOR_CODES: Final[dict[str, int]] = {name: i for i, name in enumerate(VENDOR_N
 ALL_VENDORS_MASK: Final = (1 << len(VENDOR_NAMES)) - 1
 
 
+DRIVER_LIBRARY_ENV: Final = "HCS_DRIVER_LIBRARY_PATH"
+"""The driver's library folders (`ld_library_path`), offered beside the image's own
+LD_LIBRARY_PATH, which HCS never replaces unseen."""
+
+
 @dataclass(frozen=True)
 class HostMount:
-    """A driver hostPath the webhook mounts into requesting containers."""
+    """A driver hostPath mounted, always read-only, into requesting containers: by the webhook
+    (device plugin mode) or by the DRA driver's CDI edits."""
 
     name: str
     host_path: str

@@ -127,7 +127,17 @@ def test_cdi_edits_are_the_device_plugins_answer(vendor: str) -> None:
         profile, ["5", "2"], {d.id: d.identity or d.id for d in given}, strategies=("envvar",)
     )
     edits = dev["containerEdits"]
-    assert dict(e.split("=", 1) for e in edits["env"]) == answer.envs
+    env = dict(e.split("=", 1) for e in edits["env"])
+    # The driver folders, which the webhook mounts in device plugin mode: read-only, from the
+    # same vendor-table entries; their libraries offered beside the image's LD_LIBRARY_PATH.
+    assert env.pop("HCS_DRIVER_LIBRARY_PATH", None) == (
+        ":".join(profile.ld_library_path) or None
+    )
+    assert env == answer.envs
+    assert [(m["hostPath"], m["containerPath"]) for m in edits.get("mounts", [])] == [
+        (m.host_path, m.mount_path) for m in profile.mounts
+    ]
+    assert all(m["options"][0] == "ro" for m in edits.get("mounts", []))
     assert [n["path"] for n in edits.get("deviceNodes", [])] == list(answer.device_nodes)
     if vendor == "huawei":
         assert "ASCEND_VISIBLE_DEVICES=5,2" in edits["env"]

@@ -362,6 +362,10 @@ async def test_shares_of_one_gpu_are_each_held_to_what_their_claim_consumed(
         assert device.share_id == result["shareID"]
         edits = container_edits(plugin, kubelet.cdi_ids(prepared, "main"))
         assert edits["env"]["NVIDIA_VISIBLE_DEVICES"] == uuid
+        # The driver folders come too, read-only (the webhook cannot add them in DRA mode).
+        assert {"/usr/local/nvidia", "/run/nvidia/driver"} <= {
+            m["containerPath"] for m in edits["mounts"] if m["options"][0] == "ro"
+        }
         assert edits["env"]["CUDA_DEVICE_MEMORY_LIMIT_0"] == "16384m"
         assert edits["env"]["CUDA_DEVICE_SM_LIMIT"] == "25"  # 78 of 312 TFLOPS
         library = {m["containerPath"]: m for m in edits["mounts"]}
@@ -381,7 +385,8 @@ async def test_shares_of_one_gpu_are_each_held_to_what_their_claim_consumed(
     assert r["consumedCapacity"]["vram"] == "81920Mi"  # the whole of it
     kubelet, _, prepared = await asyncio.to_thread(prepare, shared, "nvidia", claim)
     edits = container_edits(plugin, kubelet.cdi_ids(prepared, "main"))
-    assert not any(k.startswith("CUDA_DEVICE_") for k in edits["env"]) and not edits["mounts"]
+    assert not any(k.startswith("CUDA_DEVICE_") for k in edits["env"])
+    assert not [m for m in edits["mounts"] if "vgpu" in m["containerPath"]]
 
 
 async def test_npu_shares_take_the_smallest_vnpu_template_and_fill_the_chip(
