@@ -130,9 +130,7 @@ def test_cdi_edits_are_the_device_plugins_answer(vendor: str) -> None:
     env = dict(e.split("=", 1) for e in edits["env"])
     # The driver folders, which the webhook mounts in device plugin mode: read-only, from the
     # same vendor-table entries; their libraries offered beside the image's LD_LIBRARY_PATH.
-    assert env.pop("HCS_DRIVER_LIBRARY_PATH", None) == (
-        ":".join(profile.ld_library_path) or None
-    )
+    assert env.pop("HCS_DRIVER_LIBRARY_PATH", None) == (":".join(profile.ld_library_path) or None)
     assert env == answer.envs
     assert [(m["hostPath"], m["containerPath"]) for m in edits.get("mounts", [])] == [
         (m.host_path, m.mount_path) for m in profile.mounts
