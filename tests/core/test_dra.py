@@ -350,3 +350,39 @@ def test_the_limiters_contract_follows_what_the_claim_consumed() -> None:
         ComputeNode.from_dict(with_sharing(discovered, published)).share_enforcement == "hami-core"
     )
     assert not ComputeNode.from_dict(with_sharing(published, None)).shared
+
+
+K8S_VERSION = "1.37.0"
+"""The API server's published OpenAPI schema these objects are checked against
+(kubernetes-validate)."""
+
+
+@pytest.mark.parametrize("vendor", VENDOR_NAMES)
+def test_what_the_driver_and_the_webhook_write_is_valid_for_the_api_server(vendor: str) -> None:
+    import kubernetes_validate
+
+    from hcs.dra import claim_template_spec, template_name
+
+    enforcement = {"nvidia": "hami-core", "huawei": "vnpu"}.get(vendor, "none")
+    for cn in (node(vendor, 4), shared_node(vendor, enforcement, 4)):
+        for s in resource_slices(cn, 7):
+            kubernetes_validate.validate(s, K8S_VERSION, strict=True)
+    for cls in device_classes(VendorTable()):
+        kubernetes_validate.validate(cls, K8S_VERSION, strict=True)
+    spec = claim_template_spec(
+        demand_of(
+            [{"ai.compute/vram": "16Gi", "ai.compute/devices": "2"}, {"ai.compute/devices": "1"}],
+            {
+                "hcs.io/vendor-preference": vendor,
+                "hcs.io/allow-downgrade": "true",
+                "hcs.io/topology-preference": "high-bandwidth",
+            },
+        )
+    )
+    template = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": template_name(spec), "namespace": "ml"},
+        "spec": spec,
+    }
+    kubernetes_validate.validate(template, K8S_VERSION, strict=True)
