@@ -475,8 +475,14 @@ def share_enforcement(
     same contract the device plugin hands a fractional container, hcs.limiter): None when
     every device was consumed whole, or the node's sharing is unenforced. HcsError when the
     share cannot be enforced as booked."""
-    if not node.shared or not any(is_part(s, d) for s, d in zip(shares, given, strict=True)):
+    if not any(is_part(s, d) for s, d in zip(shares, given, strict=True)):
         return None
+    if not node.shared:
+        raise HcsError(
+            "the claim holds a share of a device, but this node's ComputeNode no longer shares "
+            "devices: nothing here would keep the share to its size (the claim must be "
+            "allocated again)"
+        )
     mode = node.share_enforcement
     parts = [
         s or Share(d.vram_allocatable_mib, d.fp16_milli_tflops, d.fp32_milli_tflops)

@@ -325,6 +325,9 @@ def test_the_limiters_contract_follows_what_the_claim_consumed() -> None:
     whole = Share(a.vram_allocatable_mib, a.fp16_milli_tflops, a.fp32_milli_tflops)
     assert share_enforcement(gpu, VendorTable(), [a], [whole], paths) is None
     assert share_enforcement(gpu, VendorTable(), [a], [None], paths) is None
+    # Allocated as a share, prepared after the node stopped sharing: refused, never unlimited.
+    with pytest.raises(HcsError, match="no longer shares"):
+        share_enforcement(node("nvidia", 2), VendorTable(), [a], [Share(1024, 0, 0)], paths)
     with pytest.raises(HcsError, match="HAMi-core"):
         share_enforcement(gpu, VendorTable(), [a], [Share(1024, 0, 0)], None)
     assert (

@@ -383,3 +383,59 @@ def test_shares_need_their_limiter_and_survive_an_unreadable_compute_node() -> N
     assert node is not None and not node.shared
     (s,) = resource_slices(node, 1)
     assert not any("allowMultipleAllocations" in d for d in s["spec"]["devices"])
+
+
+def test_a_share_on_nvidias_own_cdi_devices_adds_only_the_limiter(tmp_path: Path) -> None:
+    """With NVIDIA's spec on the node the GPU comes from NVIDIA's CDI device; HCS's spec then
+    holds HAMi-core's edits alone, answered once on the request."""
+    from node.deviceplugin import HamiCore
+
+    cn = ComputeNode.from_dict(
+        compute_node("gpu-4", "nvidia", 2, shared=True, enforcement="hami-core")
+    )
+    etc = tmp_path / "etc-cdi"
+    etc.mkdir()
+    (etc / "nvidia.json").write_text(
+        json.dumps(
+            {
+                "cdiVersion": "0.5.0",
+                "kind": "nvidia.com/gpu",
+                "devices": [{"name": f"GPU-gpu-4-{i}", "containerEdits": {}} for i in range(2)],
+            }
+        )
+    )
+    (tmp_path / "vgpu").mkdir()
+    (tmp_path / "vgpu" / "libvgpu.so").write_bytes(b"\x7fELF")
+    hami = HamiCore.prepare(tmp_path / "vgpu", tmp_path / "state", VendorTable())
+    share = {"vram": "8Gi", "tflops_fp16": "0", "tflops_fp32": "0"}
+
+    class Claims:
+        def read_claim(self, namespace: str, name: str) -> dict[str, Any]:
+            results = [
+                {**result(f"nvidia-{i}", "gpu-4", request="main/nvidia"), "shareID": f"s{i}"}
+                | {"consumedCapacity": share}
+                for i in range(2)
+            ]
+            return claim(name, "u-8", results)
+
+    preparer = Preparer(
+        "gpu-4",
+        VendorTable(),
+        Claims(),
+        tmp_path / "cdi",
+        lambda: cn,
+        nvidia_cdi_dirs=(etc,),
+        hami=hami,
+    )
+    first, second = preparer.prepare("ml", "u-8", "c")
+    assert (first.request, first.share_id, second.share_id) == ("main", "s0", "s1")
+    assert first.cdi_ids == ("nvidia.com/gpu=GPU-gpu-4-0", f"{DRIVER}/device=u-8-main")
+    assert second.cdi_ids == ("nvidia.com/gpu=GPU-gpu-4-1",)
+    spec = json.loads((tmp_path / "cdi" / f"{DRIVER}-u-8.json").read_text())
+    (device,) = spec["devices"]
+    env = dict(e.split("=", 1) for e in device["containerEdits"]["env"])
+    assert env["CUDA_DEVICE_MEMORY_LIMIT_0"] == env["CUDA_DEVICE_MEMORY_LIMIT_1"] == "8192m"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env  # the GPUs are NVIDIA's devices' business
+    preparer.unprepare("u-8")
+    assert not list((tmp_path / "state" / "claims").iterdir())
+    assert not (tmp_path / "cdi" / f"{DRIVER}-u-8.json").exists()
