@@ -99,7 +99,7 @@ class ImitatedKubelet:
             )
 
 
-def claim(name: str, uid: str, results: list[dict[str, str]]) -> dict[str, Any]:
+def claim(name: str, uid: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
