@@ -61,6 +61,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/webhook_https.py
 	$(BIN)/python benchmarks/device_plugin.py
 	$(BIN)/python benchmarks/burst.py
+	$(BIN)/python benchmarks/dra_prepare.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
