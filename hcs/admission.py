@@ -47,6 +47,7 @@ from hcs.demand import (
 from hcs.dra import claim_requests, claim_template_spec, template_name
 from hcs.engine import EngineConfig, Route, compile_request, route_vendor
 from hcs.errors import HcsError
+from hcs.limiter import limiter_env
 from hcs.state import ClusterState
 from hcs.vendors import (
     DRIVER_LIBRARY_ENV,
@@ -483,6 +484,10 @@ def device_env_problem(
       device env only to HCS's own downward-API reference to its devices, and the logical env
       only to HCS's `0..k-1`.
 
+    Nor sets a share limiter's setting (`hcs.limiter.limiter_env`: HAMi-core's limits and off
+    switches, the vNPU template), in any container: the pod's value would win over the device
+    plugin's and undo the share.
+
     Refused, never rewritten: the message names the container and the variable."""
     spec = pod.get("spec") or {}
     selection = vendors.selection_envs()
@@ -499,6 +504,13 @@ def device_env_problem(
                 asked.add(routed.name)
             for e in c.get("env") or []:
                 var = e.get("name") if isinstance(e, dict) else None
+                if isinstance(var, str) and limiter_env(var):
+                    return (
+                        f"InvalidRequest: spec.{kind}[{i}].env[{var}]: container {name} sets a "
+                        "share limiter's setting (HAMi-core, vNPU), which only HCS's node side "
+                        "sets from the booked share: the container's own value would override it "
+                        "and widen or switch off the share; remove it"
+                    )
                 owner = selection.get(var) if isinstance(var, str) else None
                 if owner is None or not isinstance(e, dict):
                     continue

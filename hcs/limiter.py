@@ -41,6 +41,24 @@ HAMI_CONTAINER_DIR: Final = "/usr/local/vgpu/containers"
 HAMI_LOCK_DIR: Final = "/tmp/vgpulock"
 LD_SO_PRELOAD: Final = "/etc/ld.so.preload"
 VNPU_ENV: Final = "ASCEND_VNPU_SPECS"
+LIMITER_ENVS: Final = (
+    "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+    "CUDA_DISABLE_CONTROL",
+    "GPU_CORE_UTILIZATION_POLICY",
+    VNPU_ENV,
+)
+"""Settings of the share limiters (HAMi-core's cache, its off switches, the vNPU template) that
+only HCS's node side sets: a container's own value would override the device plugin's (kubelet
+applies the pod's env after it) and widen or switch off the share."""
+LIMITER_ENV_PREFIXES: Final = ("CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_SM_LIMIT")
+"""HAMi-core's limits, with or without the `_<i>` device suffix."""
+
+
+def limiter_env(name: str) -> bool:
+    """Is `name` a share limiter's setting (`LIMITER_ENVS`, `LIMITER_ENV_PREFIXES`)?"""
+    return name in LIMITER_ENVS or name.startswith(LIMITER_ENV_PREFIXES)
+
+
 TEMPLATE_LIMITERS: Final = frozenset({"vnpu"})
 """Sharing modes whose shares are fixed templates (booked as the template, not the request)."""
 

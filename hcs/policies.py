@@ -7,7 +7,9 @@ kube-apiserver itself (CEL), so they hold while HCS's webhook is down and for po
   env may only be HCS's downward-API reference to its own devices. Pods on CREATE, and ephemeral
   containers (`kubectl debug`) when they are added. Namespaces are exempted by name (HCS's own,
   the GPU operators') or by the label `hcs.io/device-env: unrestricted`: HCS's agents need
-  `NVIDIA_VISIBLE_DEVICES=all`.
+  `NVIDIA_VISIBLE_DEVICES=all`. Nor does any container set a share limiter's setting
+  (HAMi-core's limits and off switches, the vNPU template: `hcs.limiter.limiter_env`), which
+  would override what the device plugin hands the limiter.
 - `hcs-pod-assignments`: no pod is created carrying what only the Binding and the device plugin
   write (`devices.hcs.io/*`, `hcs.io/assigned-devices`, `hcs.io/assigned-node`,
   `hcs.io/allocated`). It runs after the mutating webhook, whose patch never writes them.
@@ -45,6 +47,7 @@ from hcs.demand import (
     A_ASSIGNED_VENDOR,
     HCS_PREFIX,
 )
+from hcs.limiter import LIMITER_ENV_PREFIXES, LIMITER_ENVS
 from hcs.nodelock import LEASE_PREFIX, LOCK_NAMESPACE
 from hcs.vendors import NO_DEVICE_VALUES, VendorTable, load_vendor_table
 
@@ -182,8 +185,37 @@ def device_env_policy(vendors: VendorTable) -> list[dict[str, Any]]:
             for p in profiles
         )
         variables.append({"name": "patterns", "expression": patterns})
+    variables.append({"name": "limiterEnvs", "expression": cel_list(LIMITER_ENVS)})
+    variables.append({"name": "limiterPrefixes", "expression": cel_list(LIMITER_ENV_PREFIXES)})
+    limiter = (
+        "(e.name in variables.limiterEnvs"
+        " || variables.limiterPrefixes.exists(p, e.name.startsWith(p)))"
+    )
     validations = []
     for kind, items in _KINDS:
+        variables.append(
+            {
+                "name": f"limits_{kind}",
+                "expression": (
+                    f"{items}.filter(c, has(c.env) && c.env.exists(e, {limiter}))\n"
+                    f".map(c, c.name + ' sets ' + c.env.filter(e, {limiter})[0].name)"
+                ),
+            }
+        )
+        when = "request.operation != 'CREATE' || " if kind != "ephemeralContainers" else ""
+        validations.append(
+            {
+                "expression": f"{when}size(variables.limits_{kind}) == 0",
+                "message": f"spec.{kind}: a container sets a share limiter's setting; only HCS "
+                "sets it",
+                "messageExpression": (
+                    f"'spec.{kind}: container ' + variables.limits_{kind}[0] + ', a setting "
+                    "of the share limiter (HAMi-core, vNPU) that only the HCS node side sets "
+                    "from the booked share: a value set in the pod would override it'"
+                ),
+                "reason": "Forbidden",
+            }
+        )
         ok = _env_ok("c", "e", globs)
         variables.append(
             {
@@ -196,7 +228,6 @@ def device_env_policy(vendors: VendorTable) -> list[dict[str, Any]]:
         )
         # Containers are checked when the pod is created; ephemeral ones when they are added
         # (the containers of a pod made before this policy do not block `kubectl debug`).
-        when = "request.operation != 'CREATE' || " if kind != "ephemeralContainers" else ""
         validations.append(
             {
                 "expression": f"{when}size(variables.bad_{kind}) == 0",

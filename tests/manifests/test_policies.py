@@ -32,7 +32,7 @@ from tests.fake_admission import (
     service_account,
     webhook_matches,
 )
-from tests.webhook.test_admission import K8S_VERSION, ROOT, applied, container, k8s_pod
+from tests.webhook.test_admission import K8S_VERSION, ROOT, applied, container, k8s_pod, request_for
 from tests.webhook.test_admission import ctx as webhook_ctx
 
 MANIFESTS = ROOT / "manifests"
@@ -301,6 +301,55 @@ def test_kubectl_debug_cannot_add_a_container_that_sees_every_gpu(admission: Adm
     assert admission.review(update(old, new, "pods/ephemeralcontainers")) == []
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        var("CUDA_DEVICE_MEMORY_LIMIT_0", "0"),  # HAMi-core: 0 means no limit
+        var("CUDA_DEVICE_MEMORY_LIMIT", "80g"),
+        var("CUDA_DEVICE_SM_LIMIT", "100"),
+        var("GPU_CORE_UTILIZATION_POLICY", "disable"),
+        var("CUDA_DISABLE_CONTROL", "true"),
+        var("CUDA_DEVICE_MEMORY_SHARED_CACHE", "/tmp/mine"),
+        var("ASCEND_VNPU_SPECS", "vir10_3c_32g"),  # a larger vNPU than was booked
+        var("CUDA_DEVICE_SM_LIMIT", field_ref=client.V1ObjectFieldSelector(field_path="x")),
+    ],
+    ids=lambda e: e.name,
+)
+def test_no_container_sets_a_share_limiters_setting(
+    env: client.V1EnvVar, admission: Admission, webhook_ctx: Any
+) -> None:
+    """Kubelet applies the pod's env after the device plugin's: a container's own value would
+    undo the share HCS booked. Refused by the policy for pods the webhook never sees (a legacy
+    GPU pod, an ephemeral container) and by the webhook for the pods it does."""
+    legacy = k8s_pod(container("train", limits={"nvidia.com/gpu": "1"}, env=[env]))
+    assert webhook_called(legacy) == []
+    (denial,) = admission.review(create(legacy))
+    assert denial.policy == "hcs-device-env" and denial.reason == "Forbidden"
+    assert (
+        f"spec.containers: container train sets {env.name}, a setting of the share limiter"
+        in denial.message
+    )
+    old = bound_pod()
+    new = copy.deepcopy(old)
+    new["spec"]["ephemeralContainers"] = [
+        {"name": "dbg", "image": "busybox", "env": [API.sanitize_for_serialization(env)]}
+    ]
+    (denial,) = admission.review(update(old, new, "pods/ephemeralcontainers"))
+    assert "container dbg sets" in denial.message
+    asks = {"ai.compute/vram": "8Gi"}
+    pod = k8s_pod(container("train", asks, asks, env=[env]))
+    assert webhook_called(pod) != []
+    before = copy.deepcopy(webhook_ctx.quotas.used)  # type: ignore[attr-defined]
+    response = review(request_for(pod), webhook_ctx)
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert f"env[{env.name}]" in message and "container train" in message
+    assert webhook_ctx.quotas.used == before  # type: ignore[attr-defined]  # nothing charged
+    # Names that merely look alike are the container's own business.
+    alike = [var("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), var("MY_CUDA_DEVICE_SM_LIMIT", "1")]
+    assert admission.review(create(k8s_pod(container("cpu", env=alike)))) == []
+
+
 # --------------------------------------------------------------------------- tenants: assignments
 
 
@@ -314,8 +363,6 @@ def test_a_pod_created_carrying_an_assignment_is_refused(
     pod = k8s_pod(container(limits={"nvidia.com/gpu": "1"}), annotations={key: "7"})
     # The webhook is now asked, and refuses it; and if it were down or skipped, the policy does.
     assert webhook_called(pod) == ["pods.hcs.io"]
-    from tests.webhook.test_admission import request_for
-
     answer = review(request_for(pod), webhook_ctx)
     assert answer["allowed"] is False and key in answer["status"]["message"]
     (denial,) = admission.review(create(pod))
@@ -330,8 +377,6 @@ def test_a_pod_created_carrying_an_assignment_is_refused(
 def test_an_ordinary_hcs_pod_patched_by_the_webhook_passes_every_policy(
     annotations: dict[str, str] | None, admission: Admission, webhook_ctx: Any
 ) -> None:
-    from tests.webhook.test_admission import request_for
-
     pod = k8s_pod(
         container("trainer", requests={"ai.compute/vram": "16Gi", "ai.compute/devices": "2"}),
         container("sidecar", env=[var("LOG_LEVEL", "info")]),
@@ -350,8 +395,6 @@ def test_the_webhook_patch_is_what_the_policies_expect_of_a_requesting_container
 ) -> None:
     """The device env the webhook writes is the one form the policy lets a requesting container
     have: if either changes, this fails."""
-    from tests.webhook.test_admission import request_for
-
     pod = k8s_pod(container("trainer", requests={"ai.compute/vram": "8Gi"}))
     ops = json.loads(base64.b64decode(review(request_for(pod), webhook_ctx)["patch"]))
     patched = jsonpatch.apply_patch(copy.deepcopy(pod), ops)
