@@ -339,12 +339,12 @@ def test_no_container_sets_a_share_limiters_setting(
     asks = {"ai.compute/vram": "8Gi"}
     pod = k8s_pod(container("train", asks, asks, env=[env]))
     assert webhook_called(pod) != []
-    before = copy.deepcopy(webhook_ctx.quotas.used)  # type: ignore[attr-defined]
+    before = copy.deepcopy(webhook_ctx.quotas.used)
     response = review(request_for(pod), webhook_ctx)
     assert response["allowed"] is False
     message = response["status"]["message"]
     assert f"env[{env.name}]" in message and "container train" in message
-    assert webhook_ctx.quotas.used == before  # type: ignore[attr-defined]  # nothing charged
+    assert webhook_ctx.quotas.used == before  # nothing charged
     # Names that merely look alike are the container's own business.
     alike = [var("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), var("MY_CUDA_DEVICE_SM_LIMIT", "1")]
     assert admission.review(create(k8s_pod(container("cpu", env=alike)))) == []
