@@ -188,6 +188,15 @@ class Preparer:
         ]
         if not results:
             return []
+        for i, config in enumerate((allocation.get("devices") or {}).get("config") or []):
+            opaque = (config or {}).get("opaque") or {}
+            if opaque.get("driver") == DRIVER:
+                source = "the DeviceClass" if config.get("source") == "FromClass" else "the claim"
+                raise HcsError(
+                    f"status.allocation.devices.config[{i}]: {DRIVER} takes no opaque "
+                    f"configuration (from {source}); ask through the requests' capacities and "
+                    "selectors instead, and remove it"
+                )
         cn = self.discovered()
         if cn is None:
             raise HcsError("the node's devices are not discovered yet; kubelet retries")

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from hcs.dra import DRIVER, resource_slices
+from hcs.errors import HcsError
 from hcs.models import ComputeNode
 from hcs.vendors import VendorTable
 from node.dra.v1 import api_pb2 as v1
@@ -439,3 +440,37 @@ def test_a_share_on_nvidias_own_cdi_devices_adds_only_the_limiter(tmp_path: Path
     preparer.unprepare("u-8")
     assert not list((tmp_path / "state" / "claims").iterdir())
     assert not (tmp_path / "cdi" / f"{DRIVER}-u-8.json").exists()
+
+
+def test_opaque_configuration_for_the_driver_is_refused_not_ignored(tmp_path: Path) -> None:
+    """HCS's driver has no opaque parameters: a claim carrying some for it fails at Prepare,
+    naming where, rather than running without what its author asked for."""
+    cn = ComputeNode.from_dict(compute_node("npu-3", "huawei", 2))
+    config: list[dict[str, Any]] = [
+        {
+            "source": "FromClaim",
+            "requests": ["gpus"],
+            "opaque": {"driver": "gpu.nvidia.com", "parameters": {"sharing": "x"}},
+        }
+    ]
+
+    class Claims:
+        def read_claim(self, namespace: str, name: str) -> dict[str, Any]:
+            c = claim(name, "u-7", [result("huawei-1", "npu-3")])
+            c["status"]["allocation"]["devices"]["config"] = config
+            return c
+
+    preparer = Preparer("npu-3", VendorTable(), Claims(), tmp_path / "cdi", lambda: cn)
+    # Another driver's configuration is that driver's business.
+    assert [p.device for p in preparer.prepare("ml", "u-7", "c")] == ["huawei-1"]
+    config.append(
+        {
+            "source": "FromClaim",
+            "requests": ["gpus"],
+            "opaque": {"driver": DRIVER, "parameters": {"memory": "16Gi"}},
+        }
+    )
+    preparer.unprepare("u-7")
+    with pytest.raises(HcsError, match=r"config\[1\]: compute.hcs.io takes no opaque"):
+        preparer.prepare("ml", "u-7", "c")
+    assert not list((tmp_path / "cdi").glob("*.json"))
