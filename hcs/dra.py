@@ -184,7 +184,13 @@ def resource_slices(
 
 
 def slice_name(node: str, index: int) -> str:
-    return f"{node}-{DRIVER}-{index}"[:253]
+    """`<node>-compute.hcs.io-<i>`, a DNS subdomain; a node name too long for that is cut and
+    told apart by its hash (never cut to end in `-` or `.`)."""
+    name = f"{node}-{DRIVER}-{index}"
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(node.encode()).hexdigest()[:10]
+    return f"{node[:200].rstrip('-.')}-{digest}-{DRIVER}-{index}"
 
 
 def slices_changed(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> bool:

@@ -389,3 +389,15 @@ def test_what_the_driver_and_the_webhook_write_is_valid_for_the_api_server(vendo
         "spec": spec,
     }
     kubernetes_validate.validate(template, K8S_VERSION, strict=True)
+
+
+def test_a_long_node_name_still_gives_valid_distinct_slice_names() -> None:
+    from hcs.dra import slice_name
+
+    subdomain = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    a = ("a" * 62 + ".") * 3 + "b" * 60  # 249 characters, a valid node name
+    b = a[:-1] + "c"
+    for node in (a, b, "gpu-1"):
+        assert subdomain.match(slice_name(node, 3)), slice_name(node, 3)
+    assert slice_name(a, 0) != slice_name(b, 0)
+    assert slice_name("gpu-1", 0) == "gpu-1-compute.hcs.io-0"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import threading
 import time
@@ -474,3 +475,50 @@ def test_opaque_configuration_for_the_driver_is_refused_not_ignored(tmp_path: Pa
     with pytest.raises(HcsError, match=r"config\[1\]: compute.hcs.io takes no opaque"):
         preparer.prepare("ml", "u-7", "c")
     assert not list((tmp_path / "cdi").glob("*.json"))
+
+
+REAL = Path(__file__).resolve().parents[1] / "agent" / "fixtures" / "real"
+
+
+@pytest.mark.parametrize(
+    ("vendor", "tool", "file", "count"),
+    [
+        ("nvidia", "nvidia-smi", "nvidia/querygpu-diffcols-h100-80gb-hbm3-drv590.48.01.csv", 1),
+        ("huawei", "npu-smi", "ascend/npu-smi-310p3x8-24.1.0.1-ids-0-32-32768.txt", 8),
+        ("huawei", "npu-smi", "ascend/npu-smi-910b4-1-x2-25.2.0-busid-redacted.txt", 2),
+        ("huawei", "npu-smi", "ascend/npu-smi-a3-910_93-chip-phyid-24.1rc3.txt", 2),
+        ("huawei", "npu-smi", "ascend/npu-smi-310x4-atlas3000-20.2.0-oldlayout.txt", 4),
+        ("huawei", "npu-smi", "ascend/npu-smi-910a-x8-24.1rc2-processes.txt", 8),
+        ("cambricon", "cnmon", "cambricon/cnmon-table-mlu370x8-x2-v5.10.13.txt", 2),
+        ("hygon", "hy-smi", "hygon/rocm-smi-json-hygon-k100ai-dtk24.04.3.json", 1),
+        ("hygon", "hy-smi", "hygon/hy-smi-showmeminfo-vram-json-bw-c3000-x2-drv6.3.31.json", 2),
+    ],
+)
+def test_real_tool_outputs_become_slices_the_api_server_and_the_classes_accept(
+    vendor: str, tool: str, file: str, count: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outputs recorded on real machines (fixtures/real/SOURCES.md) through `hcs dra-plugin
+    --dry-run`: valid ResourceSlices (Kubernetes 1.37's schema), DNS-label device names, every
+    capacity a quantity, and the vendor's DeviceClass selecting every device."""
+    import kubernetes_validate
+    import yaml
+
+    from hcs.dra import device_classes
+    from hcs.quantity import milli_tflops, vram_mib
+    from hcs_cli.main import main
+    from tests.dra_allocator import cel, cel_device
+
+    argv = ["dra-plugin", "--node-name", "node-a", "--vendor", vendor, "--dry-run"]
+    assert main([*argv, "--tool-output", f"{tool}={REAL / file}"]) == 0
+    (published,) = list(yaml.safe_load_all(capsys.readouterr().out))
+    kubernetes_validate.validate(published, "1.37.0", strict=True)
+    devices = published["spec"]["devices"]
+    assert len(devices) == count
+    assert len({d["name"] for d in devices}) == count
+    (cls,) = [c for c in device_classes(VendorTable()) if c["metadata"]["name"].startswith(vendor)]
+    (selector,) = cls["spec"]["selectors"]
+    for d in devices:
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", d["name"]), d["name"]
+        assert vram_mib(d["capacity"]["vram"]["value"]) > 0
+        milli_tflops(d["capacity"]["tflops_fp16"]["value"])
+        assert cel(selector["cel"]["expression"], cel_device(DRIVER, d))
