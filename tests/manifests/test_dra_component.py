@@ -156,3 +156,81 @@ def test_the_controller_may_read_and_create_claim_templates(rendered: list[dict[
     sa = {d["metadata"]["name"] for d in rendered if d["kind"] == "ServiceAccount"}
     (subject,) = binding["subjects"]
     assert subject["name"] in sa and subject["name"] == "hcs-controller"
+
+
+def claim_request(
+    resource: str, name: str, devices: dict[str, Any], namespace: str = "ml", **who: Any
+) -> Request:
+    spec = {"devices": devices}
+    kind = "ResourceClaimTemplate" if resource == "resourceclaimtemplates" else "ResourceClaim"
+    obj = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"spec": spec} if kind == "ResourceClaimTemplate" else spec,
+    }
+    who = who or {"user": "alice", "groups": ["system:authenticated"]}
+    return Request(
+        "CREATE",
+        resource,
+        group="resource.k8s.io",
+        namespace=namespace,
+        name=name,
+        object=obj,
+        **who,
+    )
+
+
+def test_claims_on_hcs_classes_come_from_hcs_where_quota_is_charged() -> None:
+    """A tenant's own claim or template on compute.hcs.io would take devices no ComputeQuota
+    sees; a template squatting hcs-compute-<hash> would hand HCS's pods what the tenant wrote."""
+    from hcs.demand import parse_pod
+    from hcs.dra import claim_template_spec, template_name
+
+    admission = Admission(docs("policy.yaml"))
+    admission.namespace("lab", {"hcs.io/dra-claims": "direct"})
+    exact = {"requests": [{"name": "g", "exactly": {"deviceClassName": "nvidia.compute.hcs.io"}}]}
+    fallback = {
+        "requests": [
+            {
+                "name": "g",
+                "firstAvailable": [
+                    {"name": "a", "deviceClassName": "gpu.nvidia.com"},
+                    {"name": "b", "deviceClassName": "compute.hcs.io"},
+                ],
+            }
+        ]
+    }
+    theirs = {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}
+    for resource in ("resourceclaims", "resourceclaimtemplates"):
+        for devices in (exact, fallback):
+            (denial,) = admission.review(claim_request(resource, "mine", devices))
+            assert denial.policy == "hcs-dra-claims" and denial.reason == "Forbidden"
+            assert "ask ai.compute/* instead" in denial.message
+            assert admission.review(claim_request(resource, "mine", devices, "lab")) == []
+        assert admission.review(claim_request(resource, "mine", theirs)) == []  # not HCS's
+    # The template hcs controller makes from an admitted pod, and the claim the resourceclaim
+    # controller makes from it, pass; the same name written by a tenant does not.
+    pod = {
+        "metadata": {"name": "p", "namespace": "ml", "annotations": {}},
+        "spec": {
+            "containers": [{"name": "main", "resources": {"limits": {"ai.compute/vram": "16Gi"}}}]
+        },
+    }
+    spec = claim_template_spec(
+        parse_pod(pod, AdmissionContext.__dataclass_fields__["vendors"].default_factory())
+    )  # type: ignore[misc]
+    name = template_name(spec)
+    controller = service_account("hcs-system", "hcs-controller")
+    claims = service_account("kube-system", "resource-claim-controller")
+    devices = spec["spec"]["devices"]
+    assert (
+        admission.review(claim_request("resourceclaimtemplates", name, devices, **controller)) == []
+    )
+    assert (
+        admission.review(claim_request("resourceclaims", "p-hcs-compute-x", devices, **claims))
+        == []
+    )
+    denials = admission.review(claim_request("resourceclaimtemplates", name, theirs))
+    assert [d.policy for d in denials] == ["hcs-dra-claims"]
+    assert "hcs-compute-* are HCS's" in denials[0].message
