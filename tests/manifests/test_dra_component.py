@@ -217,9 +217,7 @@ def test_claims_on_hcs_classes_come_from_hcs_where_quota_is_charged() -> None:
             "containers": [{"name": "main", "resources": {"limits": {"ai.compute/vram": "16Gi"}}}]
         },
     }
-    spec = claim_template_spec(
-        parse_pod(pod, AdmissionContext.__dataclass_fields__["vendors"].default_factory())
-    )  # type: ignore[misc]
+    spec = claim_template_spec(parse_pod(pod, VendorTable()))
     name = template_name(spec)
     controller = service_account("hcs-system", "hcs-controller")
     claims = service_account("kube-system", "resource-claim-controller")
