@@ -266,10 +266,12 @@ class Preparer:
         return [f"{NVIDIA_CDI_KIND}={d.identity}" for d in given]
 
     def _write(self, uid: str, spec: Mapping[str, Any]) -> None:
-        """Atomically (a reader never sees half a spec), the same bytes on a repeat."""
+        """Atomically (a reader never sees half a spec), the same bytes on a repeat; two calls
+        for one claim at once (kubelet's workers, two pods sharing a claim) each write their
+        own temporary file."""
         self.cdi_dir.mkdir(parents=True, exist_ok=True)
         target = self.cdi_dir / cdi_spec_file(uid)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, target)
 

@@ -522,3 +522,22 @@ def test_real_tool_outputs_become_slices_the_api_server_and_the_classes_accept(
         assert vram_mib(d["capacity"]["vram"]["value"]) > 0
         milli_tflops(d["capacity"]["tflops_fp16"]["value"])
         assert cel(selector["cel"]["expression"], cel_device(DRIVER, d))
+
+
+def test_one_claim_prepared_by_many_calls_at_once_answers_each_the_same(tmp_path: Path) -> None:
+    """kubelet may prepare a claim two pods share from two workers at once: every call gets the
+    same answer, the spec is whole, and no temporary file is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cn = ComputeNode.from_dict(compute_node("npu-3", "huawei", 8))
+
+    class Claims:
+        def read_claim(self, namespace: str, name: str) -> dict[str, Any]:
+            return claim(name, "u-7", [result("huawei-1", "npu-3"), result("huawei-2", "npu-3")])
+
+    preparer = Preparer("npu-3", VendorTable(), Claims(), tmp_path / "cdi", lambda: cn)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: preparer.prepare("ml", "u-7", "c"), range(64)))
+    assert all(a == answers[0] for a in answers)
+    assert [p.name for p in (tmp_path / "cdi").iterdir()] == [f"{DRIVER}-u-7.json"]
+    json.loads((tmp_path / "cdi" / f"{DRIVER}-u-7.json").read_text())
