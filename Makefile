@@ -62,6 +62,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/device_plugin.py
 	$(BIN)/python benchmarks/burst.py
 	$(BIN)/python benchmarks/dra_prepare.py
+	$(BIN)/python benchmarks/cluster_memory.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

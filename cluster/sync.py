@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,8 @@ def _status_message(exc: ApiException) -> str:
 
 
 LIST_TIMEOUT_S = 60.0
+LIST_PAGE = 500
+"""Objects per list page (client-go's informers list 500 at a time)."""
 
 
 @dataclass
@@ -127,22 +129,30 @@ class _Feed:
     call: Callable[..., Any]
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
-    raw: bool = False
-    """List with `_preload_content=False` and decode with orjson (no client models)."""
     synced: bool = False
     last_contact: float = 0.0
     failures: int = 0
     known: set[str] = field(default_factory=set)
 
-    def list(self) -> tuple[list[dict[str, Any]], str]:
-        # A list that never answers must end (and be retried), not hold the feed forever.
-        timeout = {"_request_timeout": LIST_TIMEOUT_S}
-        if self.raw:
-            resp: Any = self.call(*self.args, **self.kwargs, **timeout, _preload_content=False)
+    def pages(self) -> Iterator[tuple[list[dict[str, Any]], str]]:
+        """The list, LIST_PAGE objects at a time (`limit` and `continue`, as client-go's
+        informers list): each page is decoded with orjson and handed on before the next is
+        asked, so a 50,000-object list never sits in memory whole. Every page carries the
+        list's resourceVersion; an expired continue token (410) fails the list, which is then
+        retried from the start."""
+        token: str | None = None
+        while True:
+            # A list that never answers must end (and be retried), not hold the feed forever.
+            extra: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": LIST_TIMEOUT_S}
+            if token:
+                extra["_continue"] = token
+            resp: Any = self.call(*self.args, **self.kwargs, **extra, _preload_content=False)
             data: Any = orjson.loads(resp.data)
-        else:
-            data = self.call(*self.args, **self.kwargs, **timeout)
-        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
+            meta = data.get("metadata") or {}
+            yield list(data.get("items") or []), str(meta["resourceVersion"])
+            token = meta.get("continue") or None
+            if token is None:
+                return
 
 
 class ClusterSync:
@@ -175,7 +185,6 @@ class ClusterSync:
             "pods",
             self.core.list_pod_for_all_namespaces,
             kwargs={"field_selector": ACTIVE_PODS},
-            raw=True,
         )
         self.quotas = _Feed(
             "computequotas",
@@ -184,7 +193,7 @@ class ClusterSync:
         )
         self.namespace_labels: dict[str, dict[str, str]] = {}
         """Namespace -> labels (the webhook reads their Pod Security level)."""
-        self.namespaces = _Feed("namespaces", self.core.list_namespace, raw=True)
+        self.namespaces = _Feed("namespaces", self.core.list_namespace)
         self.feeds = [self.nodes, self.pods] + (
             [self.quotas, self.namespaces] if quota_book else []
         )
@@ -214,8 +223,10 @@ class ClusterSync:
         one-shot view of the books by the same rules the watches follow (`kubectl hcs`).
         ComputeNodes come first, so every pod can be charged to its node's devices."""
         for feed in self.feeds:
-            items, _ = feed.list()
-            self._replace(feed, items)
+            listed: set[str] = set()
+            for items, _ in feed.pages():
+                self._apply_page(feed, items, listed)
+            self._end_list(feed, listed)
             feed.last_contact = time.time()
 
     def not_serving(self) -> str | None:
@@ -243,8 +254,13 @@ class ClusterSync:
                 self._stop.wait(0.05)
                 continue
             try:
-                items, version = feed.list()
-                self._hand_over(self._replace, feed, items)
+                listed: set[str] = set()
+                version = ""
+                for items, page_version in feed.pages():
+                    self._hand_over(self._apply_page, feed, items, listed)
+                    version = page_version  # the list's: every page carries it
+                    feed.last_contact = time.time()
+                self._hand_over(self._end_list, feed, listed)
                 feed.last_contact = time.time()
                 feed.failures = 0
                 self._watch(feed, version)
@@ -301,18 +317,19 @@ class ClusterSync:
 
     # ------------------------------------------------------------- applying (loop thread)
 
-    def _replace(self, feed: _Feed, items: list[dict[str, Any]]) -> None:
-        """A fresh list: apply every object, forget what the list no longer has."""
-        listed = set()
+    def _apply_page(self, feed: _Feed, items: list[dict[str, Any]], listed: set[str]) -> None:
+        """One page of a fresh list: apply every object, remember it was listed."""
         for obj in items:
-            key = _key(feed, obj)
-            listed.add(key)
+            listed.add(_key(feed, obj))
             self._apply(feed, "ADDED", obj)
+
+    def _end_list(self, feed: _Feed, listed: set[str]) -> None:
+        """The list is complete: forget what it no longer has; the feed is in step."""
         for key in feed.known - listed:
             self._forget(feed, key)
         feed.known = listed
         feed.synced = True
-        log.info("%s listed: %d objects", feed.name, len(items))
+        log.info("%s listed: %d objects", feed.name, len(listed))
 
     def _apply(self, feed: _Feed, kind: str, obj: dict[str, Any]) -> None:
         key = _key(feed, obj)

@@ -40,7 +40,11 @@ def cluster_service(
     (after taking the node's lock, a Lease in `lock_namespace`)."""
     api = load_api(kubeconfig)
     service = SchedulerService(
-        ClusterState(vendors=vendors), config, vendors, binder=KubeBinder(api, lock_namespace)
+        # The arrays only: no ComputeNode object is kept (hcs.state.ClusterState.keep_nodes).
+        ClusterState(vendors=vendors, keep_nodes=False),
+        config,
+        vendors,
+        binder=KubeBinder(api, lock_namespace),
     )
     return service, ClusterSync(service, api, stale_after_s=stale_after_s)
 

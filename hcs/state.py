@@ -131,6 +131,10 @@ class ClusterState:
     vendors: VendorTable = field(default_factory=VendorTable)
     width: int = 8
     rows: int = 16
+    keep_nodes: bool = True
+    """Keep each ComputeNode object (`nodes`: the plain-Python reference and tests read them).
+    Cluster mode does not: everything the rules read is in the arrays, and 50,000 nodes' objects
+    would cost about 100 MB."""
 
     def __post_init__(self) -> None:
         self.width = _width_for(self.width)
@@ -431,7 +435,8 @@ class ClusterState:
             self.index[name] = row
             self.node_names[row] = name
             self.generation += 1
-        self.nodes[name] = node
+        if self.keep_nodes:
+            self.nodes[name] = node
         if len(node.devices) > self.width:
             self._widen(len(node.devices))
         self._write_row(row, node)
@@ -445,7 +450,7 @@ class ClusterState:
         row = self.index.pop(name, None)
         if row is None:
             return False
-        del self.nodes[name]
+        self.nodes.pop(name, None)
         self.node_names[row] = None
         self.device_ids[row] = ()
         self.node_valid_mask[row] = False
@@ -495,19 +500,21 @@ class ClusterState:
         self.shape_epoch += 1
 
     def _widen(self, needed: int) -> None:
+        """More device columns for every row, from the arrays alone (no node object is kept):
+        the new columns are absent devices, exactly as `_write_row` pads them (zero, no group
+        bits, a NUMA id of their own), and the bit masks take the wider dtype."""
+        old = self.width
         width = _width_for(max(needed, self.width * 2))
         for attr in self._device_arrays():
             arr = getattr(self, attr)
             dtype = _BITS_DTYPE[width] if attr.endswith("_bits") else arr.dtype
             grown = np.zeros((self.rows, width), dtype)
-            grown[:, : self.width] = arr
+            grown[:, :old] = arr
+            if attr == "dev_numa":
+                grown[:, old:] = ABSENT_NUMA + np.arange(old, width)
             setattr(self, attr, grown)
         self.width = width
         self.shape_epoch += 1
-        for row, name in enumerate(self.node_names):
-            if name is not None:
-                self._write_row(row, self.nodes[name])
-                self._recharge_row(row)
 
     def _write_row(self, row: int, node: ComputeNode) -> None:
         n = len(node.devices)
@@ -546,7 +553,9 @@ class ClusterState:
         self.dev_health_f64[row] = self.dev_health[row]
         cliques = _pad(_cliques(node, self.vendors), w)
         numa = [
-            d.numa_node if i < n and (d := node.devices[i]).numa_node is not None else 1000 + i
+            d.numa_node
+            if i < n and (d := node.devices[i]).numa_node is not None
+            else ABSENT_NUMA + i
             for i in range(w)
         ]
         self.dev_clique[row] = cliques
@@ -680,6 +689,9 @@ class ClusterState:
 
 
 MAX_DEVICES_PER_NODE: Final = 64
+ABSENT_NUMA: Final = 1000
+"""The NUMA id of slot i with no known NUMA node (or no device) is ABSENT_NUMA + i: a group of
+its own."""
 _BITS_DTYPE: Final[dict[int, type[np.unsignedinteger[Any]]]] = {
     8: np.uint8,
     16: np.uint16,

@@ -163,7 +163,8 @@ def _serve_webhook(args: argparse.Namespace, config: EngineConfig, vendors: Vend
     else:  # cluster mode (the webhook alone: `serve` always has an inventory)
         config = replace(config, heartbeat_max_age_s=args.heartbeat_timeout)
         api = load_api(args.kubeconfig)
-        service = SchedulerService(ClusterState(vendors=vendors), config, vendors)
+        # The arrays only: no ComputeNode object is kept (hcs.state.ClusterState.keep_nodes).
+        service = SchedulerService(ClusterState(vendors=vendors, keep_nodes=False), config, vendors)
         book = KubeQuotaBook(api)
         sync = ClusterSync(service, api, quota_book=book, stale_after_s=args.stale_after)
         state, quotas = service.state, book

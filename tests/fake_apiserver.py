@@ -58,7 +58,14 @@ class FakeApiServer:
         self.node_writes: list[tuple[str, dict[str, Any]]] = []
         self.events_posted: list[dict[str, Any]] = []
         self.compacted = 0
-        """Watches from a resourceVersion below this get 410 Gone."""
+        """Watches from a resourceVersion below this get 410 Gone (and continue tokens of lists
+        taken below it)."""
+        self.expire_continues = 0
+        """The next N continue requests answer 410 Expired (the list's version was compacted
+        while it was being read, as kube-apiserver answers then)."""
+        self._continues: dict[str, tuple[list[dict[str, Any]], int, int]] = {}
+        """Paginated lists: token -> (the rest of the list's snapshot, its resourceVersion, the
+        compaction point when it began)."""
         self.fail_lists = 0
         """The next N list calls answer 500."""
         self.list_calls = {NODES: 0, PODS: 0, QUOTAS: 0, LEASES: 0, NAMESPACES: 0}
@@ -301,16 +308,44 @@ class FakeApiServer:
             if self.fail_lists:
                 self.fail_lists -= 1
                 return _status(500, "InternalError", "injected failure")
-            items = list(self.objects[kind].values())
-            if "ns" in request.match_info:  # a namespaced list
-                ns = request.match_info["ns"]
-                items = [o for o in items if (o.get("metadata") or {}).get("namespace") == ns]
-            selector = _field_selector(request.query.get("fieldSelector", ""))
-            items = [o for o in items if selector(o)]
+            limit = int(request.query.get("limit") or 0)
+            token = request.query.get("continue")
+            if token:  # the next page of the list's snapshot, at the list's version
+                if self.expire_continues:
+                    self.expire_continues -= 1
+                    self._continues.pop(token, None)
+                    return _status(410, "Expired", "the provided continue parameter is too old")
+                if token not in self._continues:
+                    return _status(410, "Expired", "the provided continue parameter is too old")
+                items, version, compacted = self._continues.pop(token)
+                if compacted != self.compacted:  # history compacted since the list began
+                    return _status(410, "Expired", "the provided continue parameter is too old")
+            else:
+                items = list(self.objects[kind].values())
+                if "ns" in request.match_info:  # a namespaced list
+                    ns = request.match_info["ns"]
+                    items = [o for o in items if (o.get("metadata") or {}).get("namespace") == ns]
+                selector = _field_selector(request.query.get("fieldSelector", ""))
+                items = [o for o in items if selector(o)]
+                if limit:  # etcd's order: by key
+                    items.sort(key=lambda o: self._key(kind, o))
+                version = self.rv
+            meta: dict[str, Any] = {"resourceVersion": str(version)}
+            if limit and len(items) > limit:
+                items, rest = items[:limit], items[limit:]
+                token = f"c{len(self._continues)}-{version}-{id(rest)}"
+                # The list's snapshot, taken once at its first page (later writes do not show).
+                self._continues[token] = (
+                    rest if request.query.get("continue") else copy.deepcopy(rest),
+                    version,
+                    self.compacted,
+                )
+                meta["continue"] = token
+                meta["remainingItemCount"] = len(rest)
             body = {
                 "apiVersion": "v1" if kind in (PODS, NAMESPACES) else "hcs.io/v1alpha1",
                 "kind": {PODS: "PodList", NAMESPACES: "NamespaceList"}.get(kind, "ComputeNodeList"),
-                "metadata": {"resourceVersion": str(self.rv)},
+                "metadata": meta,
                 "items": items,
             }
             return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())

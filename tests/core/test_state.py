@@ -1,6 +1,8 @@
+import contextlib
 import random
 
 import numpy as np
+import pytest
 
 from hcs.demand import PodDemand, parse_pod
 from hcs.engine import EngineConfig, Reason, compile_request, filter_nodes
@@ -173,3 +175,37 @@ def test_link_groups_are_all_to_all_even_on_pathological_link_graphs() -> None:
     for members in groups.values():
         assert all(b in links[a] for a in members for b in members if a != b)
     assert max(len(g) for g in groups.values()) == n // 3  # one device of every triangle
+
+
+@pytest.mark.parametrize("keep_nodes", [True, False])
+def test_widening_from_the_arrays_alone_equals_a_state_built_wide(keep_nodes: bool) -> None:
+    """Cluster mode keeps no ComputeNode objects: a wider node arriving later widens every row
+    from the arrays alone, and every device and node array, every column, equals a state
+    built at that width from the start (padding, NUMA ids, group bits, charges)."""
+    nodes = random_cluster(24, seed=9, vary_devices=True)
+    big = make_node("big", n_devices=16)
+    state = ClusterState(width=8, rows=32, keep_nodes=keep_nodes)
+    for node in nodes:
+        state.upsert_node(node)
+    ledger = Ledger(state)
+    placed = []
+    for i, node in enumerate(nodes[:12]):
+        with contextlib.suppress(PlacementError):  # does not fit there: fine
+            placed.append(ledger.assume(gpu_demand(f"u{i}", vram="8Gi"), node.name))
+    assert placed
+    state.upsert_node(big)
+    assert state.width == 16 and (state.nodes == {}) is not keep_nodes
+    wide = ClusterState(width=16, rows=32)
+    for node in [*nodes, big]:
+        wide.upsert_node(node)
+    for alloc in placed:
+        wide.add_allocation(alloc)
+    arrays = [a for a in vars(state) if a.startswith(("dev_", "node_"))]
+    arrays = [a for a in arrays if isinstance(getattr(state, a), np.ndarray)]
+    assert "dev_numa" in arrays and "dev_clique_bits" in arrays
+    for name in state.index:
+        mine, theirs = state.index[name], wide.index[name]
+        for attr in arrays:
+            a, b = getattr(state, attr)[mine], getattr(wide, attr)[theirs]
+            assert a.dtype == b.dtype, attr
+            assert np.array_equal(a, b), (name, attr, a, b)

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
-from cluster.sync import ClusterSync, KubeBinder
+from cluster.sync import LIST_PAGE, ClusterSync, KubeBinder
 from extender.app import create_app
 from hcs.engine import EngineConfig
 from hcs.errors import HcsError
@@ -275,6 +275,30 @@ async def test_a_broken_watch_is_relisted_and_misses_nothing(start: Start) -> No
     await until(lambda: "n2" not in c.service.state.index)
     fake.put(NODES, fresh_node("n3"))
     await until(lambda: "n3" in c.service.state.index)
+
+
+async def test_large_lists_are_read_in_pages_and_an_expired_one_is_read_again(
+    start: Start,
+) -> None:
+    """Lists come LIST_PAGE objects at a time (a 50,000-node list never sits in memory whole);
+    a continue token that expires mid-list (the version was compacted) fails that list, which
+    is read again from the start: nothing missed, nothing kept that is gone."""
+    fake = FakeApiServer()
+    n = 2 * LIST_PAGE + 34
+    for i in range(n):
+        fake.put(NODES, fresh_node(f"n{i:04d}"))
+    fake.expire_continues = 1
+    c = await start(fake)
+    await c.ready()
+    assert c.service.state.n_nodes == n
+    # One page and an expired continue, then three pages.
+    assert fake.list_calls[NODES] == 2 + 3
+    assert fake.expire_continues == 0
+    fake.drop_watches()
+    fake.delete(NODES, "n0007")
+    fake.compact()
+    await until(lambda: "n0007" not in c.service.state.index)
+    assert c.service.state.n_nodes == n - 1
 
 
 async def test_readiness_waits_for_the_first_sync(start: Start) -> None:
