@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
 from cluster.buildinfo import register_build_info
-from cluster.kubeio import CALL_TIMEOUT_S, read_json
+from cluster.kubeio import CALL_TIMEOUT_S, list_all, read_json
 from hcs.demand import (
     A_CLAIM_TEMPLATE,
     A_CLAIM_TEMPLATE_SPEC,
@@ -409,20 +409,21 @@ class ControllerRunner:
     def round(self, now: float | None = None) -> tuple[int, int]:
         """Returns (ComputeNodes updated, ComputeQuotas updated)."""
         now = time.time() if now is None else now
-        nodes: Any = self.custom.list_cluster_custom_object(API_GROUP, VERSION, "computenodes")
-        node_updates = expire_heartbeats(nodes.get("items") or [], now, self.heartbeat_timeout_s)
+        # Read in pages (cluster.kubeio.list_pages): no list is one giant response.
+        custom = self.custom.list_cluster_custom_object
+        node_items = list_all(custom, API_GROUP, VERSION, "computenodes")
+        node_updates = expire_heartbeats(node_items, now, self.heartbeat_timeout_s)
         for obj, status in node_updates:
             self._write(obj, status, "computenodes")
-        quotas: Any = self.custom.list_cluster_custom_object(API_GROUP, VERSION, "computequotas")
-        pods: Any = self.core.list_pod_for_all_namespaces(_preload_content=False)
-        pod_items = orjson.loads(pods.data).get("items") or []
-        counts = count_quotas(quotas.get("items") or [], pod_items, self.vendors)
+        quota_items = list_all(custom, API_GROUP, VERSION, "computequotas")
+        pod_items = list_all(self.core.list_pod_for_all_namespaces)
+        counts = count_quotas(quota_items, pod_items, self.vendors)
         quota_updates = [(c.raw, c.status) for c in counts if c.stale]
         for obj, status in quota_updates:
             self._write(obj, status, "computequotas")
         waiting = waiting_pods(
             pod_items,
-            nodes.get("items") or [],
+            node_items,
             now,
             after_s=self.wait_event_after_s,
             vendors=self.vendors,
@@ -431,11 +432,7 @@ class ControllerRunner:
             self.metrics.record_quotas(counts)
             self.metrics.waiting_pods.set(len(waiting))
             self.metrics.agents_lost.set(
-                sum(
-                    1
-                    for n in nodes.get("items") or []
-                    if agent_lost(n, now, self.heartbeat_timeout_s)
-                )
+                sum(1 for n in node_items if agent_lost(n, now, self.heartbeat_timeout_s))
             )
         self.ensure_claim_templates(pod_items)
         for pod, message in waiting:

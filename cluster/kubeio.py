@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -34,3 +34,36 @@ def read_pod(
 ) -> dict[str, Any] | None:
     """The Pod as JSON (None if it does not exist); other API errors are raised."""
     return read_json(core.read_namespaced_pod, name, namespace, timeout)
+
+
+LIST_PAGE = 500
+"""Objects per list page (client-go's informers and pagers list 500 at a time)."""
+LIST_TIMEOUT_S = 60.0
+"""A list page that never answers must end (and be retried), not hold its caller forever."""
+
+
+def list_pages(
+    call: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """A list through a client `list_*` method, LIST_PAGE objects at a time (`limit` and
+    `continue`), each page decoded with orjson and handed on before the next is asked, so a
+    list of 50,000 objects never sits in memory whole. Yields (items, the list's
+    resourceVersion); an expired continue token (410) is raised, and the caller lists again
+    from the start."""
+    token: str | None = None
+    while True:
+        extra: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": LIST_TIMEOUT_S}
+        if token:
+            extra["_continue"] = token
+        resp: Any = call(*args, **kwargs, **extra, _preload_content=False)
+        data: Any = orjson.loads(resp.data)
+        meta = data.get("metadata") or {}
+        yield list(data.get("items") or []), str(meta.get("resourceVersion") or "")
+        token = meta.get("continue") or None
+        if token is None:
+            return
+
+
+def list_all(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every object of a list, read in pages (`list_pages`)."""
+    return [obj for items, _ in list_pages(call, *args, **kwargs) for obj in items]

@@ -31,7 +31,7 @@ from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from cluster.kubeio import CALL_TIMEOUT_S, read_pod
+from cluster.kubeio import CALL_TIMEOUT_S, list_pages, read_pod
 from cluster.lease import NodeLock
 from hcs.demand import (
     PodDemand,
@@ -116,11 +116,6 @@ def _status_message(exc: ApiException) -> str:
 # --------------------------------------------------------------------------- sync
 
 
-LIST_TIMEOUT_S = 60.0
-LIST_PAGE = 500
-"""Objects per list page (client-go's informers list 500 at a time)."""
-
-
 @dataclass
 class _Feed:
     """One resource kept in step: listed with `call(*args, **kwargs)`, then watched with it."""
@@ -135,24 +130,9 @@ class _Feed:
     known: set[str] = field(default_factory=set)
 
     def pages(self) -> Iterator[tuple[list[dict[str, Any]], str]]:
-        """The list, LIST_PAGE objects at a time (`limit` and `continue`, as client-go's
-        informers list): each page is decoded with orjson and handed on before the next is
-        asked, so a 50,000-object list never sits in memory whole. Every page carries the
-        list's resourceVersion; an expired continue token (410) fails the list, which is then
-        retried from the start."""
-        token: str | None = None
-        while True:
-            # A list that never answers must end (and be retried), not hold the feed forever.
-            extra: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": LIST_TIMEOUT_S}
-            if token:
-                extra["_continue"] = token
-            resp: Any = self.call(*self.args, **self.kwargs, **extra, _preload_content=False)
-            data: Any = orjson.loads(resp.data)
-            meta = data.get("metadata") or {}
-            yield list(data.get("items") or []), str(meta["resourceVersion"])
-            token = meta.get("continue") or None
-            if token is None:
-                return
+        """The list in pages (`cluster.kubeio.list_pages`: 500 objects at a time, each applied
+        before the next is asked)."""
+        return list_pages(self.call, *self.args, **self.kwargs)
 
 
 class ClusterSync:

@@ -154,6 +154,26 @@ async def test_one_round_against_the_api_server(aiohttp_server: Any) -> None:
     assert await asyncio.to_thread(runner.round, NOW) == (0, 0)  # converged: no writes
 
 
+async def test_a_round_reads_every_page_of_a_large_list(aiohttp_server: Any) -> None:
+    """The controller's lists are read in pages too (cluster.kubeio.list_pages): quota is
+    recounted over every pod, not the first page's."""
+    from cluster.kubeio import LIST_PAGE
+
+    fake = FakeApiServer()
+    fake.put(NODES, node("fresh", 0))
+    fake.put(QUOTAS, quota({"vram": "100Ti"}, {"vram": "0"}))
+    n = LIST_PAGE * 2 + 7
+    for i in range(n):
+        fake.put(PODS, pod(f"p{i:04d}", "1Gi"))
+    server = await aiohttp_server(fake.app())
+    cfg = client.Configuration()
+    cfg.host = str(server.make_url("")).rstrip("/")
+    runner = ControllerRunner(client.ApiClient(cfg), heartbeat_timeout_s=90)
+    await asyncio.to_thread(runner.round, NOW)
+    assert fake.objects[QUOTAS]["team-a/q"]["status"]["used"]["vram"] == f"{n}Gi"
+    assert fake.list_calls[PODS] == 3
+
+
 async def test_pods_waiting_on_capacity_get_an_event_saying_why(aiohttp_server: Any) -> None:
     fake = FakeApiServer()
     fake.put(NODES, node_dict("gpu", "nvidia", 1, heartbeat=beat(0), conditions={"Ready": "True"}))

@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
-from cluster.sync import LIST_PAGE, ClusterSync, KubeBinder
+from cluster.kubeio import LIST_PAGE
+from cluster.sync import ClusterSync, KubeBinder
 from extender.app import create_app
 from hcs.engine import EngineConfig
 from hcs.errors import HcsError
