@@ -298,9 +298,25 @@ def prepare(request: AdmissionRequest, ctx: AdmissionContext) -> AdmissionRespon
     except HcsError as exc:
         return _deny(uid, 403, str(exc), _who(request))
     wrong = device_env_problem(pod, demand, ctx.vendors[route.vendor], ctx.vendors)
+    if wrong is None and ctx.dra and dra_eligible(demand):
+        wrong = claim_name_problem(pod)
     if wrong is not None:
         return _deny(uid, 400, wrong, _who(request))
     return Plan(uid, pod, demand, route, bool(request.get("dryRun")))
+
+
+def claim_name_problem(pod: Mapping[str, Any]) -> str | None:
+    """DRA mode adds the claim `hcs-compute` (checked before any quota charge): a pod whose own
+    claim has that name would be refused by the API server for the duplicate, or worse, its
+    claim mistaken for HCS's."""
+    spec = pod.get("spec") or {}
+    for i, ref in enumerate(spec.get("resourceClaims") or []):
+        if isinstance(ref, dict) and ref.get("name") == CLAIM:
+            return (
+                f"InvalidRequest: spec.resourceClaims[{i}].name: {CLAIM!r} is the claim HCS adds "
+                "for the pod's ai.compute/* requests; rename the pod's own claim"
+            )
+    return None
 
 
 def _images(pod: Mapping[str, Any], demand: PodDemand) -> dict[int, str]:

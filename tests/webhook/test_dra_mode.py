@@ -148,3 +148,27 @@ def test_an_init_container_uses_the_app_request_that_holds_it(ctx: AdmissionCont
     assert refs == {"fetch": "train", "warm": "warm", "log": "log", "train": "train"}
     spec = json.loads(result["metadata"]["annotations"][A_CLAIM_TEMPLATE_SPEC])
     assert [r["name"] for r in spec["spec"]["devices"]["requests"]] == ["warm", "log", "train"]
+
+
+def test_a_pod_with_claims_of_its_own_keeps_them_beside_hcs(ctx: AdmissionContext) -> None:
+    """A pod already using DRA for something else (a NIC, its own claim) keeps those claims;
+    HCS's is added beside them, and a name already taken is refused, never overwritten."""
+    pod = k8s_pod(
+        container("trainer", ASK, ASK), annotations={"hcs.io/vendor-preference": "nvidia"}
+    )
+    pod["spec"]["resourceClaims"] = [{"name": "nic", "resourceClaimTemplateName": "rdma"}]
+    pod["spec"]["containers"][0]["resources"]["claims"] = [{"name": "nic"}]
+    result = applied(pod, review(request_for(pod), dra(ctx)))
+    assert [c["name"] for c in result["spec"]["resourceClaims"]] == ["nic", "hcs-compute"]
+    assert result["spec"]["containers"][0]["resources"]["claims"] == [
+        {"name": "nic"},
+        {"name": "hcs-compute", "request": "trainer"},
+    ]
+    taken = k8s_pod(
+        container("trainer", ASK, ASK), annotations={"hcs.io/vendor-preference": "nvidia"}
+    )
+    taken["spec"]["resourceClaims"] = [{"name": "hcs-compute", "resourceClaimName": "mine"}]
+    response = review(request_for(taken, uid="req-9"), dra(ctx))
+    assert response["allowed"] is False
+    assert "spec.resourceClaims[0].name" in response["status"]["message"]
+    assert "rename" in response["status"]["message"]
