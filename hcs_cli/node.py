@@ -191,9 +191,11 @@ def add_parsers(sub: Any) -> None:
         "dra-plugin",
         help="HCS as the DRA driver compute.hcs.io: ResourceSlices, Prepare/Unprepare (DaemonSet)",
         description="Publish this node's devices as ResourceSlices of driver compute.hcs.io (one "
-        "pool per node, capacities in ai.compute units), register with kubelet through "
-        "--registry-dir, and serve NodePrepareResources/NodeUnprepareResources on "
-        "--plugin-dir/dra.sock, answering CDI ids (docs/dra.md).",
+        "pool per node, capacities in ai.compute units; shared by capacity when the agent's "
+        "ComputeNode says the node shares, with HAMi-core or vNPU keeping each share), register "
+        "with kubelet through --registry-dir, and serve NodePrepareResources/"
+        "NodeUnprepareResources on --plugin-dir/dra.sock, answering CDI ids per claim request "
+        "(docs/dra.md).",
     )
     p.add_argument("--node-name", required=True, metavar="NAME", help="this Kubernetes Node")
     p.add_argument("--vendor", required=True, choices=VENDOR_NAMES, help="the node's vendor")
