@@ -166,7 +166,7 @@ def resource_slices(
             "kind": "ResourceSlice",
             "metadata": {
                 "name": slice_name(node.name, i),
-                "labels": {"app.kubernetes.io/managed-by": "hcs", "hcs.io/node": node.name},
+                "labels": {"app.kubernetes.io/managed-by": "hcs"},
             },
             "spec": {
                 "driver": DRIVER,

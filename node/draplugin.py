@@ -498,7 +498,9 @@ class KubeDra:
     # Every call bounded (CALL_TIMEOUT_S): kubelet waits on Prepare, nothing may hang it.
 
     def list_slices(self, node: str) -> list[dict[str, Any]]:
-        resp = self.resource.list_resource_slice(label_selector=f"hcs.io/node={node}", **_RAW)
+        # By field (node names may be longer than a label value's 63 characters).
+        fields = f"spec.nodeName={node},spec.driver={DRIVER}"
+        resp = self.resource.list_resource_slice(field_selector=fields, **_RAW)
         items: list[dict[str, Any]] = json.loads(resp.data).get("items") or []
         return [s for s in items if (s.get("spec") or {}).get("driver") == DRIVER]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -445,10 +446,18 @@ class FakeApiServer:
     async def _list_slices(self, request: web.Request) -> web.Response:
         selector = request.query.get("labelSelector", "")
         wanted = dict(p.split("=", 1) for p in selector.split(",") if "=" in p)
+        fields = request.query.get("fieldSelector", "")
+        # kube-apiserver's field selectors for ResourceSlices: spec.nodeName, spec.driver.
+        if any(
+            f.split("=")[0] not in ("spec.nodeName", "spec.driver") for f in fields.split(",") if f
+        ):
+            return _status(400, "BadRequest", f"field label not supported: {fields}")
+        by_field = _field_selector(fields)
         items = [
             s
             for s in self.objects[SLICES].values()
             if all((s["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+            and by_field(s)
         ]
         return web.json_response(
             {
@@ -460,6 +469,9 @@ class FakeApiServer:
 
     async def _create_slice(self, request: web.Request) -> web.Response:
         body = await request.json()
+        invalid = _invalid_metadata(body)
+        if invalid:
+            return _status(422, "Invalid", invalid)
         if body["metadata"]["name"] in self.objects[SLICES]:
             return _status(409, "AlreadyExists", f"resourceslices {body['metadata']['name']}")
         return web.json_response(self.put(SLICES, body), status=201)
@@ -469,6 +481,9 @@ class FakeApiServer:
         if current is None:
             return _status(404, "NotFound", f"resourceslices {request.match_info['name']}")
         body = await request.json()
+        invalid = _invalid_metadata(body)
+        if invalid:
+            return _status(422, "Invalid", invalid)
         if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
             return _status(409, "Conflict", "the object has been modified")
         return web.json_response(self.put(SLICES, body))
@@ -598,6 +613,23 @@ def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> P
 
 Event = tuple[int, str, dict[str, Any], dict[str, Any] | None]
 """(resourceVersion, type, object, the object before this change or None)."""
+
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _invalid_metadata(obj: dict[str, Any]) -> str | None:
+    """kube-apiserver's object metadata validation: the name a DNS subdomain (<= 253), every
+    label value at most 63 characters of the label alphabet."""
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    if len(name) > 253 or not _SUBDOMAIN.match(name):
+        return f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain"
+    for key, value in (meta.get("labels") or {}).items():
+        if len(str(value)) > 63 or not _LABEL_VALUE.match(str(value)):
+            return f"metadata.labels[{key}]: Invalid value: {value!r}: at most 63 characters"
+    return None
 
 
 def _field_selector(text: str) -> Callable[[dict[str, Any]], bool]:

@@ -541,3 +541,32 @@ def test_one_claim_prepared_by_many_calls_at_once_answers_each_the_same(tmp_path
     assert all(a == answers[0] for a in answers)
     assert [p.name for p in (tmp_path / "cdi").iterdir()] == [f"{DRIVER}-u-7.json"]
     json.loads((tmp_path / "cdi" / f"{DRIVER}-u-7.json").read_text())
+
+
+async def test_a_node_name_longer_than_a_label_value_still_finds_its_slices(
+    aiohttp_server: Any,
+) -> None:
+    """The driver finds its own slices by field (spec.nodeName, spec.driver), as kube-apiserver
+    allows for ResourceSlices: a node name longer than a label value's 63 characters works,
+    and another driver's slices on the node are left alone."""
+    fake = FakeApiServer()
+    server = await aiohttp_server(fake.app())
+    kube = KubeDra(api_client(str(server.make_url("")).rstrip("/")))
+    name = "gpu-" + "a" * 60 + ".rack-12.example.internal"
+    other = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": "theirs"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": name, "pool": {"name": name}},
+    }
+    fake.put(SLICES, other)
+    publisher = SlicePublisher(name, kube)
+    await asyncio.to_thread(
+        publisher.publish, ComputeNode.from_dict(compute_node(name, "nvidia", 4))
+    )
+    changed = ComputeNode.from_dict(compute_node(name, "nvidia", 4, health=[100, 100, 100, 5]))
+    assert await asyncio.to_thread(publisher.publish, changed)
+    mine = [s for s in fake.objects[SLICES].values() if s["spec"]["driver"] == DRIVER]
+    assert len(mine) == 1 and mine[0]["spec"]["pool"]["generation"] == 2
+    assert len(mine[0]["spec"]["devices"]) == 3
+    assert "theirs" in fake.objects[SLICES]
