@@ -16,8 +16,9 @@ functions are called one stage at a time, as `SchedulerService.filter_body` and
   the practical floor server does besides HTTP).
 
 Also the peak resident memory of the run (each size in a process of its own): the engine's
-arrays, the kept evaluations and every cache, with `--memory-nodes` (default 50,000) run for a
-few cycles for that figure alone (target: <= 300 MB).
+arrays (no ComputeNode object kept, as in cluster mode), the kept evaluations and every
+cache, with `--memory-nodes` (default 50,000) run for a few cycles for that figure alone
+(target: <= 300 MB).
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ from hcs.wire import split_node_names
 
 
 def run(n_nodes: int, cycles: int, seed: int) -> dict[str, Any]:
-    state = ClusterState.from_nodes(random_cluster(n_nodes, seed))
+    # As in cluster mode: the arrays only, no ComputeNode object kept (each is dropped once
+    # its row is written).
+    nodes = random_cluster(n_nodes, seed)
+    state = ClusterState(width=8, rows=n_nodes, keep_nodes=False)
+    while nodes:
+        state.upsert_node(nodes.pop())
     service = SchedulerService(state, EngineConfig())
     _background(service, n_nodes, seed)
     names = [f"node-{i:05d}" for i in range(n_nodes)]
