@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from hcs.assignment import allocation
@@ -27,10 +27,10 @@ from hcs.errors import HcsError
 from hcs.limiter import (
     VNPU_ENV,
     Enforcement,
-    TemplateBooking,
-    chip_options,
+    HamiPaths,
     choose_template,
     hami_core_contract,
+    model_templates,
     sm_percent,
     uses_templates,
 )
@@ -91,14 +91,6 @@ def _capacity(device: Device) -> dict[str, dict[str, Any]]:
     }
 
 
-def device_templates(
-    device: Device, vendors: VendorTable, vendor: str
-) -> tuple[TemplateBooking, ...]:
-    """The vNPU templates of this device's chip, sized on its own TFLOPS (none: no template)."""
-    chip = vendors[vendor].templates_for(device.model)
-    return chip_options(chip, device.fp16_milli_tflops, device.fp32_milli_tflops)
-
-
 def _valid_values(sizes: Sequence[int], full: int, fmt: Callable[[int], str]) -> list[str]:
     """Ascending, distinct, the full device last, at most MAX_VALID_VALUES (the smallest
     templates kept: a request above the last kept one takes the whole device)."""
@@ -117,7 +109,9 @@ def _shared(node: ComputeNode, device: Device, vendors: VendorTable) -> dict[str
     capacity = _capacity(device)
     if not uses_templates(node):
         return {"allowMultipleAllocations": True, "capacity": capacity}
-    options = device_templates(device, vendors, node.vendor)
+    options = model_templates(
+        vendors, node.vendor, device.model, device.fp16_milli_tflops, device.fp32_milli_tflops
+    )
     if not options:
         return {"capacity": capacity}
     capacity["vram"]["requestPolicy"] = {
@@ -460,16 +454,6 @@ def is_part(share: Share | None, device: Device) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class HamiPaths:
-    """The host paths HAMi-core's contract mounts for one claim request."""
-
-    library_dir: str
-    container_dir: str
-    lock_dir: str
-    preload_file: str
-
-
 def share_enforcement(
     node: ComputeNode,
     vendors: VendorTable,
@@ -505,15 +489,18 @@ def share_enforcement(
         return hami_core_contract(
             [s.vram_mib for s in parts],
             min(percents, default=100),
-            library_dir=hami.library_dir,
-            container_dir=hami.container_dir,
-            lock_dir=hami.lock_dir,
-            preload_file=hami.preload_file,
+            **asdict(hami),
         )
     if mode == "vnpu":
         share, device = parts[0], given[0]
         chosen = choose_template(
-            device_templates(device, vendors, node.vendor),
+            model_templates(
+                vendors,
+                node.vendor,
+                device.model,
+                device.fp16_milli_tflops,
+                device.fp32_milli_tflops,
+            ),
             share.vram_mib,
             share.fp16_milli_tflops,
             share.fp32_milli_tflops,

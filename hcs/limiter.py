@@ -90,6 +90,14 @@ def chip_options(
     )
 
 
+def model_templates(
+    vendors: VendorTable, vendor: str, model: str, fp16_cap_mtf: int, fp32_cap_mtf: int
+) -> tuple[TemplateBooking, ...]:
+    """The templates of a device of `model` and those TFLOPS, smallest first (none: its chip
+    has no template in the vendor table)."""
+    return chip_options(vendors[vendor].templates_for(model), fp16_cap_mtf, fp32_cap_mtf)
+
+
 def uses_templates(node: ComputeNode) -> bool:
     """Are `node`'s shares fixed templates (a shared node whose limiter is vNPU)?"""
     return node.shared and node.share_enforcement in TEMPLATE_LIMITERS
@@ -102,8 +110,9 @@ def template_options(node: ComputeNode, vendors: VendorTable) -> tuple[TemplateB
     if not uses_templates(node) or not node.devices:
         return ()
     first = node.devices[0]
-    chip = vendors[node.vendor].templates_for(first.model)
-    return chip_options(chip, first.fp16_milli_tflops, first.fp32_milli_tflops)
+    return model_templates(
+        vendors, node.vendor, first.model, first.fp16_milli_tflops, first.fp32_milli_tflops
+    )
 
 
 def choose_template(
@@ -128,6 +137,18 @@ class DeviceSize:
 
     vram_mib: int
     fp16_milli_tflops: int
+
+
+@dataclass(frozen=True)
+class HamiPaths:
+    """The host paths HAMi-core's contract mounts for one container (device plugin) or one
+    claim request (DRA driver): the library's folder, its own folder, the node's lock folder,
+    the file naming the library for /etc/ld.so.preload."""
+
+    library_dir: str
+    container_dir: str
+    lock_dir: str
+    preload_file: str
 
 
 @dataclass(frozen=True)

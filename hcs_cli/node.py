@@ -138,18 +138,10 @@ def add_parsers(sub: Any) -> None:
         "Ascend Docker Runtime). Without a limiter, --replicas above 1 shares devices with no "
         "isolation and needs --allow-unenforced-sharing",
     )
-    p.add_argument(
-        "--limiter-dir",
-        default="/usr/local/vgpu",
-        metavar="DIR",
-        help="host folder holding libvgpu.so for --limiter hami-core (default %(default)s)",
-    )
-    p.add_argument(
-        "--limiter-state-dir",
-        default="/var/lib/hcs/vgpu",
-        metavar="DIR",
-        help="host folder for the limiter's per-container folders, cleaned when their pod is "
-        "gone (default %(default)s)",
+    limiter_dir_args(
+        p,
+        library="for --limiter hami-core",
+        state="the limiter's per-container folders, cleaned when their pod is gone",
     )
     p.add_argument(
         "--allow-unenforced-sharing",
@@ -235,25 +227,33 @@ def add_parsers(sub: Any) -> None:
         metavar="SECONDS",
         help="re-discovery and slice publication period (default %(default)s)",
     )
-    p.add_argument(
-        "--limiter-dir",
-        default="/usr/local/vgpu",
-        metavar="DIR",
-        help="NVIDIA nodes the agent publishes as shared under hami-core: host folder holding "
-        "HAMi-core's libvgpu.so, which HCS does not ship (default %(default)s; without it the "
-        "devices are published unshared)",
-    )
-    p.add_argument(
-        "--limiter-state-dir",
-        default="/var/lib/hcs/vgpu",
-        metavar="DIR",
-        help="host folder for HAMi-core's per-claim folders, removed at unprepare (default "
-        "%(default)s)",
+    limiter_dir_args(
+        p,
+        library="for NVIDIA nodes the agent publishes as shared under hami-core; HCS does not "
+        "ship it, and without it the devices are published unshared",
+        state="HAMi-core's per-claim folders, removed at unprepare",
     )
     p.add_argument("--vendor-config", metavar="FILE", help="YAML overriding vendor profiles")
     kubeconfig_option(p)
     log_args(p)
     p.set_defaults(run=run_dra_plugin)
+
+
+def limiter_dir_args(p: argparse.ArgumentParser, *, library: str, state: str) -> None:
+    """HAMi-core's host folders, the same defaults for the device plugin and the DRA driver
+    (components/hami-core and components/dra mount them at these paths)."""
+    p.add_argument(
+        "--limiter-dir",
+        default="/usr/local/vgpu",
+        metavar="DIR",
+        help=f"host folder holding HAMi-core's libvgpu.so, {library} (default %(default)s)",
+    )
+    p.add_argument(
+        "--limiter-state-dir",
+        default="/var/lib/hcs/vgpu",
+        metavar="DIR",
+        help=f"host folder for {state} (default %(default)s)",
+    )
 
 
 def run_agent(args: argparse.Namespace, vendors: VendorTable) -> int:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -36,9 +36,10 @@ from hcs.limiter import (
     HAMI_LIBRARY_PATH,
     DeviceSize,
     Enforcement,
-    chip_options,
+    HamiPaths,
     container_demand,
     hami_core,
+    model_templates,
     vnpu,
 )
 from hcs.models import SLOTS_LABEL
@@ -138,17 +139,20 @@ class HamiCore:
         sizes = [DeviceSize(d.vram_mib, d.fp16_milli_tflops) for d in devices]
         uid = str((pod.get("metadata") or {}).get("uid") or "")
         folder = self.state_dir / "containers" / f"{uid}_{container}"
-        enforcement = hami_core(
-            demand,
-            sizes,
-            library_dir=str(self.library_dir),
-            container_dir=str(folder),
-            lock_dir=str(self.state_dir / "vgpulock"),
-            preload_file=str(self.state_dir / "ld.so.preload"),
-        )
+        enforcement = hami_core(demand, sizes, **asdict(self.paths(folder)))
         if enforcement is not None:
             folder.mkdir(exist_ok=True)
         return enforcement
+
+    def paths(self, folder: Path) -> HamiPaths:
+        """HAMi-core's host paths for a container (or claim request) whose own folder is
+        `folder`: the library here, the node's lock folder and preload file."""
+        return HamiPaths(
+            str(self.library_dir),
+            str(folder),
+            str(self.state_dir / "vgpulock"),
+            str(self.state_dir / "ld.so.preload"),
+        )
 
     def clean(self, live_uids: set[str]) -> list[str]:
         """Remove the folders of containers whose pod is gone; their names."""
@@ -175,8 +179,9 @@ class Vnpu:
         if demand is None or not devices:
             return None
         first = devices[0]
-        chip = self.vendors["huawei"].templates_for(first.model)
-        options = chip_options(chip, first.fp16_milli_tflops, first.fp32_milli_tflops)
+        options = model_templates(
+            self.vendors, "huawei", first.model, first.fp16_milli_tflops, first.fp32_milli_tflops
+        )
         sizes = [DeviceSize(d.vram_mib, d.fp16_milli_tflops) for d in devices]
         return vnpu(demand, options, sizes)
 

@@ -34,7 +34,6 @@ from cluster.kubeio import CALL_TIMEOUT_S, read_json
 from hcs.dra import (
     DRIVER,
     NVIDIA_CDI_KIND,
-    HamiPaths,
     base_request,
     cdi_edits,
     cdi_spec_file,
@@ -50,6 +49,7 @@ from hcs.dra import (
     with_sharing,
 )
 from hcs.errors import HcsError
+from hcs.limiter import HamiPaths
 from hcs.models import ComputeNode, Device
 from hcs.vendors import VendorTable
 from node.deviceplugin import HamiCore
@@ -209,13 +209,15 @@ class Preparer:
             groups.setdefault(base_request(str(r.get("request") or "")), []).append(r)
         edits: dict[str, dict[str, Any]] = {}
         ids: dict[tuple[str, str], tuple[str, ...]] = {}
+        # NVIDIA's spec read once per claim (it can be large), not per request.
+        nvidia = nvidia_cdi_devices(self.nvidia_cdi_dirs) if cn.vendor == "nvidia" else set()
         for request, rs in groups.items():
             given = [by_name[r["device"]] for r in rs]
             shares = [consumed(r) for r in rs]
             parted = any(is_part(s, d) for s, d in zip(shares, given, strict=True))
             hami = self._hami(uid, request) if parted else None
             limits = enforcement_edits(share_enforcement(cn, self.vendors, given, shares, hami))
-            own = self._nvidia_ids(cn, given)
+            own = self._nvidia_ids(nvidia, given) if nvidia else None
             if own is not None:  # NVIDIA's devices, HCS's spec for the limiter only
                 for r, cdi in zip(rs, own, strict=True):
                     ids[(request, r["device"])] = (cdi,)
@@ -249,18 +251,12 @@ class Preparer:
             return None
         folder = self.hami.state_dir / "claims" / f"{uid}_{request}"
         folder.mkdir(parents=True, exist_ok=True)
-        return HamiPaths(
-            str(self.hami.library_dir),
-            str(folder),
-            str(self.hami.state_dir / "vgpulock"),
-            str(self.hami.state_dir / "ld.so.preload"),
-        )
+        return self.hami.paths(folder)
 
-    def _nvidia_ids(self, cn: ComputeNode, given: Sequence[Device]) -> list[str] | None:
-        """NVIDIA's own CDI ids, by UUID, where its spec names every device; else None."""
-        if cn.vendor != "nvidia":
-            return None
-        nvidia = nvidia_cdi_devices(self.nvidia_cdi_dirs)
+    @staticmethod
+    def _nvidia_ids(nvidia: set[str], given: Sequence[Device]) -> list[str] | None:
+        """NVIDIA's own CDI ids, by UUID, where its spec (`nvidia`: the names it has) names
+        every device; else None."""
         if not all(d.identity in nvidia for d in given):
             return None
         return [f"{NVIDIA_CDI_KIND}={d.identity}" for d in given]

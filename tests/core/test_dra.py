@@ -309,7 +309,8 @@ def test_a_share_states_every_capacity_and_whole_devices_state_none() -> None:
 
 
 def test_the_limiters_contract_follows_what_the_claim_consumed() -> None:
-    from hcs.dra import HamiPaths, Share, share_enforcement, with_sharing
+    from hcs.dra import Share, share_enforcement, with_sharing
+    from hcs.limiter import HamiPaths
 
     paths = HamiPaths("/lib/vgpu", "/state/claims/u_main", "/state/vgpulock", "/state/preload")
     gpu = shared_node("nvidia", "hami-core")

@@ -203,15 +203,13 @@ def container_edits(plugin: DraPlugin, ids: list[str]) -> dict[str, Any]:
 def prepared_env(
     cluster: Cluster, vendor: str, claim: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    plugin = cluster.plugins[vendor]
-    kubelet = ImitatedKubelet(plugin.registry_dir.parent)
-    info = kubelet.register()
-    meta = claim["metadata"]
-    answer = kubelet.prepare(info, (meta["namespace"], meta["uid"], meta["name"]))
-    result = answer.claims[meta["uid"]]
-    assert result.error == "", result.error
-    spec = json.loads((plugin.preparer.cdi_dir / f"{DRIVER}-{meta['uid']}.json").read_text())
-    return (kubelet, info, answer), spec["devices"][0]["containerEdits"]
+    """`prepare`, and the containerEdits of the claim's (one) request in HCS's spec."""
+    kubelet, info, prepared = prepare(cluster, vendor, claim)
+    uid = claim["metadata"]["uid"]
+    spec = json.loads(
+        (cluster.plugins[vendor].preparer.cdi_dir / f"{DRIVER}-{uid}.json").read_text()
+    )
+    return (kubelet, info, prepared), spec["devices"][0]["containerEdits"]
 
 
 @pytest.mark.parametrize("vendor", VENDOR_NAMES)
@@ -229,9 +227,7 @@ async def test_a_pod_gets_exactly_its_allocated_devices_through_dra(
     assert {r["pool"] for r in results} == {NODES[vendor]}
     given = [r["device"].removeprefix(f"{vendor}-") for r in results]
     (kubelet, info, answer), edits = await asyncio.to_thread(prepared_env, cluster, vendor, claim)
-    assert [d.device_name for d in answer.claims[claim["metadata"]["uid"]].devices] == [
-        r["device"] for r in results
-    ]
+    assert [d.device_name for d in answer.devices] == [r["device"] for r in results]
     env = dict(e.split("=", 1) for e in edits["env"])
     nodes = [n["path"] for n in edits.get("deviceNodes") or []]
     profile = VendorTable()[vendor]
@@ -254,7 +250,7 @@ async def test_a_pod_gets_exactly_its_allocated_devices_through_dra(
     again = await asyncio.to_thread(
         kubelet.prepare, info, (meta["namespace"], meta["uid"], meta["name"])
     )
-    assert again == answer
+    assert again.claims[meta["uid"]] == answer
     await asyncio.to_thread(kubelet.unprepare, info, (meta["namespace"], meta["uid"], meta["name"]))
     assert not list(cluster.plugins[vendor].preparer.cdi_dir.glob("*.json"))
 
