@@ -43,6 +43,7 @@ DRIVER: Final = "compute.hcs.io"
 API_VERSION: Final = "resource.k8s.io/v1"
 MAX_DEVICES_PER_SLICE: Final = 128
 PCI_ATTRIBUTE: Final = "resource.kubernetes.io/pciBusID"
+NUMA_ATTRIBUTE: Final = "compute.hcs.io/numaNode"
 INTERCONNECT: Final = "interconnect"
 CDI_VERSION: Final = "0.6.0"
 CDI_KIND: Final = f"{DRIVER}/device"
@@ -76,7 +77,9 @@ def _attributes(node: ComputeNode, device: Device, clique: int) -> dict[str, dic
         "uuid": {"string": (device.identity or device.id)[:64]},
     }
     if device.numa_node is not None:
-        attrs["numaNode"] = {"int": device.numa_node}
+        # Written qualified (the driver's own domain, the same attribute for CEL): kubelet's DRA
+        # topology hints read an attribute whose name ends in "/numaNode".
+        attrs[NUMA_ATTRIBUTE] = {"int": device.numa_node}
     bus = device.bus_id.lower()
     if _PCI.match(bus):
         attrs[PCI_ATTRIBUTE] = {"string": bus}

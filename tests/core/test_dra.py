@@ -62,7 +62,11 @@ def test_slices_meet_the_api_limits_and_speak_ai_compute_units() -> None:
     }
     assert first["attributes"]["vendor"] == {"string": "nvidia"}
     assert first["attributes"]["uuid"] == {"string": "GPU-aaaa-0"}
-    assert first["attributes"]["numaNode"] == {"int": 0}
+    assert first["attributes"][f"{DRIVER}/numaNode"] == {"int": 0}
+    # CEL reads it in the driver's domain like the unqualified ones.
+    from tests.dra_allocator import cel, cel_device
+
+    assert cel(f'device.attributes["{DRIVER}"].numaNode == 0', cel_device(DRIVER, first))
     assert first["attributes"][PCI_ATTRIBUTE] == {"string": "0000:10:00.0"}
 
 
